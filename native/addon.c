@@ -1,0 +1,16 @@
+/*
+ * Module entry point for lsnfs_native. Each native source provides an
+ * init function that adds its own properties to `exports`; this file only
+ * calls them in turn, so adding a source means adding one line here.
+ */
+#include <node_api.h>
+
+/* Defined in crc32c.c. Returns NULL with a pending exception on failure. */
+napi_value lsnfs_crc32c_init(napi_env env, napi_value exports);
+
+/* NAPI_MODULE_INIT makes the addon context-aware, so it also loads in
+ * worker threads. */
+NAPI_MODULE_INIT() {
+  if (lsnfs_crc32c_init(env, exports) == NULL) return NULL;
+  return exports;
+}

@@ -1,0 +1,107 @@
+/**
+ * Reading the log: single records (page reads), sequential scans (recovery,
+ * replicas, fsck) and the torn-tail-or-corruption decision.
+ */
+import { DEVICE_SECTOR_BYTES } from '../device/device';
+import {
+  RECORD_HEADER_BYTES, RecordHeader, alignUp, decodeRecordHeader, payloadChecksumOk, recordBytes,
+} from './format';
+import { LogSpace } from './log-space';
+import { MAX_UNWRITTEN_BYTES } from './log-writer';
+
+export interface LogRecord { header: RecordHeader; payload: Buffer }
+
+/** Why a scan stopped at `stopLsn`. */
+export type ScanStop =
+  | 'end-of-range'        // reached the LSN the caller asked for
+  | 'no-record'           // bytes that are not a record header (zeros, torn, another lap)
+  | 'payload-checksum'    // a whole header whose payload does not match its CRC
+  | 'stale-epoch';        // a valid record of an epoch older than the log before it
+
+export interface ScanResult { stopLsn: number; stop: ScanStop; lastEpoch: number }
+
+/** Bytes read per device request during a scan. */
+const SCAN_CHUNK_BYTES = 4 * 1024 * 1024;
+
+/**
+ * How far past a bad record a later durable record can be: the writer keeps
+ * at most MAX_UNWRITTEN_BYTES unwritten, plus one batch in flight.
+ */
+const CORRUPTION_SCAN_BYTES = 2 * MAX_UNWRITTEN_BYTES + SCAN_CHUNK_BYTES;
+
+export class LogReader {
+  constructor(readonly space: LogSpace) {}
+
+  /** Reads the record at `lsn`, or null when the bytes there are not that record (moved or damaged). */
+  async readRecord(lsn: number, expectedBytes?: number): Promise<LogRecord | null> {
+    const guess = expectedBytes ?? 16 * 1024;
+    let buf = await this.space.read(lsn, Math.min(guess, this.space.logBytes));
+    const header = decodeRecordHeader(buf, 0, this.space.salt);
+    if (!header || header.lsn !== lsn) return null;
+    const total = recordBytes(header.payloadBytes);
+    if (buf.length < total) buf = await this.space.read(lsn, total);
+    const payload = buf.subarray(RECORD_HEADER_BYTES, RECORD_HEADER_BYTES + header.payloadBytes);
+    return payloadChecksumOk(header, payload) ? { header, payload } : null;
+  }
+
+  /**
+   * Visits records from `fromLsn` in order until `toLsn` or the first record
+   * that is missing, damaged, or of an older epoch than `minEpoch`/its
+   * predecessor. `maxEpoch` rejects records from the future (a bad device).
+   */
+  async scan(
+    fromLsn: number,
+    options: { toLsn?: number; minEpoch?: number; maxEpoch?: number },
+    visit: (record: LogRecord) => void | Promise<void>,
+  ): Promise<ScanResult> {
+    const toLsn = options.toLsn ?? Number.POSITIVE_INFINITY;
+    const limitLsn = Math.min(toLsn, fromLsn + this.space.logBytes);
+    let lastEpoch = options.minEpoch ?? 0;
+    let chunk: Buffer = Buffer.alloc(0);
+    let chunkLsn = fromLsn;
+    let lsn = fromLsn;
+    const ensure = async (bytes: number): Promise<boolean> => {
+      if (lsn + bytes > fromLsn + this.space.logBytes) return false;
+      if (lsn >= chunkLsn && lsn + bytes <= chunkLsn + chunk.length) return true;
+      const readBytes = Math.min(Math.max(bytes, SCAN_CHUNK_BYTES), fromLsn + this.space.logBytes - lsn);
+      chunk = await this.space.read(lsn, readBytes);
+      chunkLsn = lsn;
+      return true;
+    };
+    while (lsn < limitLsn) {
+      if (!(await ensure(RECORD_HEADER_BYTES))) return { stopLsn: lsn, stop: 'no-record', lastEpoch };
+      const header = decodeRecordHeader(chunk, lsn - chunkLsn, this.space.salt);
+      if (!header || header.lsn !== lsn || (options.maxEpoch !== undefined && header.epoch > options.maxEpoch)) {
+        return { stopLsn: lsn, stop: 'no-record', lastEpoch };
+      }
+      if (header.epoch < lastEpoch) return { stopLsn: lsn, stop: 'stale-epoch', lastEpoch };
+      const total = recordBytes(header.payloadBytes);
+      if (!(await ensure(total))) return { stopLsn: lsn, stop: 'no-record', lastEpoch };
+      const start = lsn - chunkLsn + RECORD_HEADER_BYTES;
+      const payload = chunk.subarray(start, start + header.payloadBytes);
+      if (!payloadChecksumOk(header, payload)) return { stopLsn: lsn, stop: 'payload-checksum', lastEpoch };
+      lastEpoch = header.epoch;
+      await visit({ header, payload });
+      lsn += total;
+    }
+    return { stopLsn: lsn, stop: 'end-of-range', lastEpoch };
+  }
+
+  /**
+   * After a scan stopped at `stopLsn`: is there a record further on that was
+   * written after `stopLsn` had been made durable? Then the bad bytes at
+   * `stopLsn` were acknowledged data, damaged later: corruption, not a torn
+   * tail. Batches start on sectors, so only sector starts are candidates.
+   */
+  async findDurableSuccessor(stopLsn: number, minEpoch: number, headLsn: number): Promise<RecordHeader | null> {
+    const first = alignUp(stopLsn + 1, DEVICE_SECTOR_BYTES);
+    const end = Math.min(first + CORRUPTION_SCAN_BYTES, headLsn + this.space.logBytes);
+    if (end <= first) return null;
+    const window = await this.space.read(first, end - first);
+    for (let offset = 0; offset + RECORD_HEADER_BYTES <= window.length; offset += DEVICE_SECTOR_BYTES) {
+      const header = decodeRecordHeader(window, offset, this.space.salt);
+      if (header && header.lsn === first + offset && header.epoch >= minEpoch && header.durableLsn > stopLsn) return header;
+    }
+    return null;
+  }
+}

@@ -1,0 +1,165 @@
+/**
+ * Appends records at the tail and makes them durable with group commit.
+ *
+ * append() is synchronous: it assigns the next LSN, encodes the record and
+ * queues it, so callers can update their in-memory state in the same tick and
+ * nothing interleaves. One loop writes queued records as one sector-aligned
+ * batch, and flushes the device when someone waits in sync(); every sync()
+ * that arrives while a write or flush is in flight shares the next flush.
+ * A record is reported durable only when the whole prefix before it is.
+ */
+import { DEVICE_SECTOR_BYTES } from '../device/device';
+import { FsError, assert } from '../util/errors';
+import {
+  RECORD_HEADER_BYTES, RecordHeader, RecordType, alignUp, encodeRecord, recordBytes,
+} from './format';
+import { LogSpace } from './log-space';
+
+/** Above this many unwritten bytes, appenders wait (bounds memory and the crash window). */
+export const MAX_UNWRITTEN_BYTES = 8 * 1024 * 1024;
+
+interface SyncWaiter { lsn: number; resolve: () => void; reject: (error: Error) => void }
+
+export class LogWriter {
+  /** Next LSN to assign. */
+  tailLsn: number;
+  /** Everything below this is on the device (maybe not durable). */
+  writtenLsn: number;
+  /** Everything below this is durable. */
+  durableLsn: number;
+  /** Highest PostgreSQL WAL position seen, stamped on each record. */
+  walLsn = 0;
+
+  /** Records appended but not yet written, by LSN: reads of fresh data are served from here. */
+  private readonly unwritten = new Map<number, Buffer>();
+  private queue: Buffer[] = [];
+  private queueStartLsn: number;
+  private readonly syncWaiters: SyncWaiter[] = [];
+  private roomWaiters: Array<() => void> = [];
+  private running = false;
+  private failure: Error | null = null;
+
+  constructor(
+    private readonly space: LogSpace,
+    readonly epoch: number,
+    startLsn: number,
+    /** Checked before every device write; throws if this host may no longer write. */
+    private readonly beforeWrite: () => Promise<void>,
+    /**
+     * The bytes between the sector start and `startLsn` (records recovered
+     * from the last batch). They are rewritten unchanged with the first batch
+     * so that every device write stays whole sectors.
+     */
+    sectorHead: Buffer,
+  ) {
+    assert(sectorHead.length === startLsn % DEVICE_SECTOR_BYTES, 'sector head must reach the tail');
+    this.tailLsn = this.writtenLsn = this.durableLsn = startLsn;
+    this.queueStartLsn = startLsn - sectorHead.length;
+    if (sectorHead.length > 0) this.queue.push(sectorHead);
+  }
+
+  get failed(): Error | null { return this.failure; }
+
+  private get unwrittenBytes(): number { return this.tailLsn - this.writtenLsn; }
+
+  /** Appends one record; returns its header (with the LSN it was given). */
+  append(type: RecordType, payload: Uint8Array, flags = 0): RecordHeader {
+    if (this.failure) throw new FsError('EIO', `log is failed: ${this.failure.message}`);
+    const header = {
+      lsn: this.tailLsn, epoch: this.epoch, type, flags, timeMs: Date.now(),
+      durableLsn: this.durableLsn, walLsn: this.walLsn,
+    };
+    const encoded = encodeRecord(header, payload, this.space.salt);
+    this.queue.push(encoded);
+    this.unwritten.set(header.lsn, encoded);
+    this.tailLsn += encoded.length;
+    this.kick();
+    return { ...header, payloadBytes: payload.length, payloadCrc: encoded.readUInt32LE(28) };
+  }
+
+  /** Resolves when appenders may go on (the unwritten backlog is below its bound). */
+  async waitForRoom(): Promise<void> {
+    while (this.unwrittenBytes > MAX_UNWRITTEN_BYTES && !this.failure) {
+      await new Promise<void>((resolve) => this.roomWaiters.push(resolve));
+    }
+  }
+
+  /** The encoded record at `lsn` if it is not on the device yet. */
+  unwrittenRecord(lsn: number): Buffer | undefined {
+    return this.unwritten.get(lsn);
+  }
+
+  /** Resolves once every record below `lsn` is durable (default: everything appended so far). */
+  sync(lsn = this.tailLsn): Promise<void> {
+    if (this.failure) return Promise.reject(new FsError('EIO', `log is failed: ${this.failure.message}`));
+    if (lsn <= this.durableLsn) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      this.syncWaiters.push({ lsn, resolve, reject });
+      this.kick();
+    });
+  }
+
+  /** Stops for good: pending and future syncs fail with EIO. */
+  fail(error: Error): void {
+    if (this.failure) return;
+    this.failure = error;
+    for (const waiter of this.syncWaiters.splice(0)) waiter.reject(new FsError('EIO', error.message));
+    for (const wake of this.roomWaiters.splice(0)) wake();
+  }
+
+  private kick(): void {
+    if (this.running || this.failure) return;
+    this.running = true;
+    setImmediate(() => {
+      this.run().catch((error: Error) => this.fail(error)).finally(() => { this.running = false; this.rekickIfNeeded(); });
+    });
+  }
+
+  private rekickIfNeeded(): void {
+    if (this.failure) return;
+    if (this.queue.length > 0 || this.syncWaiters.some((w) => w.lsn > this.durableLsn)) this.kick();
+  }
+
+  private async run(): Promise<void> {
+    for (;;) {
+      if (this.queue.length > 0) {
+        await this.writeQueuedBatch();
+        continue;
+      }
+      if (this.syncWaiters.length === 0) return;
+      const target = this.writtenLsn;
+      await this.space.device.flush();
+      this.durableLsn = target;
+      for (let i = this.syncWaiters.length - 1; i >= 0; i--) {
+        const waiter = this.syncWaiters[i]!;
+        if (waiter.lsn <= target) { this.syncWaiters.splice(i, 1); waiter.resolve(); }
+      }
+      assert(this.queue.length > 0 || this.syncWaiters.every((w) => w.lsn <= this.durableLsn), 'sync waiter beyond the tail');
+    }
+  }
+
+  private async writeQueuedBatch(): Promise<void> {
+    this.padQueueToSector();
+    const batch = Buffer.concat(this.queue);
+    const startLsn = this.queueStartLsn;
+    const records = this.queue;
+    this.queue = [];
+    this.queueStartLsn = this.tailLsn;
+    await this.beforeWrite();
+    await this.space.write(startLsn, batch);
+    this.writtenLsn = startLsn + batch.length;
+    let lsn = startLsn;
+    for (const record of records) { this.unwritten.delete(lsn); lsn += record.length; }
+    if (this.unwrittenBytes <= MAX_UNWRITTEN_BYTES) for (const wake of this.roomWaiters.splice(0)) wake();
+  }
+
+  /** Batches end on a sector boundary so that the next batch never rewrites a written sector. */
+  private padQueueToSector(): void {
+    let gap = alignUp(this.tailLsn, DEVICE_SECTOR_BYTES) - this.tailLsn;
+    if (gap === 0) return;
+    if (gap < RECORD_HEADER_BYTES) gap += DEVICE_SECTOR_BYTES;
+    const payloadBytes = gap - RECORD_HEADER_BYTES;
+    assert(recordBytes(payloadBytes) === gap, 'pad record size');
+    this.append(RecordType.Pad, Buffer.alloc(payloadBytes));
+  }
+}

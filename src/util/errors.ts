@@ -1,0 +1,31 @@
+/**
+ * Errors a user or the kernel can act on.
+ *
+ * `FsError` carries a POSIX errno name: the FUSE adapter turns it into the
+ * negative errno the kernel expects. `UserError` is a mistake or a condition a
+ * person must fix (wrong device, damaged log, holder conflict): the CLI prints
+ * its message without a stack trace and exits non-zero.
+ */
+export type ErrnoName =
+  | 'ENOENT' | 'EEXIST' | 'ENOTDIR' | 'EISDIR' | 'ENOTEMPTY' | 'EINVAL'
+  | 'EIO' | 'ENOSPC' | 'EROFS' | 'EBADF' | 'EPERM' | 'EACCES' | 'ENAMETOOLONG'
+  | 'EFBIG' | 'EXDEV' | 'ENOSYS' | 'EMLINK' | 'ELOOP' | 'EOPNOTSUPP';
+
+export class FsError extends Error {
+  constructor(readonly errno: ErrnoName, message?: string) {
+    super(message ?? errno);
+    this.name = 'FsError';
+  }
+}
+
+export class UserError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'UserError';
+  }
+}
+
+/** Invariant check: a failure is a bug in lsnfs, never a user mistake. */
+export function assert(condition: unknown, message: string): asserts condition {
+  if (!condition) throw new Error(`lsnfs invariant violated: ${message}`);
+}

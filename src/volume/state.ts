@@ -1,0 +1,276 @@
+/**
+ * The filesystem as derived from the log: inodes, directories and the
+ * per-page version index. Nothing here touches the device. Every change goes
+ * through `apply(record)`, both when the primary makes it and when recovery or
+ * a replica replays it, so a replayed state is the live state by construction.
+ */
+import { FsError, assert } from '../util/errors';
+import { DATA_BYTES_OFFSET, DataRecordHead, RecordHeader, decodeDataHead, recordBytes } from '../log/format';
+import { MetaOp } from './meta-ops';
+
+export const S_IFMT = 0o170000;
+export const S_IFDIR = 0o040000;
+export const S_IFREG = 0o100000;
+export const S_IFLNK = 0o120000;
+export const ROOT_INO = 1;
+
+export type VersionKind = 'image' | 'delta' | 'zero';
+
+/** One version of one page: where its bytes are in the log and what they cover. */
+export interface PageVersion {
+  /** The LSN at which this version became visible (never changes). */
+  versionLsn: number;
+  /** The LSN of the record holding the bytes (changes when the cleaner moves it). 0 for 'zero'. */
+  loc: number;
+  kind: VersionKind;
+  offsetInPage: number;
+  length: number;
+}
+
+export interface Inode {
+  ino: number;
+  mode: number;
+  uid: number;
+  gid: number;
+  nlink: number;
+  size: number;
+  atimeMs: number;
+  mtimeMs: number;
+  ctimeMs: number;
+  /** Symlink target. */
+  target?: string;
+  /** Directory entries, name -> ino. */
+  entries?: Map<string, number>;
+  /** Regular file pages, page number -> versions ordered by versionLsn. */
+  pages?: Map<number, PageVersion[]>;
+}
+
+export function isDir(inode: Inode): boolean { return (inode.mode & S_IFMT) === S_IFDIR; }
+export function isSymlink(inode: Inode): boolean { return (inode.mode & S_IFMT) === S_IFLNK; }
+export function isRegular(inode: Inode): boolean { return (inode.mode & S_IFMT) === S_IFREG; }
+
+/** Bytes of log a version keeps alive (zero versions live inside a metadata record). */
+export function versionLogBytes(version: PageVersion): number {
+  return version.kind === 'zero' ? 0 : recordBytes(DATA_BYTES_OFFSET + version.length);
+}
+
+export class VolumeState {
+  readonly inodes = new Map<number, Inode>();
+  nextIno = ROOT_INO + 1;
+  /** Log bytes held by page versions still in the index. */
+  liveBytes = 0;
+  /**
+   * Versions older than the newest image at or below this LSN are unreachable
+   * and dropped. Infinity while nobody reads the past; replicas and retention
+   * lower it.
+   */
+  horizonLsn = Number.POSITIVE_INFINITY;
+
+  constructor(readonly pageBytes: number) {}
+
+  static empty(pageBytes: number, rootMode: number, nowMs: number): VolumeState {
+    const state = new VolumeState(pageBytes);
+    state.inodes.set(ROOT_INO, {
+      ino: ROOT_INO, mode: S_IFDIR | rootMode, uid: 0, gid: 0, nlink: 2, size: 0,
+      atimeMs: nowMs, mtimeMs: nowMs, ctimeMs: nowMs, entries: new Map(),
+    });
+    return state;
+  }
+
+  inode(ino: number): Inode {
+    const inode = this.inodes.get(ino);
+    if (!inode) throw new FsError('ENOENT', `inode ${ino} does not exist`);
+    return inode;
+  }
+
+  /** Resolves an absolute path without following a final symlink. */
+  resolve(path: string): Inode {
+    let inode = this.inode(ROOT_INO);
+    for (const name of splitPath(path)) {
+      if (!inode.entries) throw new FsError('ENOTDIR', path);
+      const child = inode.entries.get(name);
+      if (child === undefined) throw new FsError('ENOENT', path);
+      inode = this.inode(child);
+    }
+    return inode;
+  }
+
+  /** Resolves the directory that holds `path` and the final name. */
+  resolveParent(path: string): { parent: Inode; name: string } {
+    const parts = splitPath(path);
+    const name = parts.pop();
+    if (name === undefined) throw new FsError('EINVAL', 'the root has no parent');
+    const parent = this.resolve('/' + parts.join('/'));
+    if (!parent.entries) throw new FsError('ENOTDIR', path);
+    return { parent, name };
+  }
+
+  // -------------------------------------------------------------------------
+  // Applying records
+
+  applyData(header: RecordHeader, payload: Buffer): void {
+    const head = decodeDataHead(payload);
+    const inode = this.inodes.get(head.ino);
+    if (head.versionLsn !== 0) {
+      this.applyRelocation(head, header.lsn);
+      return;
+    }
+    assert(inode?.pages, `data record at LSN ${header.lsn} for missing file inode ${head.ino}`);
+    const kind: VersionKind = head.offsetInPage === 0 && head.length === this.pageBytes ? 'image' : 'delta';
+    this.addVersion(inode, head.pageNo, {
+      versionLsn: header.lsn, loc: header.lsn, kind, offsetInPage: head.offsetInPage, length: head.length,
+    });
+    inode.size = Math.max(inode.size, head.pageNo * this.pageBytes + head.offsetInPage + head.length);
+    inode.mtimeMs = header.timeMs;
+    inode.ctimeMs = header.timeMs;
+  }
+
+  /** The cleaner copied a live version forward: only its location changes. */
+  private applyRelocation(head: DataRecordHead, newLoc: number): void {
+    const version = this.inodes.get(head.ino)?.pages?.get(head.pageNo)?.find((v) => v.versionLsn === head.versionLsn);
+    if (version) version.loc = newLoc;
+  }
+
+  applyMeta(header: RecordHeader, op: MetaOp): void {
+    const t = header.timeMs;
+    switch (op.op) {
+      case 'create': {
+        const parent = this.inode(op.parent);
+        const inode: Inode = {
+          ino: op.ino, mode: op.mode, uid: op.uid, gid: op.gid, nlink: 1, size: 0,
+          atimeMs: t, mtimeMs: t, ctimeMs: t,
+        };
+        if (isDir(inode)) { inode.entries = new Map(); inode.nlink = 2; parent.nlink++; }
+        else if (isSymlink(inode)) { inode.target = op.target ?? ''; inode.size = Buffer.byteLength(inode.target); }
+        else inode.pages = new Map();
+        this.inodes.set(op.ino, inode);
+        this.nextIno = Math.max(this.nextIno, op.ino + 1);
+        this.linkEntry(parent, op.name, op.ino, t);
+        return;
+      }
+      case 'link': {
+        const inode = this.inode(op.ino);
+        inode.nlink++;
+        inode.ctimeMs = t;
+        this.linkEntry(this.inode(op.parent), op.name, op.ino, t);
+        return;
+      }
+      case 'unlink': {
+        this.removeEntry(this.inode(op.parent), op.name, t);
+        return;
+      }
+      case 'rename': {
+        const from = this.inode(op.parent);
+        const to = this.inode(op.newParent);
+        const ino = from.entries!.get(op.name);
+        assert(ino !== undefined, `rename of missing entry ${op.name}`);
+        if (to.entries!.get(op.newName) === ino) return;
+        if (to.entries!.has(op.newName)) this.removeEntry(to, op.newName, t);
+        from.entries!.delete(op.name);
+        to.entries!.set(op.newName, ino);
+        const moved = this.inode(ino);
+        if (isDir(moved) && from !== to) { from.nlink--; to.nlink++; }
+        moved.ctimeMs = t;
+        from.mtimeMs = from.ctimeMs = to.mtimeMs = to.ctimeMs = t;
+        return;
+      }
+      case 'setattr': {
+        const inode = this.inode(op.ino);
+        if (op.mode !== undefined) inode.mode = (inode.mode & S_IFMT) | (op.mode & 0o7777);
+        if (op.uid !== undefined) inode.uid = op.uid;
+        if (op.gid !== undefined) inode.gid = op.gid;
+        if (op.atimeMs !== undefined) inode.atimeMs = op.atimeMs;
+        if (op.mtimeMs !== undefined) inode.mtimeMs = op.mtimeMs;
+        inode.ctimeMs = t;
+        return;
+      }
+      case 'truncate': {
+        this.truncate(this.inode(op.ino), op.size, header.lsn);
+        const inode = this.inode(op.ino);
+        inode.mtimeMs = inode.ctimeMs = t;
+        return;
+      }
+    }
+  }
+
+  private linkEntry(parent: Inode, name: string, ino: number, t: number): void {
+    assert(parent.entries && !parent.entries.has(name), `link over existing entry ${name}`);
+    parent.entries.set(name, ino);
+    parent.mtimeMs = parent.ctimeMs = t;
+  }
+
+  private removeEntry(parent: Inode, name: string, t: number): void {
+    const ino = parent.entries!.get(name);
+    assert(ino !== undefined, `unlink of missing entry ${name}`);
+    parent.entries!.delete(name);
+    parent.mtimeMs = parent.ctimeMs = t;
+    const inode = this.inode(ino);
+    inode.ctimeMs = t;
+    if (isDir(inode)) {
+      parent.nlink--;
+      this.inodes.delete(ino);
+      return;
+    }
+    inode.nlink--;
+    if (inode.nlink === 0) {
+      this.dropPages(inode, 0);
+      this.inodes.delete(ino);
+    }
+  }
+
+  private truncate(inode: Inode, size: number, lsn: number): void {
+    assert(inode.pages, `truncate of non-file inode ${inode.ino}`);
+    const keepPages = Math.ceil(size / this.pageBytes);
+    this.dropPages(inode, keepPages);
+    const cut = size % this.pageBytes;
+    if (cut !== 0 && inode.pages.has(keepPages - 1) && size < inode.size) {
+      // The tail of the boundary page must read as zeros if the file grows again.
+      this.addVersion(inode, keepPages - 1, {
+        versionLsn: lsn, loc: 0, kind: 'zero', offsetInPage: cut, length: this.pageBytes - cut,
+      });
+    }
+    inode.size = size;
+  }
+
+  private dropPages(inode: Inode, firstDroppedPage: number): void {
+    for (const [pageNo, versions] of inode.pages ?? []) {
+      if (pageNo < firstDroppedPage) continue;
+      for (const version of versions) this.liveBytes -= versionLogBytes(version);
+      inode.pages!.delete(pageNo);
+    }
+  }
+
+  private addVersion(inode: Inode, pageNo: number, version: PageVersion): void {
+    let versions = inode.pages!.get(pageNo);
+    if (!versions) { versions = []; inode.pages!.set(pageNo, versions); }
+    versions.push(version);
+    this.liveBytes += versionLogBytes(version);
+    if (version.kind === 'image') this.trimPage(versions);
+  }
+
+  /** Drops versions hidden behind the newest image at or below the horizon. */
+  trimPage(versions: PageVersion[]): void {
+    let keepFrom = -1;
+    for (let i = versions.length - 1; i >= 0; i--) {
+      if (versions[i]!.kind === 'image' && versions[i]!.versionLsn <= this.horizonLsn) { keepFrom = i; break; }
+    }
+    if (keepFrom <= 0) return;
+    for (let i = 0; i < keepFrom; i++) this.liveBytes -= versionLogBytes(versions[i]!);
+    versions.splice(0, keepFrom);
+  }
+
+  /** The versions a read at `atLsn` must combine: newest image at or below it, then later deltas. */
+  versionsAt(inode: Inode, pageNo: number, atLsn: number): PageVersion[] {
+    const versions = inode.pages?.get(pageNo);
+    if (!versions) return [];
+    let end = versions.length;
+    while (end > 0 && versions[end - 1]!.versionLsn > atLsn) end--;
+    let start = end - 1;
+    while (start > 0 && versions[start]!.kind !== 'image') start--;
+    return versions.slice(Math.max(start, 0), end);
+  }
+}
+
+export function splitPath(path: string): string[] {
+  return path.split('/').filter((part) => part.length > 0);
+}

@@ -1,0 +1,464 @@
+/**
+ * A mounted lsnfs volume: the POSIX-shaped operations the FUSE adapter calls,
+ * built on the log (writes become records) and the state (records become the
+ * tree and the page index). Every mutation follows one pattern:
+ *
+ *   await room in the log  ->  validate against the state  ->  append record
+ *   ->  apply the same record to the state          (no await in between)
+ *
+ * so the state always equals a replay of the log, and concurrent operations
+ * never see each other half-done.
+ */
+import { BlockDevice, DEVICE_SECTOR_BYTES } from '../device/device';
+import { FsError, assert } from '../util/errors';
+import {
+  DATA_BYTES_OFFSET, RECORD_FLAG_CHECKPOINT_LAST, RecordType, Superblock, alignDown, decodeDataHead,
+  encodeDataPayload, recordBytes,
+} from '../log/format';
+import { LogReader } from '../log/log-reader';
+import { LogSpace } from '../log/log-space';
+import { LogWriter } from '../log/log-writer';
+import { readSuperblock, writeSuperblock } from '../log/superblock';
+import { EmulatedReservation } from '../fence/emulated-reservation';
+import { serializeState } from './checkpoint';
+import { Cleaner } from './cleaner';
+import { MetaOp, encodeMetaOp } from './meta-ops';
+import { logSpaceOf, recover } from './recovery';
+import { Inode, PageVersion, ROOT_INO, S_IFDIR, S_IFLNK, VolumeState, isDir, isRegular, isSymlink } from './state';
+
+/** A checkpoint chunk; a checkpoint is a run of these records. */
+const CHECKPOINT_CHUNK_BYTES = 1024 * 1024;
+/** Log growth after which a new checkpoint is written (bounds replay time). */
+const CHECKPOINT_INTERVAL_BYTES = 64 * 1024 * 1024;
+/** Deltas on one page before a read folds them into a fresh image. */
+const MAX_DELTAS_PER_PAGE = 16;
+/** Room a metadata operation asks for (one record, with slack for a pad). */
+const META_RECORD_ROOM_BYTES = 4096 + DEVICE_SECTOR_BYTES;
+const HEARTBEAT_INTERVAL_MS = 1000;
+const NAME_MAX_BYTES = 255;
+
+export interface Stat {
+  ino: number; mode: number; uid: number; gid: number; nlink: number; size: number;
+  atimeMs: number; mtimeMs: number; ctimeMs: number; blocks: number; blksize: number;
+}
+
+export interface StatFs {
+  blockBytes: number; totalBlocks: number; freeBlocks: number; files: number; freeFiles: number; nameMax: number;
+}
+
+export interface VolumeOpenOptions { host: string }
+
+export class Volume {
+  private heartbeatTimer: NodeJS.Timeout | null = null;
+  private checkpointInFlight: Promise<void> | null = null;
+  private superblockLock: Promise<void> = Promise.resolve();
+  private closed = false;
+  readonly cleaner: Cleaner;
+
+  private constructor(
+    readonly device: BlockDevice,
+    public superblock: Superblock,
+    readonly state: VolumeState,
+    readonly reader: LogReader,
+    private readonly writer: LogWriter,
+    private readonly reservation: EmulatedReservation,
+    /** Size of the newest checkpoint, to keep room for the next one. */
+    public checkpointBytes: number,
+  ) {
+    this.cleaner = new Cleaner(this, writer);
+  }
+
+  get pageBytes(): number { return this.state.pageBytes; }
+  get tailLsn(): number { return this.writer.tailLsn; }
+  get durableLsn(): number { return this.writer.durableLsn; }
+  get epoch(): number { return this.writer.epoch; }
+
+  /**
+   * Mounts read-write: take the reservation, recover the log, bump the epoch
+   * (records of older epochs past the tail are now stale), and start the log
+   * with an Epoch record.
+   */
+  static async openPrimary(device: BlockDevice, options: VolumeOpenOptions): Promise<Volume> {
+    const before = await readSuperblock(device);
+    const reservation = await EmulatedReservation.acquire(device, options.host, before.epoch + 1);
+    const recovered = await recover(device, before);
+    const superblock = { ...before, epoch: before.epoch + 1, generation: before.generation + 1 };
+    await writeSuperblock(device, superblock);
+    const space = logSpaceOf(device, superblock);
+    const sectorStart = alignDown(recovered.tailLsn, DEVICE_SECTOR_BYTES);
+    const sectorHead = recovered.tailLsn > sectorStart ? await space.read(sectorStart, recovered.tailLsn - sectorStart) : Buffer.alloc(0);
+    let volume: Volume | null = null;
+    const writer = new LogWriter(space, superblock.epoch, recovered.tailLsn, async () => {
+      try {
+        await reservation.check();
+      } catch (error) {
+        volume?.fence(error as Error);
+        throw error;
+      }
+    }, sectorHead);
+    volume = new Volume(device, superblock, recovered.state, new LogReader(space), writer, reservation, recovered.checkpointBytes);
+    writer.append(RecordType.Epoch, Buffer.from(JSON.stringify({ host: options.host, pid: process.pid, epoch: superblock.epoch })));
+    await writer.sync();
+    volume.heartbeatTimer = setInterval(() => {
+      reservation.heartbeat().catch((error: Error) => volume!.fence(error));
+    }, HEARTBEAT_INTERVAL_MS);
+    volume.heartbeatTimer.unref();
+    return volume;
+  }
+
+  /** This host may no longer write: fail everything pending and refuse the rest. */
+  private fence(error: Error): void {
+    this.writer.fail(error);
+  }
+
+  // -------------------------------------------------------------------------
+  // Lookups
+
+  resolve(path: string): Inode { return this.state.resolve(path); }
+
+  stat(inode: Inode): Stat {
+    return {
+      ino: inode.ino, mode: inode.mode, uid: inode.uid, gid: inode.gid, nlink: inode.nlink, size: inode.size,
+      atimeMs: inode.atimeMs, mtimeMs: inode.mtimeMs, ctimeMs: inode.ctimeMs,
+      blocks: this.allocatedBlocks(inode), blksize: this.pageBytes,
+    };
+  }
+
+  /** 512-byte blocks the file holds: what du and sparse-file checks read. */
+  private allocatedBlocks(inode: Inode): number {
+    if (!inode.pages) return 0;
+    return (inode.pages.size * this.pageBytes) / 512;
+  }
+
+  readdir(path: string): string[] {
+    const dir = this.resolve(path);
+    if (!dir.entries) throw new FsError('ENOTDIR', path);
+    return [...dir.entries.keys()];
+  }
+
+  readlink(path: string): string {
+    const inode = this.resolve(path);
+    if (!isSymlink(inode)) throw new FsError('EINVAL', path);
+    return inode.target!;
+  }
+
+  statfs(): StatFs {
+    const usable = this.superblock.logBytes - this.cleaner.reserveBytes();
+    const freeBytes = Math.max(0, usable - this.state.liveBytes);
+    return {
+      blockBytes: this.pageBytes,
+      totalBlocks: Math.floor(usable / this.pageBytes),
+      freeBlocks: Math.floor(freeBytes / this.pageBytes),
+      files: this.state.inodes.size + 1_000_000,
+      freeFiles: 1_000_000,
+      nameMax: NAME_MAX_BYTES,
+    };
+  }
+
+  // -------------------------------------------------------------------------
+  // Namespace changes
+
+  async create(path: string, mode: number, uid: number, gid: number, target?: string): Promise<Inode> {
+    return this.metaChange(() => {
+      const { parent, name } = this.parentForNewEntry(path);
+      const ino = this.state.nextIno;
+      this.appendMeta({ op: 'create', parent: parent.ino, name, ino, mode, uid, gid, ...(target !== undefined ? { target } : {}) });
+      return this.state.inode(ino);
+    });
+  }
+
+  mkdir(path: string, mode: number, uid: number, gid: number): Promise<Inode> {
+    return this.create(path, S_IFDIR | (mode & 0o7777), uid, gid);
+  }
+
+  symlink(target: string, path: string, uid: number, gid: number): Promise<Inode> {
+    return this.create(path, S_IFLNK | 0o777, uid, gid, target);
+  }
+
+  async link(existingPath: string, newPath: string): Promise<void> {
+    await this.metaChange(() => {
+      const inode = this.resolve(existingPath);
+      if (isDir(inode)) throw new FsError('EPERM', existingPath);
+      const { parent, name } = this.parentForNewEntry(newPath);
+      this.appendMeta({ op: 'link', ino: inode.ino, parent: parent.ino, name });
+    });
+  }
+
+  async unlink(path: string): Promise<void> {
+    await this.metaChange(() => {
+      const { parent, name } = this.state.resolveParent(path);
+      const inode = this.resolve(path);
+      if (isDir(inode)) throw new FsError('EISDIR', path);
+      this.appendMeta({ op: 'unlink', parent: parent.ino, name });
+    });
+  }
+
+  async rmdir(path: string): Promise<void> {
+    await this.metaChange(() => {
+      const { parent, name } = this.state.resolveParent(path);
+      const inode = this.resolve(path);
+      if (!isDir(inode)) throw new FsError('ENOTDIR', path);
+      if (inode.entries!.size > 0) throw new FsError('ENOTEMPTY', path);
+      this.appendMeta({ op: 'unlink', parent: parent.ino, name });
+    });
+  }
+
+  async rename(from: string, to: string): Promise<void> {
+    await this.metaChange(() => {
+      const source = this.state.resolveParent(from);
+      const moving = this.resolve(from);
+      const target = this.state.resolveParent(to);
+      checkName(target.name, to);
+      const existingIno = target.parent.entries!.get(target.name);
+      if (existingIno !== undefined) {
+        const existing = this.state.inode(existingIno);
+        if (isDir(existing) && !isDir(moving)) throw new FsError('EISDIR', to);
+        if (!isDir(existing) && isDir(moving)) throw new FsError('ENOTDIR', to);
+        if (isDir(existing) && existing.entries!.size > 0) throw new FsError('ENOTEMPTY', to);
+      }
+      if (isDir(moving) && this.isAncestor(moving.ino, target.parent.ino)) throw new FsError('EINVAL', `${to} is inside ${from}`);
+      this.appendMeta({ op: 'rename', parent: source.parent.ino, name: source.name, newParent: target.parent.ino, newName: target.name });
+    });
+  }
+
+  async setattr(path: string, change: { mode?: number; uid?: number; gid?: number; atimeMs?: number; mtimeMs?: number }): Promise<void> {
+    await this.metaChange(() => {
+      const inode = this.resolve(path);
+      this.appendMeta({ op: 'setattr', ino: inode.ino, ...change });
+    });
+  }
+
+  async truncate(ino: number, size: number): Promise<void> {
+    await this.metaChange(() => {
+      const inode = this.state.inode(ino);
+      if (isDir(inode)) throw new FsError('EISDIR', `inode ${ino}`);
+      if (!isRegular(inode)) throw new FsError('EINVAL', `inode ${ino}`);
+      this.appendMeta({ op: 'truncate', ino, size });
+    });
+  }
+
+  private parentForNewEntry(path: string): { parent: Inode; name: string } {
+    const { parent, name } = this.state.resolveParent(path);
+    checkName(name, path);
+    if (parent.entries!.has(name)) throw new FsError('EEXIST', path);
+    return { parent, name };
+  }
+
+  private isAncestor(ancestorIno: number, ino: number): boolean {
+    if (ancestorIno === ino) return true;
+    // Directories have one parent; walk down from the root is costly, so search upward by scanning.
+    const parents = new Map<number, number>();
+    for (const inode of this.state.inodes.values()) {
+      if (!inode.entries) continue;
+      for (const child of inode.entries.values()) parents.set(child, inode.ino);
+    }
+    for (let at: number | undefined = ino; at !== undefined && at !== ROOT_INO; at = parents.get(at)) {
+      if (at === ancestorIno) return true;
+    }
+    return false;
+  }
+
+  private async metaChange<T>(change: () => T): Promise<T> {
+    await this.ensureRoom(META_RECORD_ROOM_BYTES, 'meta');
+    return change();
+  }
+
+  private appendMeta(op: MetaOp): void {
+    this.assertWritable();
+    const payload = encodeMetaOp(op);
+    const header = this.writer.append(RecordType.Meta, payload);
+    this.state.applyMeta(header, op);
+    this.afterAppend();
+  }
+
+  // -------------------------------------------------------------------------
+  // File data
+
+  async write(ino: number, position: number, data: Buffer): Promise<number> {
+    const pageBytes = this.pageBytes;
+    const firstPage = Math.floor(position / pageBytes);
+    const lastPage = Math.floor((position + data.length - 1) / pageBytes);
+    await this.writer.waitForRoom();
+    await this.ensureRoom((lastPage - firstPage + 1) * recordBytes(DATA_BYTES_OFFSET + pageBytes) + DEVICE_SECTOR_BYTES, 'data');
+    this.assertWritable();
+    const inode = this.state.inode(ino);
+    if (!isRegular(inode)) throw new FsError('EISDIR', `inode ${ino}`);
+    for (let pageNo = firstPage; pageNo <= lastPage; pageNo++) {
+      const start = Math.max(position, pageNo * pageBytes);
+      const end = Math.min(position + data.length, (pageNo + 1) * pageBytes);
+      const bytes = data.subarray(start - position, end - position);
+      this.appendData(ino, pageNo, start - pageNo * pageBytes, bytes, 0);
+    }
+    this.afterAppend();
+    return data.length;
+  }
+
+  /** Appends one Data record and applies it (versionLsn 0 = new bytes; else a cleaner copy). */
+  appendData(ino: number, pageNo: number, offsetInPage: number, bytes: Uint8Array, versionLsn: number): number {
+    const payload = encodeDataPayload({ ino, pageNo, offsetInPage, length: bytes.length, versionLsn }, bytes);
+    const header = this.writer.append(RecordType.Data, payload);
+    this.state.applyData(header, payload);
+    return header.lsn;
+  }
+
+  async read(ino: number, position: number, length: number): Promise<Buffer> {
+    const inode = this.state.inode(ino);
+    if (isDir(inode)) throw new FsError('EISDIR', `inode ${ino}`);
+    const end = Math.min(inode.size, position + length);
+    if (end <= position) return Buffer.alloc(0);
+    const pageBytes = this.pageBytes;
+    const firstPage = Math.floor(position / pageBytes);
+    const lastPage = Math.floor((end - 1) / pageBytes);
+    const pages = await Promise.all(
+      Array.from({ length: lastPage - firstPage + 1 }, (_, i) => this.readPage(inode, firstPage + i)),
+    );
+    const whole = pages.length === 1 ? pages[0]! : Buffer.concat(pages);
+    return whole.subarray(position - firstPage * pageBytes, end - firstPage * pageBytes);
+  }
+
+  /** The page as of `atLsn`: newest image at or below it, with the later deltas applied in order. */
+  async readPage(inode: Inode, pageNo: number, atLsn = Number.POSITIVE_INFINITY): Promise<Buffer> {
+    for (let attempt = 0; ; attempt++) {
+      const versions = this.state.versionsAt(inode, pageNo, atLsn);
+      const locations = versions.map((v) => v.loc);
+      const contents = await Promise.all(versions.map((v) => this.versionBytes(inode.ino, pageNo, v)));
+      const moved = versions.some((v, i) => v.loc !== locations[i]);
+      const missing = contents.findIndex((c, i) => c === null && versions[i]!.kind !== 'zero');
+      if (missing >= 0) {
+        // The cleaner may have moved the version while we read: look again.
+        if (moved && attempt < 3) continue;
+        throw new FsError('EIO', `page ${pageNo} of inode ${inode.ino}: record at LSN ${locations[missing]} is damaged`);
+      }
+      const page = Buffer.alloc(this.pageBytes);
+      versions.forEach((v, i) => {
+        if (v.kind === 'zero') page.fill(0, v.offsetInPage, v.offsetInPage + v.length);
+        else contents[i]!.copy(page, v.offsetInPage);
+      });
+      if (versions.length > MAX_DELTAS_PER_PAGE && atLsn === Number.POSITIVE_INFINITY) this.foldDeltas(inode, pageNo, versions, page);
+      return page;
+    }
+  }
+
+  /** Replaces a long delta chain with one image of the same content, if nothing changed meanwhile. */
+  private foldDeltas(inode: Inode, pageNo: number, folded: PageVersion[], page: Buffer): void {
+    const current = inode.pages?.get(pageNo);
+    if (!current || current[current.length - 1] !== folded[folded.length - 1] || !this.canAppendNow('data', page.length)) return;
+    this.appendData(inode.ino, pageNo, 0, page, 0);
+    this.afterAppend();
+  }
+
+  private async versionBytes(ino: number, pageNo: number, version: PageVersion): Promise<Buffer | null> {
+    if (version.kind === 'zero') return null;
+    const unwritten = this.writer.unwrittenRecord(version.loc);
+    const record = unwritten
+      ? { payload: unwritten.subarray(64, 64 + DATA_BYTES_OFFSET + version.length) }
+      : await this.reader.readRecord(version.loc, recordBytes(DATA_BYTES_OFFSET + version.length));
+    if (!record) return null;
+    const head = decodeDataHead(record.payload);
+    if (head.ino !== ino || head.pageNo !== pageNo || head.length !== version.length) return null;
+    return record.payload.subarray(DATA_BYTES_OFFSET, DATA_BYTES_OFFSET + head.length);
+  }
+
+  // -------------------------------------------------------------------------
+  // Durability
+
+  /** fsync of anything: the whole log prefix appended so far becomes durable. */
+  async sync(): Promise<void> {
+    await this.writer.sync();
+  }
+
+  private assertWritable(): void {
+    if (this.closed) throw new FsError('EROFS', 'volume is closed');
+    if (this.writer.failed) throw new FsError('EIO', `writes stopped: ${this.writer.failed.message}`);
+  }
+
+  private afterAppend(): void {
+    if (this.writer.tailLsn - this.superblock.checkpointLsn > this.checkpointIntervalBytes() && !this.checkpointInFlight) {
+      void this.checkpoint().catch((error: Error) => this.fence(error));
+    }
+    this.cleaner.maybeStartBackground();
+  }
+
+  private checkpointIntervalBytes(): number {
+    return Math.min(CHECKPOINT_INTERVAL_BYTES, Math.floor(this.superblock.logBytes / 8));
+  }
+
+  // -------------------------------------------------------------------------
+  // Space
+
+  canAppendNow(kind: 'data' | 'meta' | 'cleaner', bytes: number): boolean {
+    const used = this.writer.tailLsn - this.superblock.headLsn;
+    const reserve = this.cleaner.reserveBytes();
+    const limit = kind === 'data' ? this.superblock.logBytes - reserve
+      : kind === 'meta' ? this.superblock.logBytes - reserve / 2
+        : this.superblock.logBytes - DEVICE_SECTOR_BYTES * 2;
+    return used + bytes <= limit;
+  }
+
+  /** Waits until `bytes` fit in the log, cleaning if needed; ENOSPC when cleaning cannot make room. */
+  private async ensureRoom(bytes: number, kind: 'data' | 'meta'): Promise<void> {
+    this.assertWritable();
+    if (this.canAppendNow(kind, bytes)) return;
+    await this.cleaner.cleanUntil(() => this.canAppendNow(kind, bytes));
+    if (!this.canAppendNow(kind, bytes)) {
+      throw new FsError('ENOSPC', `device ${this.device.name}: no space left (live ${this.state.liveBytes} bytes of ${this.superblock.logBytes})`);
+    }
+  }
+
+  /**
+   * Writes a checkpoint at the tail and points the superblock at it. The
+   * state is serialized and appended in one tick, so no record falls between
+   * the state and its LSN.
+   */
+  checkpoint(): Promise<void> {
+    if (this.checkpointInFlight) return this.checkpointInFlight;
+    const run = async (): Promise<void> => {
+      this.assertWritable();
+      const bytes = serializeState(this.state);
+      let firstLsn = 0;
+      for (let offset = 0; offset < bytes.length || offset === 0; offset += CHECKPOINT_CHUNK_BYTES) {
+        const chunk = bytes.subarray(offset, offset + CHECKPOINT_CHUNK_BYTES);
+        const last = offset + CHECKPOINT_CHUNK_BYTES >= bytes.length;
+        const header = this.writer.append(RecordType.Checkpoint, chunk, last ? RECORD_FLAG_CHECKPOINT_LAST : 0);
+        if (offset === 0) firstLsn = header.lsn;
+      }
+      this.checkpointBytes = bytes.length;
+      await this.writer.sync();
+      await this.updateSuperblock({ checkpointLsn: firstLsn });
+    };
+    this.checkpointInFlight = run().finally(() => { this.checkpointInFlight = null; });
+    return this.checkpointInFlight;
+  }
+
+  /** Serialized superblock update: next generation, written and flushed. */
+  updateSuperblock(change: Partial<Pick<Superblock, 'checkpointLsn' | 'headLsn'>>): Promise<void> {
+    const run = this.superblockLock.then(async () => {
+      const next = { ...this.superblock, ...change, generation: this.superblock.generation + 1 };
+      assert(next.headLsn <= next.checkpointLsn, `head ${next.headLsn} passed checkpoint ${next.checkpointLsn}`);
+      await writeSuperblock(this.device, next);
+      this.superblock = next;
+    });
+    this.superblockLock = run.catch(() => undefined);
+    return run;
+  }
+
+  /** Clean unmount: checkpoint (fast next mount), release the reservation, close the device. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
+    await this.cleaner.stop();
+    if (!this.writer.failed) {
+      await this.checkpoint();
+      await this.reservation.release();
+    }
+    this.closed = true;
+    await this.device.close();
+  }
+
+  logSpace(): LogSpace { return this.reader.space; }
+}
+
+function checkName(name: string, path: string): void {
+  if (Buffer.byteLength(name) > NAME_MAX_BYTES) throw new FsError('ENAMETOOLONG', path);
+}
+
