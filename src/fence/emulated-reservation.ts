@@ -13,6 +13,7 @@ import { BlockDevice } from '../device/device';
 import { UserError } from '../util/errors';
 import { RESERVATION_OFFSET, readU48, writeU48 } from '../log/format';
 import { crc32c } from '../util/crc32c';
+import { processAlive } from '../util/process';
 
 const RESERVATION_MAGIC = Buffer.from('LSNFS-RS', 'ascii');
 const BLOCK_BYTES = 512;
@@ -61,14 +62,6 @@ async function writeHolder(device: BlockDevice, holder: Holder | null): Promise<
   await device.flush();
 }
 
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 export class EmulatedReservation {
   private constructor(private readonly device: BlockDevice, private holder: Holder) {}

@@ -11,6 +11,15 @@ import { VolumeState } from './state';
 
 export interface MkfsOptions { pageBytes?: number; force?: boolean; retainMs?: number }
 
+/** Throws if `device` already holds an lsnfs volume (mkfs without --force must not destroy it). */
+export async function refuseExistingVolume(device: BlockDevice): Promise<void> {
+  if (device.sizeBytes < SUPERBLOCK_OFFSETS[0] + 4096) return;
+  const existing = decodeSuperblock(await device.read(SUPERBLOCK_OFFSETS[0], 4096));
+  if (existing.ok || existing.reason !== 'not-lsnfs') {
+    throw new UserError(`device ${device.name}: already holds an lsnfs volume; pass --force to overwrite it`);
+  }
+}
+
 /** Formats `device`: zeroed metadata area, both superblocks, and an empty root checkpoint. */
 export async function mkfs(device: BlockDevice, options: MkfsOptions = {}): Promise<Superblock> {
   const pageBytes = options.pageBytes ?? DEFAULT_PAGE_BYTES;
@@ -20,12 +29,7 @@ export async function mkfs(device: BlockDevice, options: MkfsOptions = {}): Prom
   if (device.sizeBytes < MIN_DEVICE_BYTES) {
     throw new UserError(`device ${device.name}: ${device.sizeBytes} bytes is too small (at least ${MIN_DEVICE_BYTES} bytes)`);
   }
-  if (!options.force) {
-    const existing = decodeSuperblock(await device.read(SUPERBLOCK_OFFSETS[0], 4096));
-    if (existing.ok || existing.reason !== 'not-lsnfs') {
-      throw new UserError(`device ${device.name}: already holds an lsnfs volume; pass --force to overwrite it`);
-    }
-  }
+  if (!options.force) await refuseExistingVolume(device);
   const uuid = randomUUID();
   const logBytes = alignDown(device.sizeBytes - LOG_OFFSET, 4096);
   const state = VolumeState.empty(pageBytes, 0o755, Date.now());

@@ -1,0 +1,165 @@
+/**
+ * `lsnfs mount` and `lsnfs umount`. A mount runs as its own process (the
+ * daemon) because FUSE ops run on that process's event loop; the command a
+ * user types starts the daemon, waits until the mount is live, and returns.
+ */
+import { spawn } from 'node:child_process';
+import { openSync, promises as fsp } from 'node:fs';
+import path from 'node:path';
+import Fuse from 'fuse-native';
+import pino from 'pino';
+import { openDevice } from '../device/open';
+import { fuseOps } from '../fuse/adapter';
+import { UserError } from '../util/errors';
+import { processAlive } from '../util/process';
+import { Volume } from '../volume/volume';
+import { isMounted, mountLogPath, readMountRecord, removeMountRecord, runtimeDir, writeMountRecord } from './runtime';
+
+export interface MountOptions {
+  device: string;
+  mountpoint: string;
+  host: string;
+  allowOther: boolean;
+  foreground: boolean;
+}
+
+const READY_TIMEOUT_MS = 120_000;
+const UMOUNT_WAIT_MS = 120_000;
+const LARGEST_WRITE_BYTES = 128 * 1024;
+
+/** Starts the daemon in the background and resolves once the mount is live. */
+export async function mountInBackground(options: MountOptions, cliArgs: string[]): Promise<{ pid: number; logFile: string }> {
+  await checkMountpoint(options.mountpoint);
+  await fsp.mkdir(runtimeDir(), { recursive: true });
+  const logFile = mountLogPath(options.mountpoint);
+  const logFd = openSync(logFile, 'a');
+  const child = spawn(process.execPath, [process.argv[1]!, ...cliArgs, '--foreground'], {
+    detached: true,
+    stdio: ['ignore', logFd, logFd, 'ipc'],
+  });
+  const outcome = await new Promise<{ ok: true } | { ok: false; message: string }>((resolve) => {
+    const timer = setTimeout(() => resolve({ ok: false, message: `mount did not come up within ${READY_TIMEOUT_MS} ms (see ${logFile})` }), READY_TIMEOUT_MS);
+    child.on('message', (message: { ready?: boolean; error?: string }) => {
+      clearTimeout(timer);
+      resolve(message.ready ? { ok: true } : { ok: false, message: message.error ?? 'mount failed' });
+    });
+    child.on('exit', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ ok: false, message: `mount process exited (${signal ?? `code ${code}`}); see ${logFile}` });
+    });
+  });
+  if (!outcome.ok) {
+    child.kill('SIGKILL');
+    throw new UserError(outcome.message);
+  }
+  child.disconnect();
+  child.unref();
+  return { pid: child.pid!, logFile };
+}
+
+async function checkMountpoint(mountpoint: string): Promise<void> {
+  const stat = await fsp.stat(mountpoint).catch(() => null);
+  if (!stat?.isDirectory()) throw new UserError(`mountpoint ${mountpoint}: not a directory`);
+  if (await isMounted(mountpoint)) throw new UserError(`mountpoint ${mountpoint}: something is already mounted there`);
+}
+
+/** The daemon: serves the mount until SIGTERM/SIGINT, then closes the volume cleanly. */
+export async function runMountDaemon(options: MountOptions): Promise<void> {
+  const log = pino({ name: 'lsnfs-mount' }, pino.destination(2));
+  const notify = (message: object): void => { if (process.send) process.send(message); };
+  let volume: Volume;
+  try {
+    await checkMountpoint(options.mountpoint);
+    const device = await openDevice(options.device, { readOnly: false });
+    volume = await Volume.openPrimary(device, { host: options.host });
+    await mountFuse(volume, options);
+  } catch (error) {
+    notify({ error: error instanceof UserError ? error.message : String(error) });
+    throw error;
+  }
+  const mountpoint = path.resolve(options.mountpoint);
+  await writeMountRecord({
+    pid: process.pid, device: options.device, mountpoint, host: options.host, role: 'primary',
+    logFile: mountLogPath(mountpoint), startedAtMs: Date.now(),
+  });
+  log.info({ device: options.device, mountpoint, epoch: volume.epoch, tailLsn: volume.tailLsn }, 'mounted read-write');
+  notify({ ready: true });
+  // fuse-native keeps no handle open on the event loop; this keeps the daemon alive.
+  const keepAlive = setInterval(() => undefined, 1 << 30);
+  let stopping = false;
+  const stop = async (signal: string): Promise<void> => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'unmounting');
+    try {
+      if (await isMounted(mountpoint)) await runUmount(mountpoint);
+      await volume.close();
+      await removeMountRecord(mountpoint);
+      log.info({ tailLsn: volume.tailLsn }, 'unmounted cleanly');
+      clearInterval(keepAlive);
+      process.exit(0);
+    } catch (error) {
+      log.error({ err: error }, 'unmount failed');
+      stopping = false;
+    }
+  };
+  process.on('SIGTERM', () => void stop('SIGTERM'));
+  process.on('SIGINT', () => void stop('SIGINT'));
+}
+
+function mountFuse(volume: Volume, options: MountOptions): Promise<void> {
+  const fuse = new Fuse(options.mountpoint, fuseOps(volume), {
+    timeout: false,
+    allowOther: options.allowOther,
+    defaultPermissions: true,
+    kernelCache: true,
+    attrTimeout: 60,
+    entryTimeout: 60,
+    maxRead: LARGEST_WRITE_BYTES,
+    // fuse-native drops big_writes/max_write; fsname is passed through unescaped.
+    fsname: `lsnfs,big_writes,max_write=${LARGEST_WRITE_BYTES}`,
+  });
+  return new Promise((resolve, reject) => {
+    fuse.mount((error) => (error ? reject(new UserError(`mountpoint ${options.mountpoint}: FUSE mount failed: ${error.message}`)) : resolve()));
+  });
+}
+
+function runUmount(mountpoint: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('umount', [mountpoint], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (chunk: Buffer) => { stderr += chunk.toString(); });
+    child.on('exit', (code) => (code === 0 ? resolve() : reject(new UserError(`mountpoint ${mountpoint}: umount failed: ${stderr.trim()}`))));
+  });
+}
+
+/**
+ * Unmounts: the kernel mount goes first (refused while files are open), then
+ * the daemon flushes, checkpoints, releases the device and exits.
+ */
+export async function umount(mountpoint: string): Promise<void> {
+  const record = await readMountRecord(mountpoint);
+  const mounted = await isMounted(mountpoint);
+  if (!record && !mounted) throw new UserError(`mountpoint ${mountpoint}: nothing is mounted there`);
+  const daemonAlive = record !== null && processAlive(record.pid);
+  if (mounted) {
+    if (daemonAlive) await runUmount(mountpoint);
+    else await runUmountLazy(mountpoint); // the daemon died: only the kernel's stale mount is left
+  }
+  if (record && daemonAlive) {
+    process.kill(record.pid, 'SIGTERM');
+    const deadline = Date.now() + UMOUNT_WAIT_MS;
+    while (processAlive(record.pid)) {
+      if (Date.now() > deadline) throw new UserError(`mountpoint ${mountpoint}: daemon pid ${record.pid} did not exit; see ${record.logFile}`);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  }
+  await removeMountRecord(mountpoint);
+}
+
+function runUmountLazy(mountpoint: string): Promise<void> {
+  return new Promise((resolve) => {
+    spawn('umount', ['-l', mountpoint], { stdio: 'ignore' }).on('exit', () => resolve());
+  });
+}
+

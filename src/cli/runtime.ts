@@ -1,0 +1,56 @@
+/**
+ * Where running mounts are recorded, so that `lsnfs umount` finds the
+ * process that serves a mountpoint. One JSON file per mountpoint.
+ */
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+
+export interface MountRecord {
+  pid: number;
+  device: string;
+  mountpoint: string;
+  host: string;
+  role: 'primary';
+  logFile: string;
+  startedAtMs: number;
+}
+
+export function runtimeDir(): string {
+  return process.env.LSNFS_RUNTIME_DIR ?? '/run/lsnfs';
+}
+
+function idOf(mountpoint: string): string {
+  return path.resolve(mountpoint).replace(/[^A-Za-z0-9._-]+/g, '_');
+}
+
+export function mountRecordPath(mountpoint: string): string {
+  return path.join(runtimeDir(), `${idOf(mountpoint)}.json`);
+}
+
+export function mountLogPath(mountpoint: string): string {
+  return path.join(runtimeDir(), `${idOf(mountpoint)}.log`);
+}
+
+export async function writeMountRecord(record: MountRecord): Promise<void> {
+  await fsp.mkdir(runtimeDir(), { recursive: true });
+  await fsp.writeFile(mountRecordPath(record.mountpoint), JSON.stringify(record, null, 2));
+}
+
+export async function readMountRecord(mountpoint: string): Promise<MountRecord | null> {
+  try {
+    return JSON.parse(await fsp.readFile(mountRecordPath(mountpoint), 'utf8')) as MountRecord;
+  } catch {
+    return null;
+  }
+}
+
+export async function removeMountRecord(mountpoint: string): Promise<void> {
+  await fsp.rm(mountRecordPath(mountpoint), { force: true });
+}
+
+/** True when the kernel lists `mountpoint` as a mount (from /proc/self/mounts). */
+export async function isMounted(mountpoint: string): Promise<boolean> {
+  const target = path.resolve(mountpoint);
+  const mounts = await fsp.readFile('/proc/self/mounts', 'utf8');
+  return mounts.split('\n').some((line) => line.split(' ')[1]?.replace(/\\040/g, ' ') === target);
+}

@@ -1,0 +1,177 @@
+/**
+ * Read-only views of a device for status, fsck and inspect. They open the
+ * device without writing and work while a primary has it mounted.
+ */
+import { BlockDevice } from '../device/device';
+import { DATA_BYTES_OFFSET, RecordHeader, RecordType, Superblock, decodeDataHead, recordBytes } from '../log/format';
+import { LogReader } from '../log/log-reader';
+import { readSuperblock } from '../log/superblock';
+import { Holder, readHolder } from '../fence/emulated-reservation';
+import { CorruptLogError, Recovered, describeStop, logSpaceOf, recover } from './recovery';
+import { Inode, VolumeState, isDir } from './state';
+import { decodeMetaOp } from './meta-ops';
+
+export interface VolumeStatus {
+  device: string;
+  uuid: string;
+  formatVersion: number;
+  pageSize: number;
+  sizeBytes: number;
+  logBytes: number;
+  usedBytes: number;
+  liveBytes: number;
+  epoch: number;
+  headLsn: number;
+  tailLsn: number;
+  checkpointLsn: number;
+  files: number;
+  holder: Holder | null;
+}
+
+export async function volumeStatus(device: BlockDevice): Promise<VolumeStatus> {
+  const superblock = await readSuperblock(device);
+  const recovered = await recover(device, superblock);
+  return {
+    device: device.name,
+    uuid: superblock.uuid,
+    formatVersion: superblock.formatVersion,
+    pageSize: superblock.pageBytes,
+    sizeBytes: superblock.deviceBytes,
+    logBytes: superblock.logBytes,
+    usedBytes: recovered.tailLsn - superblock.headLsn,
+    liveBytes: recovered.state.liveBytes,
+    epoch: superblock.epoch,
+    headLsn: superblock.headLsn,
+    tailLsn: recovered.tailLsn,
+    checkpointLsn: superblock.checkpointLsn,
+    files: recovered.state.inodes.size,
+    holder: await readHolder(device),
+  };
+}
+
+export interface FsckProblem { lsn?: number; path?: string; message: string }
+
+export interface FsckReport {
+  ok: boolean;
+  device: string;
+  headLsn: number;
+  tailLsn: number;
+  records: number;
+  recordsByType: Record<string, number>;
+  versionsChecked: number;
+  inodes: number;
+  problems: FsckProblem[];
+}
+
+/** Verifies every record from head to tail, then every index entry and the tree. */
+export async function fsck(device: BlockDevice): Promise<FsckReport> {
+  const superblock = await readSuperblock(device);
+  const report: FsckReport = {
+    ok: false, device: device.name, headLsn: superblock.headLsn, tailLsn: 0, records: 0, recordsByType: {},
+    versionsChecked: 0, inodes: 0, problems: [],
+  };
+  let recovered: Recovered | null = null;
+  try {
+    recovered = await recover(device, superblock);
+    report.tailLsn = recovered.tailLsn;
+  } catch (error) {
+    if (!(error instanceof CorruptLogError)) throw error;
+    report.problems.push({ lsn: error.lsn, message: error.message });
+  }
+  const reader = new LogReader(logSpaceOf(device, superblock));
+  const scan = await reader.scan(superblock.headLsn, { maxEpoch: superblock.epoch }, ({ header, payload }) => {
+    report.records++;
+    const type = RecordType[header.type] ?? String(header.type);
+    report.recordsByType[type] = (report.recordsByType[type] ?? 0) + 1;
+    if (header.type === RecordType.Meta) decodeMetaOp(payload, header.lsn);
+  });
+  if (recovered && scan.stopLsn < recovered.tailLsn) {
+    report.problems.push({ lsn: scan.stopLsn, message: `record at LSN ${scan.stopLsn} is damaged (${describeStop(scan.stop)})` });
+  }
+  if (recovered) {
+    await checkIndex(reader, recovered.state, report);
+    checkTree(recovered.state, report);
+  }
+  report.ok = report.problems.length === 0;
+  return report;
+}
+
+async function checkIndex(reader: LogReader, state: VolumeState, report: FsckReport): Promise<void> {
+  for (const inode of state.inodes.values()) {
+    for (const [pageNo, versions] of inode.pages ?? []) {
+      for (const version of versions) {
+        if (version.kind === 'zero') continue;
+        report.versionsChecked++;
+        const record = await reader.readRecord(version.loc, recordBytes(DATA_BYTES_OFFSET + version.length));
+        const head = record && record.header.type === RecordType.Data ? decodeDataHead(record.payload) : null;
+        if (!head || head.ino !== inode.ino || head.pageNo !== pageNo || (head.versionLsn || version.loc) !== version.versionLsn) {
+          report.problems.push({
+            lsn: version.loc,
+            message: `inode ${inode.ino} page ${pageNo}: version ${version.versionLsn} points at LSN ${version.loc}, which is not its data record`,
+          });
+        }
+      }
+    }
+  }
+}
+
+function checkTree(state: VolumeState, report: FsckReport): void {
+  const links = new Map<number, number>();
+  for (const inode of state.inodes.values()) {
+    for (const [name, child] of inode.entries ?? []) {
+      if (!state.inodes.has(child)) report.problems.push({ message: `directory inode ${inode.ino} entry '${name}' names missing inode ${child}` });
+      links.set(child, (links.get(child) ?? 0) + 1);
+    }
+  }
+  for (const inode of state.inodes.values()) {
+    if (inode.ino !== 1 && !links.has(inode.ino)) report.problems.push({ message: `inode ${inode.ino} is in no directory` });
+    if (!isDir(inode) && (links.get(inode.ino) ?? 0) !== inode.nlink) {
+      report.problems.push({ message: `inode ${inode.ino} has nlink ${inode.nlink} but ${links.get(inode.ino) ?? 0} directory entries` });
+    }
+  }
+  report.inodes = state.inodes.size;
+}
+
+export interface RecordSummary {
+  lsn: number; epoch: number; type: string; bytes: number; timeMs: number; walLsn: number;
+  ino?: number; page?: number; offset?: number; length?: number; versionLsn?: number; op?: unknown;
+}
+
+/** Lists records from `fromLsn` (default: the head), at most `limit`. */
+export async function listRecords(device: BlockDevice, options: { fromLsn?: number; limit: number }): Promise<RecordSummary[]> {
+  const superblock = await readSuperblock(device);
+  const reader = new LogReader(logSpaceOf(device, superblock));
+  const out: RecordSummary[] = [];
+  const from = Math.max(options.fromLsn ?? superblock.headLsn, superblock.headLsn);
+  await reader.scan(from, { maxEpoch: superblock.epoch }, ({ header, payload }) => {
+    if (out.length >= options.limit) return;
+    out.push(summarize(header, payload));
+  });
+  return out.slice(0, options.limit);
+}
+
+function summarize(header: RecordHeader, payload: Buffer): RecordSummary {
+  const base: RecordSummary = {
+    lsn: header.lsn, epoch: header.epoch, type: RecordType[header.type] ?? String(header.type),
+    bytes: recordBytes(header.payloadBytes), timeMs: header.timeMs, walLsn: header.walLsn,
+  };
+  if (header.type === RecordType.Data) {
+    const head = decodeDataHead(payload);
+    return { ...base, ino: head.ino, page: head.pageNo, offset: head.offsetInPage, length: head.length, versionLsn: head.versionLsn || header.lsn };
+  }
+  if (header.type === RecordType.Meta) return { ...base, op: decodeMetaOp(payload, header.lsn) };
+  return base;
+}
+
+export interface PageVersionsReport { path: string; ino: number; page: number; versions: Array<{ versionLsn: number; loc: number; kind: string; offset: number; length: number }> }
+
+export async function pageVersions(device: BlockDevice, path: string, page: number): Promise<PageVersionsReport> {
+  const superblock: Superblock = await readSuperblock(device);
+  const { state } = await recover(device, superblock);
+  const inode: Inode = state.resolve(path);
+  const versions = inode.pages?.get(page) ?? [];
+  return {
+    path, ino: inode.ino, page,
+    versions: versions.map((v) => ({ versionLsn: v.versionLsn, loc: v.loc, kind: v.kind, offset: v.offsetInPage, length: v.length })),
+  };
+}
