@@ -47,7 +47,7 @@ export async function readHolder(device: BlockDevice): Promise<Holder | null> {
   };
 }
 
-async function writeHolder(device: BlockDevice, holder: Holder | null): Promise<void> {
+async function writeHolder(device: BlockDevice, holder: Holder | null, options: { durable: boolean }): Promise<void> {
   const buf = Buffer.alloc(BLOCK_BYTES);
   RESERVATION_MAGIC.copy(buf, RB.magic);
   if (holder) {
@@ -59,7 +59,8 @@ async function writeHolder(device: BlockDevice, holder: Holder | null): Promise<
   }
   buf.writeUInt32LE(crc32c(buf.subarray(0, RB.crc)), RB.crc);
   await device.write(RESERVATION_OFFSET, buf);
-  await device.flush();
+  // Taking and releasing must survive a crash; a heartbeat is only a liveness hint.
+  if (options.durable) await device.flush();
 }
 
 
@@ -81,7 +82,7 @@ export class EmulatedReservation {
       );
     }
     const holder: Holder = { host, pid: process.pid, key: 1 + Math.floor(Math.random() * 2 ** 47), epoch, heartbeatAtMs: Date.now() };
-    await writeHolder(device, holder);
+    await writeHolder(device, holder, { durable: true });
     return new EmulatedReservation(device, holder);
   }
 
@@ -99,11 +100,11 @@ export class EmulatedReservation {
   async heartbeat(): Promise<void> {
     await this.check();
     this.holder = { ...this.holder, heartbeatAtMs: Date.now() };
-    await writeHolder(this.device, this.holder);
+    await writeHolder(this.device, this.holder, { durable: false });
   }
 
   async release(): Promise<void> {
     const current = await readHolder(this.device);
-    if (current?.key === this.holder.key) await writeHolder(this.device, null);
+    if (current?.key === this.holder.key) await writeHolder(this.device, null, { durable: true });
   }
 }
