@@ -117,7 +117,9 @@ function mountFuse(volume: Volume, options: MountOptions): Promise<void> {
     entryTimeout: 60,
     maxRead: LARGEST_WRITE_BYTES,
     // fuse-native drops big_writes/max_write; fsname is passed through unescaped.
-    fsname: `lsnfs,big_writes,max_write=${LARGEST_WRITE_BYTES}`,
+    // use_ino: st_ino is the volume's inode number (else libfuse numbers each
+    // path, and two hard links of one file show different inode numbers).
+    fsname: `lsnfs,big_writes,max_write=${LARGEST_WRITE_BYTES},use_ino`,
   });
   return new Promise((resolve, reject) => {
     fuse.mount((error) => (error ? reject(new UserError(`mountpoint ${options.mountpoint}: FUSE mount failed: ${error.message}`)) : resolve()));

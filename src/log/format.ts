@@ -137,6 +137,11 @@ export enum RecordType {
 }
 
 export const RECORD_FLAG_CHECKPOINT_LAST = 1;
+/**
+ * On a Data record: the bytes are the page's current content rewritten as one
+ * image (a fold of a delta chain). Replay must not change size or times.
+ */
+export const RECORD_FLAG_SAME_CONTENT = 2;
 
 export interface RecordHeader {
   lsn: number;

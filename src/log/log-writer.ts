@@ -51,6 +51,8 @@ export class LogWriter {
      * so that every device write stays whole sectors.
      */
     sectorHead: Buffer,
+    /** The tail may never pass this LSN (head + log size): beyond it is live log. */
+    private readonly tailLimitLsn: () => number,
   ) {
     assert(sectorHead.length === startLsn % DEVICE_SECTOR_BYTES, 'sector head must reach the tail');
     this.tailLsn = this.writtenLsn = this.durableLsn = startLsn;
@@ -70,6 +72,7 @@ export class LogWriter {
       durableLsn: this.durableLsn, walLsn: this.walLsn,
     };
     const encoded = encodeRecord(header, payload, this.space.salt);
+    assert(this.tailLsn + encoded.length <= this.tailLimitLsn(), `append at LSN ${this.tailLsn} would overwrite the log head`);
     this.queue.push(encoded);
     this.unwritten.set(header.lsn, encoded);
     this.tailLsn += encoded.length;
@@ -122,6 +125,8 @@ export class LogWriter {
 
   private async run(): Promise<void> {
     for (;;) {
+      // A failed (fenced) writer stops for good: not even already-queued batches reach the device.
+      if (this.failure) return;
       if (this.queue.length > 0) {
         await this.writeQueuedBatch();
         continue;

@@ -92,7 +92,8 @@ export class Cleaner {
       throw new UserError(`device ${volume.device.name}: log record at LSN ${scan.stopLsn} is damaged (found while cleaning); run 'lsnfs fsck'`);
     }
     if (cleanedTo === headLsn) return false;
-    if (volume.superblock.checkpointLsn < cleanedTo) await volume.checkpoint();
+    // A checkpoint already in flight may predate this chunk: wait for one that starts past it.
+    while (volume.superblock.checkpointLsn < cleanedTo) await volume.checkpoint();
     await this.writer.sync();
     await volume.updateSuperblock({ headLsn: cleanedTo });
     return true;

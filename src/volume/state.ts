@@ -5,7 +5,7 @@
  * a replica replays it, so a replayed state is the live state by construction.
  */
 import { FsError, assert } from '../util/errors';
-import { DATA_BYTES_OFFSET, DataRecordHead, RecordHeader, decodeDataHead, recordBytes } from '../log/format';
+import { DATA_BYTES_OFFSET, DataRecordHead, RECORD_FLAG_SAME_CONTENT, RecordHeader, decodeDataHead, recordBytes } from '../log/format';
 import { MetaOp } from './meta-ops';
 
 export const S_IFMT = 0o170000;
@@ -120,6 +120,7 @@ export class VolumeState {
     this.addVersion(inode, head.pageNo, {
       versionLsn: header.lsn, loc: header.lsn, kind, offsetInPage: head.offsetInPage, length: head.length,
     });
+    if (header.flags & RECORD_FLAG_SAME_CONTENT) return;
     inode.size = Math.max(inode.size, head.pageNo * this.pageBytes + head.offsetInPage + head.length);
     inode.mtimeMs = header.timeMs;
     inode.ctimeMs = header.timeMs;

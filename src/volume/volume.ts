@@ -12,7 +12,7 @@
 import { BlockDevice, DEVICE_SECTOR_BYTES } from '../device/device';
 import { FsError, assert } from '../util/errors';
 import {
-  DATA_BYTES_OFFSET, RECORD_FLAG_CHECKPOINT_LAST, RecordType, Superblock, alignDown, decodeDataHead,
+  DATA_BYTES_OFFSET, RECORD_FLAG_CHECKPOINT_LAST, RECORD_FLAG_SAME_CONTENT, RecordType, Superblock, alignDown, decodeDataHead,
   encodeDataPayload, recordBytes,
 } from '../log/format';
 import { LogReader } from '../log/log-reader';
@@ -95,7 +95,7 @@ export class Volume {
         volume?.fence(error as Error);
         throw error;
       }
-    }, sectorHead);
+    }, sectorHead, () => (volume?.superblock ?? superblock).headLsn + superblock.logBytes);
     volume = new Volume(device, superblock, recovered.state, new LogReader(space), writer, reservation, recovered.checkpointBytes);
     writer.append(RecordType.Epoch, Buffer.from(JSON.stringify({ host: options.host, pid: process.pid, epoch: superblock.epoch })));
     await writer.sync();
@@ -210,7 +210,8 @@ export class Volume {
       const target = this.state.resolveParent(to);
       checkName(target.name, to);
       const existingIno = target.parent.entries!.get(target.name);
-      if (existingIno !== undefined) {
+      // POSIX: renaming a file onto itself (same inode) succeeds and changes nothing.
+      if (existingIno !== undefined && existingIno !== moving.ino) {
         const existing = this.state.inode(existingIno);
         if (isDir(existing) && !isDir(moving)) throw new FsError('EISDIR', to);
         if (!isDir(existing) && isDir(moving)) throw new FsError('ENOTDIR', to);
@@ -294,9 +295,9 @@ export class Volume {
   }
 
   /** Appends one Data record and applies it (versionLsn 0 = new bytes; else a cleaner copy). */
-  appendData(ino: number, pageNo: number, offsetInPage: number, bytes: Uint8Array, versionLsn: number): number {
+  appendData(ino: number, pageNo: number, offsetInPage: number, bytes: Uint8Array, versionLsn: number, flags = 0): number {
     const payload = encodeDataPayload({ ino, pageNo, offsetInPage, length: bytes.length, versionLsn }, bytes);
-    const header = this.writer.append(RecordType.Data, payload);
+    const header = this.writer.append(RecordType.Data, payload, flags);
     this.state.applyData(header, payload);
     return header.lsn;
   }
@@ -343,7 +344,8 @@ export class Volume {
   private foldDeltas(inode: Inode, pageNo: number, folded: PageVersion[], page: Buffer): void {
     const current = inode.pages?.get(pageNo);
     if (!current || current[current.length - 1] !== folded[folded.length - 1] || !this.canAppendNow('data', page.length)) return;
-    this.appendData(inode.ino, pageNo, 0, page, 0);
+    // Same content, so replay must not move size (the page may reach past EOF) or mtime.
+    this.appendData(inode.ino, pageNo, 0, page, 0, RECORD_FLAG_SAME_CONTENT);
     this.afterAppend();
   }
 
