@@ -12,7 +12,7 @@ import { openDevice } from '../device/open';
 import { fuseOps } from '../fuse/adapter';
 import { UserError } from '../util/errors';
 import { processAlive } from '../util/process';
-import { Volume } from '../volume/volume';
+import { MountRole, Volume } from '../volume/volume';
 import { isMounted, mountLogPath, readMountRecord, removeMountRecord, runtimeDir, writeMountRecord } from './runtime';
 
 export interface MountOptions {
@@ -21,6 +21,12 @@ export interface MountOptions {
   host: string;
   allowOther: boolean;
   foreground: boolean;
+  role: MountRole;
+  /** Replica: how often to look for new records. */
+  pollIntervalMs: number;
+  /** Snapshot: the LSN or the time to serve. */
+  atLsn?: number;
+  atTimeMs?: number;
 }
 
 const READY_TIMEOUT_MS = 120_000;
@@ -71,7 +77,13 @@ export async function runMountDaemon(options: MountOptions): Promise<void> {
   try {
     await checkMountpoint(options.mountpoint);
     const device = await openDevice(options.device, { readOnly: false });
-    volume = await Volume.openPrimary(device, { host: options.host });
+    volume = options.role === 'primary'
+      ? await Volume.openPrimary(device, { host: options.host })
+      : await Volume.openReader(device, {
+        host: options.host, role: options.role, pollIntervalMs: options.pollIntervalMs,
+        ...(options.atLsn !== undefined ? { atLsn: options.atLsn } : {}),
+        ...(options.atTimeMs !== undefined ? { atTimeMs: options.atTimeMs } : {}),
+      });
     await mountFuse(volume, options);
   } catch (error) {
     notify({ error: error instanceof UserError ? error.message : String(error) });
@@ -79,10 +91,10 @@ export async function runMountDaemon(options: MountOptions): Promise<void> {
   }
   const mountpoint = path.resolve(options.mountpoint);
   await writeMountRecord({
-    pid: process.pid, device: options.device, mountpoint, host: options.host, role: 'primary',
+    pid: process.pid, device: options.device, mountpoint, host: options.host, role: options.role,
     logFile: mountLogPath(mountpoint), startedAtMs: Date.now(),
   });
-  log.info({ device: options.device, mountpoint, epoch: volume.epoch, tailLsn: volume.tailLsn }, 'mounted read-write');
+  log.info({ device: options.device, mountpoint, role: options.role, epoch: volume.epoch, lsn: volume.tailLsn }, 'mounted');
   notify({ ready: true });
   // fuse-native keeps no handle open on the event loop; this keeps the daemon alive.
   const keepAlive = setInterval(() => undefined, 1 << 30);
@@ -108,19 +120,22 @@ export async function runMountDaemon(options: MountOptions): Promise<void> {
 }
 
 function mountFuse(volume: Volume, options: MountOptions): Promise<void> {
-  const fuse = new Fuse(options.mountpoint, fuseOps(volume), {
-    timeout: false,
-    allowOther: options.allowOther,
-    defaultPermissions: true,
-    kernelCache: true,
-    attrTimeout: 60,
-    entryTimeout: 60,
-    maxRead: LARGEST_WRITE_BYTES,
-    // fuse-native drops big_writes/max_write; fsname is passed through unescaped.
-    // use_ino: st_ino is the volume's inode number (else libfuse numbers each
-    // path, and two hard links of one file show different inode numbers).
-    fsname: `lsnfs,big_writes,max_write=${LARGEST_WRITE_BYTES},use_ino`,
-  });
+  // fuse-native drops big_writes/max_write/direct_io and cannot set a timeout of
+  // 0; fsname is passed through unescaped, so those ride along in it.
+  // use_ino: st_ino is the volume's inode number (else libfuse numbers each
+  // path, and two hard links of one file show different inode numbers).
+  const common = `lsnfs,big_writes,max_write=${LARGEST_WRITE_BYTES},use_ino`;
+  const fuse = new Fuse(options.mountpoint, fuseOps(volume), options.role === 'primary'
+    ? {
+      // Only this mount changes the tree: the kernel may cache pages and attributes.
+      timeout: false, allowOther: options.allowOther, defaultPermissions: true, kernelCache: true,
+      attrTimeout: 60, entryTimeout: 60, maxRead: LARGEST_WRITE_BYTES, fsname: common,
+    }
+    : {
+      // Another host changes the tree: every read and lookup must come to us.
+      timeout: false, allowOther: options.allowOther, defaultPermissions: true, maxRead: LARGEST_WRITE_BYTES,
+      fsname: `${common},direct_io,attr_timeout=0,entry_timeout=0,negative_timeout=0`,
+    });
   return new Promise((resolve, reject) => {
     fuse.mount((error) => (error ? reject(new UserError(`mountpoint ${options.mountpoint}: FUSE mount failed: ${error.message}`)) : resolve()));
   });

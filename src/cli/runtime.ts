@@ -4,13 +4,14 @@
  */
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
+import type { MountRole } from '../volume/volume';
 
 export interface MountRecord {
   pid: number;
   device: string;
   mountpoint: string;
   host: string;
-  role: 'primary';
+  role: MountRole;
   logFile: string;
   startedAtMs: number;
 }

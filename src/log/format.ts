@@ -4,7 +4,8 @@
  *
  *   0 KiB    superblock copy A (4 KiB)
  *   4 KiB    superblock copy B (4 KiB)
- *   8 KiB    reservation block (8 KiB): holder, registered keys (fencing)
+ *   8 KiB    reservation block (512 B): holder, key, epoch, heartbeat (emulated fencing)
+ *  12 KiB    durable marker (512 B): the primary's durable LSN, written after idle flushes
  *  16 KiB    replica slots: REPLICA_SLOT_COUNT x REPLICA_SLOT_BYTES
  *   1 MiB    the log: a circular byte range addressed by LSN
  *
@@ -21,6 +22,8 @@ export const SUPERBLOCK_BYTES = 4096;
 export const SUPERBLOCK_OFFSETS = [0, 4096] as const;
 export const RESERVATION_OFFSET = 8192;
 export const RESERVATION_BYTES = 8192;
+/** One sector in the reservation area where the primary says how far its log is durable. */
+export const DURABLE_MARKER_OFFSET = 12288;
 export const REPLICA_SLOTS_OFFSET = 16384;
 export const REPLICA_SLOT_BYTES = 512;
 export const REPLICA_SLOT_COUNT = 128;

@@ -51,8 +51,9 @@ export class LogReader {
    */
   async scan(
     fromLsn: number,
-    options: { toLsn?: number; minEpoch?: number; maxEpoch?: number },
-    visit: (record: LogRecord) => void | Promise<void>,
+    options: { toLsn?: number; minEpoch?: number; maxEpoch?: number; chunkBytes?: number },
+    /** Return false to stop after this record. */
+    visit: (record: LogRecord) => void | boolean | Promise<void | boolean>,
   ): Promise<ScanResult> {
     const toLsn = options.toLsn ?? Number.POSITIVE_INFINITY;
     const limitLsn = Math.min(toLsn, fromLsn + this.space.logBytes);
@@ -63,7 +64,7 @@ export class LogReader {
     const ensure = async (bytes: number): Promise<boolean> => {
       if (lsn + bytes > fromLsn + this.space.logBytes) return false;
       if (lsn >= chunkLsn && lsn + bytes <= chunkLsn + chunk.length) return true;
-      const readBytes = Math.min(Math.max(bytes, SCAN_CHUNK_BYTES), fromLsn + this.space.logBytes - lsn);
+      const readBytes = Math.min(Math.max(bytes, options.chunkBytes ?? SCAN_CHUNK_BYTES), fromLsn + this.space.logBytes - lsn);
       chunk = await this.space.read(lsn, readBytes);
       chunkLsn = lsn;
       return true;
@@ -81,8 +82,9 @@ export class LogReader {
       const payload = chunk.subarray(start, start + header.payloadBytes);
       if (!payloadChecksumOk(header, payload)) return { stopLsn: lsn, stop: 'payload-checksum', lastEpoch };
       lastEpoch = header.epoch;
-      await visit({ header, payload });
+      const goOn = await visit({ header, payload });
       lsn += total;
+      if (goOn === false) return { stopLsn: lsn, stop: 'end-of-range', lastEpoch };
     }
     return { stopLsn: lsn, stop: 'end-of-range', lastEpoch };
   }

@@ -53,6 +53,8 @@ export class LogWriter {
     sectorHead: Buffer,
     /** The tail may never pass this LSN (head + log size): beyond it is live log. */
     private readonly tailLimitLsn: () => number,
+    /** Called after a flush that left nothing queued: nothing later will vouch for this prefix. */
+    private readonly onIdleDurable: (durableLsn: number) => void = () => undefined,
   ) {
     assert(sectorHead.length === startLsn % DEVICE_SECTOR_BYTES, 'sector head must reach the tail');
     this.tailLsn = this.writtenLsn = this.durableLsn = startLsn;
@@ -139,6 +141,7 @@ export class LogWriter {
         const waiter = this.syncWaiters[i]!;
         if (waiter.lsn <= target) { this.syncWaiters.splice(i, 1); waiter.resolve(); }
       }
+      if (this.queue.length === 0) this.onIdleDurable(target);
       assert(this.queue.length > 0 || this.syncWaiters.every((w) => w.lsn <= this.durableLsn), 'sync waiter beyond the tail');
     }
   }

@@ -10,12 +10,16 @@ import { DATA_BYTES_OFFSET, RecordType, decodeDataHead, recordBytes } from '../l
 import { LogWriter } from '../log/log-writer';
 import { UserError } from '../util/errors';
 import type { Volume } from './volume';
+import { retentionFloorLsn } from './snapshot';
 
 const MAX_CLEAN_CHUNK_BYTES = 4 * 1024 * 1024;
 /** Background cleaning starts when the log is this full ... */
 const BACKGROUND_START_FRACTION = 0.5;
 /** ... and stops when it is this full. */
 const BACKGROUND_STOP_FRACTION = 0.4;
+
+/** How often the cleaner re-reads the slots while it waits for readers to consume its copies. */
+const READER_WAIT_POLL_MS = 10;
 
 const log = pino({ name: 'lsnfs-cleaner' }, pino.destination(2));
 
@@ -71,7 +75,9 @@ export class Cleaner {
     await this.writer.sync();
     const volume = this.volume;
     const headLsn = volume.superblock.headLsn;
-    const endLsn = Math.min(headLsn + this.chunkBytes(), this.writer.writtenLsn);
+    // The retention window's oldest checkpoint stays: snapshots replay from it.
+    const retainedLsn = retentionFloorLsn(volume.checkpoints, volume.superblock.retainMs, Date.now());
+    const endLsn = Math.min(headLsn + this.chunkBytes(), this.writer.writtenLsn, retainedLsn);
     if (endLsn <= headLsn) return false;
     let cleanedTo = headLsn;
     let outOfRoom = false;
@@ -80,7 +86,10 @@ export class Cleaner {
       if (header.type === RecordType.Data) {
         const head = decodeDataHead(payload);
         const versionLsn = head.versionLsn || header.lsn;
-        const version = volume.state.inodes.get(head.ino)?.pages?.get(head.pageNo)?.find((v) => v.versionLsn === versionLsn);
+        const versions = volume.state.fileInode(head.ino)?.pages?.get(head.pageNo);
+        // Versions the horizon has passed since they were written are garbage now.
+        if (versions) volume.state.trimPage(versions);
+        const version = versions?.find((v) => v.versionLsn === versionLsn);
         if (version && version.loc === header.lsn) {
           if (!volume.canAppendNow('cleaner', recordBytes(payload.length))) { outOfRoom = true; return; }
           volume.appendData(head.ino, head.pageNo, head.offsetInPage, payload.subarray(DATA_BYTES_OFFSET), versionLsn);
@@ -95,6 +104,16 @@ export class Cleaner {
     // A checkpoint already in flight may predate this chunk: wait for one that starts past it.
     while (volume.superblock.checkpointLsn < cleanedTo) await volume.checkpoint();
     await this.writer.sync();
+    // Readers on other hosts still address the copied versions at their old
+    // places until they have consumed the copies: wait for them (a reader
+    // whose heartbeat stops is no longer waited for).
+    const copiesEndLsn = this.writer.tailLsn;
+    for (;;) {
+      const behind = await volume.readersBehind(copiesEndLsn);
+      if (behind.length === 0) break;
+      if (this.stopped) return false;
+      await new Promise((resolve) => setTimeout(resolve, READER_WAIT_POLL_MS));
+    }
     await volume.updateSuperblock({ headLsn: cleanedTo });
     return true;
   }

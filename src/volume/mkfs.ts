@@ -35,7 +35,7 @@ export async function mkfs(device: BlockDevice, options: MkfsOptions = {}): Prom
   const state = VolumeState.empty(pageBytes, 0o755, Date.now());
   const checkpoint = encodeRecord(
     { lsn: FIRST_LSN, epoch: 1, type: RecordType.Checkpoint, flags: RECORD_FLAG_CHECKPOINT_LAST, timeMs: Date.now(), durableLsn: FIRST_LSN, walLsn: 0 },
-    serializeState(state),
+    serializeState(state, []),
     volumeSalt(uuid),
   );
   const superblock: Superblock = {

@@ -6,15 +6,20 @@
  */
 import { BlockDevice } from '../device/device';
 import { UserError } from '../util/errors';
-import { RECORD_FLAG_CHECKPOINT_LAST, RecordHeader, RecordType, Superblock, volumeSalt } from '../log/format';
-import { LogReader, ScanStop } from '../log/log-reader';
+import { RECORD_FLAG_CHECKPOINT_LAST, RecordHeader, RecordType, Superblock, recordBytes, volumeSalt } from '../log/format';
+import { LogReader, LogRecord, ScanStop } from '../log/log-reader';
 import { LogSpace } from '../log/log-space';
-import { deserializeState } from './checkpoint';
+import { CheckpointMark, deserializeState } from './checkpoint';
 import { decodeMetaOp } from './meta-ops';
 import { VolumeState } from './state';
 
 export interface Recovered {
   state: VolumeState;
+  /** Earlier checkpoints still in the log, oldest first (from the newest checkpoint). */
+  history: CheckpointMark[];
+  /** Wall-clock time of the last record replayed (the checkpoint's when none). */
+  lastRecordTimeMs: number;
+  checkpointTimeMs: number;
   /** First LSN after the last valid record: where the next record goes. */
   tailLsn: number;
   /** Epoch of the last valid record. */
@@ -47,29 +52,54 @@ export function applyRecord(state: VolumeState, header: RecordHeader, payload: B
 /** How many times a read-only recovery re-reads a tail that a live primary is still writing. */
 const LIVE_TAIL_RETRIES = 5;
 
+export interface LoadedCheckpoint {
+  state: VolumeState;
+  history: CheckpointMark[];
+  checkpointBytes: number;
+  /** First LSN after the checkpoint's last chunk: replay starts here. */
+  endLsn: number;
+  epoch: number;
+  timeMs: number;
+}
+
+/** Reads the checkpoint whose first chunk is at `lsn`. */
+export async function loadCheckpoint(reader: LogReader, deviceName: string, lsn: number, maxEpoch: number): Promise<LoadedCheckpoint> {
+  const chunks: Buffer[] = [];
+  let loaded: LoadedCheckpoint | null = null;
+  const scan = await reader.scan(lsn, { maxEpoch }, ({ header, payload }) => {
+    if (header.type !== RecordType.Checkpoint) {
+      throw new UserError(`device ${deviceName}: expected a checkpoint at LSN ${lsn}, found a record of type ${header.type} at LSN ${header.lsn}`);
+    }
+    chunks.push(Buffer.from(payload));
+    if (!(header.flags & RECORD_FLAG_CHECKPOINT_LAST)) return true;
+    const bytes = Buffer.concat(chunks);
+    const { state, history } = deserializeState(bytes);
+    loaded = {
+      state, history, checkpointBytes: bytes.length, endLsn: header.lsn + recordBytes(header.payloadBytes),
+      epoch: header.epoch, timeMs: header.timeMs,
+    };
+    return false;
+  });
+  if (loaded === null) {
+    throw new UserError(
+      `device ${deviceName}: the checkpoint at LSN ${lsn} is damaged (stopped at LSN ${scan.stopLsn}: ${describeStop(scan.stop)}); run 'lsnfs fsck'`,
+    );
+  }
+  return loaded;
+}
+
 export async function recover(device: BlockDevice, superblock: Superblock): Promise<Recovered> {
   const reader = new LogReader(logSpaceOf(device, superblock));
-  let state: VolumeState | null = null;
-  const chunks: Buffer[] = [];
-  let checkpointBytes = 0;
+  const checkpoint = await loadCheckpoint(reader, device.name, superblock.checkpointLsn, superblock.epoch);
+  const state = checkpoint.state;
   let replayedRecords = 0;
-  const visit = ({ header, payload }: { header: RecordHeader; payload: Buffer }): void => {
-    if (state === null) {
-      if (header.type !== RecordType.Checkpoint) {
-        throw new UserError(`device ${device.name}: expected the checkpoint at LSN ${superblock.checkpointLsn}, found a record of type ${header.type} at LSN ${header.lsn}`);
-      }
-      chunks.push(Buffer.from(payload));
-      if (header.flags & RECORD_FLAG_CHECKPOINT_LAST) {
-        const bytes = Buffer.concat(chunks);
-        checkpointBytes = bytes.length;
-        state = deserializeState(bytes);
-      }
-      return;
-    }
+  let lastRecordTimeMs = checkpoint.timeMs;
+  const visit = ({ header, payload }: LogRecord): void => {
     applyRecord(state, header, payload);
+    lastRecordTimeMs = header.timeMs;
     replayedRecords++;
   };
-  let scan = await reader.scan(superblock.checkpointLsn, { maxEpoch: superblock.epoch }, visit);
+  let scan = await reader.scan(checkpoint.endLsn, { maxEpoch: superblock.epoch, minEpoch: checkpoint.epoch }, visit);
   for (let retry = 0; scan.stop !== 'end-of-range'; retry++) {
     const successor = await reader.findDurableSuccessor(scan.stopLsn, scan.lastEpoch, superblock.headLsn);
     if (!successor) break;
@@ -81,12 +111,10 @@ export async function recover(device: BlockDevice, superblock: Superblock): Prom
     }
     scan = again;
   }
-  if (state === null) {
-    throw new UserError(
-      `device ${device.name}: the checkpoint at LSN ${superblock.checkpointLsn} is damaged (stopped at LSN ${scan.stopLsn}: ${describeStop(scan.stop)}); run 'lsnfs fsck'`,
-    );
-  }
-  return { state, tailLsn: scan.stopLsn, lastEpoch: scan.lastEpoch, checkpointBytes, stop: scan.stop, replayedRecords };
+  return {
+    state, history: checkpoint.history, tailLsn: scan.stopLsn, lastEpoch: scan.lastEpoch, lastRecordTimeMs,
+    checkpointBytes: checkpoint.checkpointBytes, checkpointTimeMs: checkpoint.timeMs, stop: scan.stop, replayedRecords,
+  };
 }
 
 export function describeStop(stop: ScanStop): string {

@@ -49,6 +49,19 @@ export function isDir(inode: Inode): boolean { return (inode.mode & S_IFMT) === 
 export function isSymlink(inode: Inode): boolean { return (inode.mode & S_IFMT) === S_IFLNK; }
 export function isRegular(inode: Inode): boolean { return (inode.mode & S_IFMT) === S_IFREG; }
 
+/** An image, or zeros over the whole page (a truncated page): reading can start here. */
+export function isBaseVersion(version: PageVersion, pageBytes: number): boolean {
+  return version.kind === 'image' || (version.kind === 'zero' && version.offsetInPage === 0 && version.length === pageBytes);
+}
+
+/** A deleted file kept, with its pages, for readers whose view is older than the deletion. */
+export interface Tombstone {
+  inode: Inode;
+  deletedAtLsn: number;
+  /** The last name it had, for reports. */
+  name: string;
+}
+
 /** Bytes of log a version keeps alive (zero versions live inside a metadata record). */
 export function versionLogBytes(version: PageVersion): number {
   return version.kind === 'zero' ? 0 : recordBytes(DATA_BYTES_OFFSET + version.length);
@@ -56,13 +69,16 @@ export function versionLogBytes(version: PageVersion): number {
 
 export class VolumeState {
   readonly inodes = new Map<number, Inode>();
+  /** Deleted files still visible at LSNs at or above the horizon, by inode number. */
+  readonly tombstones = new Map<number, Tombstone>();
   nextIno = ROOT_INO + 1;
   /** Log bytes held by page versions still in the index. */
   liveBytes = 0;
   /**
-   * Versions older than the newest image at or below this LSN are unreachable
-   * and dropped. Infinity while nobody reads the past; replicas and retention
-   * lower it.
+   * The oldest LSN anyone may still read at. Versions hidden behind a newer
+   * base at or below it are unreachable and dropped; deletions and truncations
+   * at or below it drop their pages. Infinity while nobody reads the past;
+   * replicas and retention lower it.
    */
   horizonLsn = Number.POSITIVE_INFINITY;
 
@@ -75,6 +91,11 @@ export class VolumeState {
       atimeMs: nowMs, mtimeMs: nowMs, ctimeMs: nowMs, entries: new Map(),
     });
     return state;
+  }
+
+  /** A file by inode number, live or tombstoned (data records and relocations name either). */
+  fileInode(ino: number): Inode | undefined {
+    return this.inodes.get(ino) ?? this.tombstones.get(ino)?.inode;
   }
 
   inode(ino: number): Inode {
@@ -110,7 +131,7 @@ export class VolumeState {
 
   applyData(header: RecordHeader, payload: Buffer): void {
     const head = decodeDataHead(payload);
-    const inode = this.inodes.get(head.ino);
+    const inode = this.fileInode(head.ino);
     if (head.versionLsn !== 0) {
       this.applyRelocation(head, header.lsn);
       return;
@@ -128,12 +149,13 @@ export class VolumeState {
 
   /** The cleaner copied a live version forward: only its location changes. */
   private applyRelocation(head: DataRecordHead, newLoc: number): void {
-    const version = this.inodes.get(head.ino)?.pages?.get(head.pageNo)?.find((v) => v.versionLsn === head.versionLsn);
+    const version = this.fileInode(head.ino)?.pages?.get(head.pageNo)?.find((v) => v.versionLsn === head.versionLsn);
     if (version) version.loc = newLoc;
   }
 
   applyMeta(header: RecordHeader, op: MetaOp): void {
     const t = header.timeMs;
+    const lsn = header.lsn;
     switch (op.op) {
       case 'create': {
         const parent = this.inode(op.parent);
@@ -157,7 +179,7 @@ export class VolumeState {
         return;
       }
       case 'unlink': {
-        this.removeEntry(this.inode(op.parent), op.name, t);
+        this.removeEntry(this.inode(op.parent), op.name, t, lsn);
         return;
       }
       case 'rename': {
@@ -166,7 +188,7 @@ export class VolumeState {
         const ino = from.entries!.get(op.name);
         assert(ino !== undefined, `rename of missing entry ${op.name}`);
         if (to.entries!.get(op.newName) === ino) return;
-        if (to.entries!.has(op.newName)) this.removeEntry(to, op.newName, t);
+        if (to.entries!.has(op.newName)) this.removeEntry(to, op.newName, t, lsn);
         from.entries!.delete(op.name);
         to.entries!.set(op.newName, ino);
         const moved = this.inode(ino);
@@ -200,7 +222,7 @@ export class VolumeState {
     parent.mtimeMs = parent.ctimeMs = t;
   }
 
-  private removeEntry(parent: Inode, name: string, t: number): void {
+  private removeEntry(parent: Inode, name: string, t: number, lsn: number): void {
     const ino = parent.entries!.get(name);
     assert(ino !== undefined, `unlink of missing entry ${name}`);
     parent.entries!.delete(name);
@@ -213,16 +235,23 @@ export class VolumeState {
       return;
     }
     inode.nlink--;
-    if (inode.nlink === 0) {
-      this.dropPages(inode, 0);
-      this.inodes.delete(ino);
-    }
+    if (inode.nlink > 0) return;
+    this.inodes.delete(ino);
+    if (this.horizonLsn === Number.POSITIVE_INFINITY) this.dropPages(inode, 0);
+    else this.tombstones.set(ino, { inode, deletedAtLsn: lsn, name });
   }
 
   private truncate(inode: Inode, size: number, lsn: number): void {
     assert(inode.pages, `truncate of non-file inode ${inode.ino}`);
     const keepPages = Math.ceil(size / this.pageBytes);
-    this.dropPages(inode, keepPages);
+    if (this.horizonLsn === Number.POSITIVE_INFINITY) this.dropPages(inode, keepPages);
+    else {
+      // Readers older than this truncate still see the pages: cover them with zeros instead.
+      for (const pageNo of [...inode.pages.keys()]) {
+        if (pageNo < keepPages) continue;
+        this.addVersion(inode, pageNo, { versionLsn: lsn, loc: 0, kind: 'zero', offsetInPage: 0, length: this.pageBytes });
+      }
+    }
     const cut = size % this.pageBytes;
     if (cut !== 0 && inode.pages.has(keepPages - 1) && size < inode.size) {
       // The tail of the boundary page must read as zeros if the file grows again.
@@ -246,18 +275,27 @@ export class VolumeState {
     if (!versions) { versions = []; inode.pages!.set(pageNo, versions); }
     versions.push(version);
     this.liveBytes += versionLogBytes(version);
-    if (version.kind === 'image') this.trimPage(versions);
+    if (isBaseVersion(version, this.pageBytes)) this.trimPage(versions);
   }
 
-  /** Drops versions hidden behind the newest image at or below the horizon. */
+  /** Drops versions hidden behind the newest base at or below the horizon. */
   trimPage(versions: PageVersion[]): void {
     let keepFrom = -1;
     for (let i = versions.length - 1; i >= 0; i--) {
-      if (versions[i]!.kind === 'image' && versions[i]!.versionLsn <= this.horizonLsn) { keepFrom = i; break; }
+      if (isBaseVersion(versions[i]!, this.pageBytes) && versions[i]!.versionLsn <= this.horizonLsn) { keepFrom = i; break; }
     }
     if (keepFrom <= 0) return;
     for (let i = 0; i < keepFrom; i++) this.liveBytes -= versionLogBytes(versions[i]!);
     versions.splice(0, keepFrom);
+  }
+
+  /** After the horizon moved: drop the tombstones nobody can read any more. */
+  sweepTombstones(): void {
+    for (const [ino, tombstone] of this.tombstones) {
+      if (tombstone.deletedAtLsn > this.horizonLsn) continue;
+      this.dropPages(tombstone.inode, 0);
+      this.tombstones.delete(ino);
+    }
   }
 
   /** The versions a read at `atLsn` must combine: newest image at or below it, then later deltas. */
@@ -267,7 +305,7 @@ export class VolumeState {
     let end = versions.length;
     while (end > 0 && versions[end - 1]!.versionLsn > atLsn) end--;
     let start = end - 1;
-    while (start > 0 && versions[start]!.kind !== 'image') start--;
+    while (start > 0 && !isBaseVersion(versions[start]!, this.pageBytes)) start--;
     return versions.slice(Math.max(start, 0), end);
   }
 }

@@ -20,10 +20,17 @@ import { LogSpace } from '../log/log-space';
 import { LogWriter } from '../log/log-writer';
 import { readSuperblock, writeSuperblock } from '../log/superblock';
 import { EmulatedReservation } from '../fence/emulated-reservation';
-import { serializeState } from './checkpoint';
+import { CheckpointMark, serializeState } from './checkpoint';
 import { Cleaner } from './cleaner';
 import { MetaOp, encodeMetaOp } from './meta-ops';
-import { logSpaceOf, recover } from './recovery';
+import { loadCheckpoint, logSpaceOf, recover } from './recovery';
+import { loadSnapshot, retentionFloorLsn } from './snapshot';
+import { writeDurableMarker } from '../log/durable-marker';
+import { ReplicaSlot, claimSlot, liveSlots, readSlots, writeSlot } from '../replica/slots';
+import { Tailer } from '../replica/tailer';
+import pino from 'pino';
+
+const log = pino({ name: 'lsnfs-volume' }, pino.destination(2));
 import { Inode, PageVersion, ROOT_INO, S_IFDIR, S_IFLNK, VolumeState, isDir, isRegular, isSymlink } from './state';
 
 /** A checkpoint chunk; a checkpoint is a run of these records. */
@@ -35,6 +42,8 @@ const MAX_DELTAS_PER_PAGE = 16;
 /** Room a metadata operation asks for (one record, with slack for a pad). */
 const META_RECORD_ROOM_BYTES = 4096 + DEVICE_SECTOR_BYTES;
 const HEARTBEAT_INTERVAL_MS = 1000;
+/** How often a replica checks whether the primary's cleaner passed it. */
+const HEAD_CHECK_INTERVAL_MS = 500;
 const NAME_MAX_BYTES = 255;
 
 export interface Stat {
@@ -46,32 +55,61 @@ export interface StatFs {
   blockBytes: number; totalBlocks: number; freeBlocks: number; files: number; freeFiles: number; nameMax: number;
 }
 
+export type MountRole = 'primary' | 'replica' | 'snapshot';
+
 export interface VolumeOpenOptions { host: string }
 
+export interface ReaderOpenOptions {
+  host: string;
+  role: 'replica' | 'snapshot';
+  /** Snapshot: the LSN to read at (state after every record below it). */
+  atLsn?: number;
+  /** Snapshot: the wall-clock time to read at (converted to the LSN of that moment). */
+  atTimeMs?: number;
+  pollIntervalMs: number;
+}
+
+/** How often the primary reads the replica slots to move the GC horizon. */
+const HORIZON_POLL_MS = 100;
+/** A replica whose heartbeat is older than this no longer holds the horizon. */
+export const DEFAULT_REPLICA_TIMEOUT_MS = 10_000;
+/** Unflushed writes become durable (and visible to replicas) within this time even without fsync. */
+const BACKGROUND_FLUSH_MS = 200;
+
 export class Volume {
-  private heartbeatTimer: NodeJS.Timeout | null = null;
+  private timers: NodeJS.Timeout[] = [];
   private checkpointInFlight: Promise<void> | null = null;
   private superblockLock: Promise<void> = Promise.resolve();
+  private markerWrite: Promise<void> = Promise.resolve();
   private closed = false;
-  readonly cleaner: Cleaner;
+  readonly cleaner: Cleaner | null;
+  /** Checkpoints still in the log, oldest first, the newest last. */
+  checkpoints: CheckpointMark[];
+  /** A replica's or snapshot's reader of the primary's log. */
+  tailer: Tailer | null = null;
+  replicaTimeoutMs = DEFAULT_REPLICA_TIMEOUT_MS;
 
   private constructor(
     readonly device: BlockDevice,
     public superblock: Superblock,
-    readonly state: VolumeState,
+    public state: VolumeState,
     readonly reader: LogReader,
-    private readonly writer: LogWriter,
-    private readonly reservation: EmulatedReservation,
+    readonly role: MountRole,
+    private readonly writer: LogWriter | null,
+    private readonly reservation: EmulatedReservation | null,
     /** Size of the newest checkpoint, to keep room for the next one. */
     public checkpointBytes: number,
+    checkpoints: CheckpointMark[],
   ) {
-    this.cleaner = new Cleaner(this, writer);
+    this.cleaner = writer ? new Cleaner(this, writer) : null;
+    this.checkpoints = checkpoints;
   }
 
   get pageBytes(): number { return this.state.pageBytes; }
-  get tailLsn(): number { return this.writer.tailLsn; }
-  get durableLsn(): number { return this.writer.durableLsn; }
-  get epoch(): number { return this.writer.epoch; }
+  /** The LSN this mount serves: the log tail on a primary, the view on a replica or snapshot. */
+  get tailLsn(): number { return this.writer ? this.writer.tailLsn : this.tailer!.viewLsn; }
+  get durableLsn(): number { return this.writer ? this.writer.durableLsn : this.tailer!.viewLsn; }
+  get epoch(): number { return this.writer ? this.writer.epoch : this.superblock.epoch; }
 
   /**
    * Mounts read-write: take the reservation, recover the log, bump the epoch
@@ -95,20 +133,109 @@ export class Volume {
         volume?.fence(error as Error);
         throw error;
       }
-    }, sectorHead, () => (volume?.superblock ?? superblock).headLsn + superblock.logBytes);
-    volume = new Volume(device, superblock, recovered.state, new LogReader(space), writer, reservation, recovered.checkpointBytes);
+    }, sectorHead, () => (volume?.superblock ?? superblock).headLsn + superblock.logBytes,
+    (durableLsn) => volume?.publishDurable(durableLsn));
+    const checkpoints = [...recovered.history, { lsn: before.checkpointLsn, timeMs: recovered.checkpointTimeMs }];
+    volume = new Volume(device, superblock, recovered.state, new LogReader(space), 'primary', writer, reservation, recovered.checkpointBytes, checkpoints);
     writer.append(RecordType.Epoch, Buffer.from(JSON.stringify({ host: options.host, pid: process.pid, epoch: superblock.epoch })));
     await writer.sync();
-    volume.heartbeatTimer = setInterval(() => {
-      reservation.heartbeat().catch((error: Error) => volume!.fence(error));
-    }, HEARTBEAT_INTERVAL_MS);
-    volume.heartbeatTimer.unref();
+    await volume.updateHorizon();
+    const primary = volume;
+    primary.every(HEARTBEAT_INTERVAL_MS, () => reservation.heartbeat());
+    primary.every(HORIZON_POLL_MS, () => primary.updateHorizon());
+    primary.every(BACKGROUND_FLUSH_MS, async () => { if (writer.tailLsn > writer.durableLsn) await writer.sync(); });
     return volume;
+  }
+
+  /**
+   * Mounts read-only on a device another host writes: a replica follows the
+   * log tail; a snapshot serves one past LSN. Neither writes anything but its
+   * own slot.
+   */
+  static async openReader(device: BlockDevice, options: ReaderOpenOptions): Promise<Volume> {
+    const superblock = await readSuperblock(device);
+    const reader = new LogReader(logSpaceOf(device, superblock));
+    const slotIndex = await claimSlot(device, options.host, DEFAULT_REPLICA_TIMEOUT_MS);
+    // Hold the log from the checkpoint on before reading it, so the primary's cleaner keeps it.
+    await writeSlot(device, slotIndex, {
+      host: options.host, pid: process.pid, viewLsn: superblock.checkpointLsn, appliedLsn: superblock.checkpointLsn,
+      viewTimeMs: 0, heartbeatAtMs: Date.now(),
+    });
+    const start = options.role === 'snapshot'
+      ? await loadSnapshot(device, superblock, reader, options)
+      : await loadCheckpoint(reader, device.name, (await readSuperblock(device)).checkpointLsn, Number.MAX_SAFE_INTEGER)
+        .then((checkpoint) => ({ checkpoint, viewLsn: checkpoint.endLsn, viewTimeMs: checkpoint.timeMs, epoch: checkpoint.epoch, nextLsn: checkpoint.endLsn }));
+    const checkpoints = [...start.checkpoint.history, { lsn: superblock.checkpointLsn, timeMs: start.checkpoint.timeMs }];
+    const volume = new Volume(device, superblock, start.checkpoint.state, reader, options.role, null, null, start.checkpoint.checkpointBytes, checkpoints);
+    volume.tailer = new Tailer(volume.state, {
+      device, reader, slotIndex, host: options.host, mode: options.role,
+      startLsn: start.nextLsn, viewLsn: start.viewLsn, viewTimeMs: start.viewTimeMs, startEpoch: start.epoch,
+      pollIntervalMs: options.pollIntervalMs,
+    });
+    await volume.tailer.start();
+    if (options.role === 'replica') {
+      // Catch up before serving, so a new replica starts near the tail.
+      while ((await volume.tailer.poll()) > 0);
+      volume.every(HEAD_CHECK_INTERVAL_MS, () => volume.reloadIfBehind());
+    }
+    return volume;
+  }
+
+  /** Runs `task` every `intervalMs` (never overlapping itself) until close; a failure fences a primary. */
+  private every(intervalMs: number, task: () => Promise<void>): void {
+    let running = false;
+    const timer = setInterval(() => {
+      if (running || this.closed) return;
+      running = true;
+      task().catch((error: Error) => {
+        if (this.writer) this.fence(error);
+        else log.error({ err: error }, 'background task failed');
+      }).finally(() => { running = false; });
+    }, intervalMs);
+    timer.unref();
+    this.timers.push(timer);
+  }
+
+  /** A replica the primary stopped waiting for reloads from the newest checkpoint. */
+  private async reloadIfBehind(): Promise<void> {
+    const tailer = this.tailer!;
+    if (!tailer.fellBehind) return;
+    log.warn({ reason: tailer.fellBehind }, 'replica fell behind the log head; reloading from the newest checkpoint');
+    this.superblock = await readSuperblock(this.device);
+    const checkpoint = await loadCheckpoint(this.reader, this.device.name, this.superblock.checkpointLsn, Number.MAX_SAFE_INTEGER);
+    this.state = checkpoint.state;
+    tailer.reset(checkpoint.state, checkpoint.endLsn, checkpoint.epoch, checkpoint.timeMs);
   }
 
   /** This host may no longer write: fail everything pending and refuse the rest. */
   private fence(error: Error): void {
-    this.writer.fail(error);
+    this.writer?.fail(error);
+  }
+
+  /** After an idle flush: tell readers on other hosts how far the log is durable. */
+  private publishDurable(durableLsn: number): void {
+    this.markerWrite = this.markerWrite
+      .then(() => writeDurableMarker(this.device, { epoch: this.epoch, durableLsn, timeMs: Date.now() }))
+      .catch((error: Error) => this.fence(error));
+  }
+
+  /**
+   * The GC horizon: the oldest LSN a live replica or snapshot reads at, and
+   * the start of the retention window. Versions visible at or after it are
+   * kept; tombstones older than it are dropped.
+   */
+  async updateHorizon(): Promise<void> {
+    const readers = liveSlots(await readSlots(this.device), Date.now(), this.replicaTimeoutMs);
+    const horizon = Math.min(retentionFloorLsn(this.checkpoints, this.superblock.retainMs, Date.now()), ...readers.map((r) => r.viewLsn));
+    if (horizon === this.state.horizonLsn) return;
+    this.state.horizonLsn = horizon;
+    this.state.sweepTombstones();
+  }
+
+  /** Live readers that have not yet consumed the log up to `lsn` (the cleaner waits for them). */
+  async readersBehind(lsn: number): Promise<ReplicaSlot[]> {
+    const readers = liveSlots(await readSlots(this.device), Date.now(), this.replicaTimeoutMs);
+    return readers.filter((r) => r.appliedLsn < lsn);
   }
 
   // -------------------------------------------------------------------------
@@ -143,7 +270,7 @@ export class Volume {
   }
 
   statfs(): StatFs {
-    const usable = this.superblock.logBytes - this.cleaner.reserveBytes();
+    const usable = this.superblock.logBytes - (this.cleaner?.reserveBytes() ?? 0);
     const freeBytes = Math.max(0, usable - this.state.liveBytes);
     return {
       blockBytes: this.pageBytes,
@@ -265,9 +392,8 @@ export class Volume {
   }
 
   private appendMeta(op: MetaOp): void {
-    this.assertWritable();
     const payload = encodeMetaOp(op);
-    const header = this.writer.append(RecordType.Meta, payload);
+    const header = this.writable().append(RecordType.Meta, payload);
     this.state.applyMeta(header, op);
     this.afterAppend();
   }
@@ -279,9 +405,9 @@ export class Volume {
     const pageBytes = this.pageBytes;
     const firstPage = Math.floor(position / pageBytes);
     const lastPage = Math.floor((position + data.length - 1) / pageBytes);
-    await this.writer.waitForRoom();
+    await this.writable().waitForRoom();
     await this.ensureRoom((lastPage - firstPage + 1) * recordBytes(DATA_BYTES_OFFSET + pageBytes) + DEVICE_SECTOR_BYTES, 'data');
-    this.assertWritable();
+    this.writable();
     const inode = this.state.inode(ino);
     if (!isRegular(inode)) throw new FsError('EISDIR', `inode ${ino}`);
     for (let pageNo = firstPage; pageNo <= lastPage; pageNo++) {
@@ -297,7 +423,7 @@ export class Volume {
   /** Appends one Data record and applies it (versionLsn 0 = new bytes; else a cleaner copy). */
   appendData(ino: number, pageNo: number, offsetInPage: number, bytes: Uint8Array, versionLsn: number, flags = 0): number {
     const payload = encodeDataPayload({ ino, pageNo, offsetInPage, length: bytes.length, versionLsn }, bytes);
-    const header = this.writer.append(RecordType.Data, payload, flags);
+    const header = this.writable().append(RecordType.Data, payload, flags);
     this.state.applyData(header, payload);
     return header.lsn;
   }
@@ -351,7 +477,7 @@ export class Volume {
 
   private async versionBytes(ino: number, pageNo: number, version: PageVersion): Promise<Buffer | null> {
     if (version.kind === 'zero') return null;
-    const unwritten = this.writer.unwrittenRecord(version.loc);
+    const unwritten = this.writer?.unwrittenRecord(version.loc);
     const record = unwritten
       ? { payload: unwritten.subarray(64, 64 + DATA_BYTES_OFFSET + version.length) }
       : await this.reader.readRecord(version.loc, recordBytes(DATA_BYTES_OFFSET + version.length));
@@ -366,19 +492,21 @@ export class Volume {
 
   /** fsync of anything: the whole log prefix appended so far becomes durable. */
   async sync(): Promise<void> {
-    await this.writer.sync();
+    if (this.writer) await this.writer.sync();
   }
 
-  private assertWritable(): void {
-    if (this.closed) throw new FsError('EROFS', 'volume is closed');
+  /** The writer, if this mount may write now: EROFS on a read-only mount, EIO once fenced. */
+  private writable(): LogWriter {
+    if (this.closed || !this.writer) throw new FsError('EROFS', this.closed ? 'volume is closed' : `${this.role} mounts are read-only`);
     if (this.writer.failed) throw new FsError('EIO', `writes stopped: ${this.writer.failed.message}`);
+    return this.writer;
   }
 
   private afterAppend(): void {
-    if (this.writer.tailLsn - this.superblock.checkpointLsn > this.checkpointIntervalBytes() && !this.checkpointInFlight) {
+    if (this.writable().tailLsn - this.superblock.checkpointLsn > this.checkpointIntervalBytes() && !this.checkpointInFlight) {
       void this.checkpoint().catch((error: Error) => this.fence(error));
     }
-    this.cleaner.maybeStartBackground();
+    this.cleaner!.maybeStartBackground();
   }
 
   private checkpointIntervalBytes(): number {
@@ -389,8 +517,8 @@ export class Volume {
   // Space
 
   canAppendNow(kind: 'data' | 'meta' | 'cleaner', bytes: number): boolean {
-    const used = this.writer.tailLsn - this.superblock.headLsn;
-    const reserve = this.cleaner.reserveBytes();
+    const used = this.writable().tailLsn - this.superblock.headLsn;
+    const reserve = this.cleaner!.reserveBytes();
     const limit = kind === 'data' ? this.superblock.logBytes - reserve
       : kind === 'meta' ? this.superblock.logBytes - reserve / 2
         : this.superblock.logBytes - DEVICE_SECTOR_BYTES * 2;
@@ -399,9 +527,9 @@ export class Volume {
 
   /** Waits until `bytes` fit in the log, cleaning if needed; ENOSPC when cleaning cannot make room. */
   private async ensureRoom(bytes: number, kind: 'data' | 'meta'): Promise<void> {
-    this.assertWritable();
+    this.writable();
     if (this.canAppendNow(kind, bytes)) return;
-    await this.cleaner.cleanUntil(() => this.canAppendNow(kind, bytes));
+    await this.cleaner!.cleanUntil(() => this.canAppendNow(kind, bytes));
     if (!this.canAppendNow(kind, bytes)) {
       throw new FsError('ENOSPC', `device ${this.device.name}: no space left (live ${this.state.liveBytes} bytes of ${this.superblock.logBytes})`);
     }
@@ -415,18 +543,20 @@ export class Volume {
   checkpoint(): Promise<void> {
     if (this.checkpointInFlight) return this.checkpointInFlight;
     const run = async (): Promise<void> => {
-      this.assertWritable();
-      const bytes = serializeState(this.state);
+      const writer = this.writable();
+      const bytes = serializeState(this.state, this.checkpoints);
+      const timeMs = Date.now();
       let firstLsn = 0;
       for (let offset = 0; offset < bytes.length || offset === 0; offset += CHECKPOINT_CHUNK_BYTES) {
         const chunk = bytes.subarray(offset, offset + CHECKPOINT_CHUNK_BYTES);
         const last = offset + CHECKPOINT_CHUNK_BYTES >= bytes.length;
-        const header = this.writer.append(RecordType.Checkpoint, chunk, last ? RECORD_FLAG_CHECKPOINT_LAST : 0);
+        const header = writer.append(RecordType.Checkpoint, chunk, last ? RECORD_FLAG_CHECKPOINT_LAST : 0);
         if (offset === 0) firstLsn = header.lsn;
       }
       this.checkpointBytes = bytes.length;
-      await this.writer.sync();
+      await writer.sync();
       await this.updateSuperblock({ checkpointLsn: firstLsn });
+      this.checkpoints.push({ lsn: firstLsn, timeMs });
     };
     this.checkpointInFlight = run().finally(() => { this.checkpointInFlight = null; });
     return this.checkpointInFlight;
@@ -439,20 +569,23 @@ export class Volume {
       assert(next.headLsn <= next.checkpointLsn, `head ${next.headLsn} passed checkpoint ${next.checkpointLsn}`);
       await writeSuperblock(this.device, next);
       this.superblock = next;
+      this.checkpoints = this.checkpoints.filter((mark) => mark.lsn >= next.headLsn);
     });
     this.superblockLock = run.catch(() => undefined);
     return run;
   }
 
-  /** Clean unmount: checkpoint (fast next mount), release the reservation, close the device. */
+  /** Clean unmount: a primary checkpoints (fast next mount) and releases the reservation; a reader frees its slot. */
   async close(): Promise<void> {
     if (this.closed) return;
-    if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
-    await this.cleaner.stop();
-    if (!this.writer.failed) {
+    for (const timer of this.timers) clearInterval(timer);
+    await this.cleaner?.stop();
+    if (this.writer && !this.writer.failed) {
       await this.checkpoint();
-      await this.reservation.release();
+      await this.markerWrite;
+      await this.reservation!.release();
     }
+    await this.tailer?.stop();
     this.closed = true;
     await this.device.close();
   }

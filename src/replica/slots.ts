@@ -1,0 +1,103 @@
+/**
+ * Replica slots: where each replica publishes how far it has read the log.
+ * The primary reads them to find the GC horizon (it never reclaims what a live
+ * replica can still read); `lsnfs status` reads them to report lag. A slot is
+ * one sector, written only by the replica that owns it.
+ */
+import { BlockDevice } from '../device/device';
+import { UserError } from '../util/errors';
+import { crc32c } from '../util/crc32c';
+import { REPLICA_SLOTS_OFFSET, REPLICA_SLOT_BYTES, REPLICA_SLOT_COUNT, readU48, writeU48 } from '../log/format';
+
+const SLOT_MAGIC = Buffer.from('LSNFS-RP', 'ascii');
+const HOST_BYTES = 64;
+
+export interface ReplicaSlot {
+  index: number;
+  host: string;
+  pid: number;
+  /** The LSN the reader serves: versions visible there must be kept (the GC horizon). */
+  viewLsn: number;
+  /**
+   * How far the reader has consumed the log (for a replica the same as viewLsn;
+   * a snapshot consumes the cleaner's relocations beyond its view). The
+   * cleaner frees a range only after every live reader consumed the copies it
+   * made of that range.
+   */
+  appliedLsn: number;
+  /** Record time (primary's clock) of the last record applied; lag in ms derives from it. */
+  viewTimeMs: number;
+  heartbeatAtMs: number;
+}
+
+// Field offsets in a slot.
+const RS = { magic: 0, viewLsn: 8, viewTimeMs: 16, heartbeatAtMs: 24, pid: 32, host: 40, appliedLsn: 104, crc: REPLICA_SLOT_BYTES - 4 } as const;
+
+function slotOffset(index: number): number {
+  return REPLICA_SLOTS_OFFSET + index * REPLICA_SLOT_BYTES;
+}
+
+export function encodeSlot(slot: Omit<ReplicaSlot, 'index'> | null): Buffer {
+  const buf = Buffer.alloc(REPLICA_SLOT_BYTES);
+  if (slot) {
+    SLOT_MAGIC.copy(buf, RS.magic);
+    writeU48(buf, RS.viewLsn, slot.viewLsn);
+    writeU48(buf, RS.appliedLsn, slot.appliedLsn);
+    writeU48(buf, RS.viewTimeMs, slot.viewTimeMs);
+    writeU48(buf, RS.heartbeatAtMs, slot.heartbeatAtMs);
+    buf.writeUInt32LE(slot.pid, RS.pid);
+    Buffer.from(slot.host, 'utf8').subarray(0, HOST_BYTES - 1).copy(buf, RS.host);
+  }
+  buf.writeUInt32LE(crc32c(buf.subarray(0, RS.crc)), RS.crc);
+  return buf;
+}
+
+export function decodeSlot(buf: Buffer, index: number): ReplicaSlot | null {
+  if (!buf.subarray(0, 8).equals(SLOT_MAGIC)) return null;
+  if (buf.readUInt32LE(RS.crc) !== crc32c(buf.subarray(0, RS.crc))) return null;
+  const hostBytes = buf.subarray(RS.host, RS.host + HOST_BYTES);
+  return {
+    index,
+    host: hostBytes.subarray(0, Math.max(0, hostBytes.indexOf(0))).toString('utf8'),
+    pid: buf.readUInt32LE(RS.pid),
+    viewLsn: readU48(buf, RS.viewLsn),
+    appliedLsn: readU48(buf, RS.appliedLsn),
+    viewTimeMs: readU48(buf, RS.viewTimeMs),
+    heartbeatAtMs: readU48(buf, RS.heartbeatAtMs),
+  };
+}
+
+export async function readSlots(device: BlockDevice): Promise<ReplicaSlot[]> {
+  const area = await device.read(REPLICA_SLOTS_OFFSET, REPLICA_SLOT_COUNT * REPLICA_SLOT_BYTES);
+  const slots: ReplicaSlot[] = [];
+  for (let index = 0; index < REPLICA_SLOT_COUNT; index++) {
+    const slot = decodeSlot(area.subarray(index * REPLICA_SLOT_BYTES, (index + 1) * REPLICA_SLOT_BYTES), index);
+    if (slot) slots.push(slot);
+  }
+  return slots;
+}
+
+/** A replica is live while its heartbeat is younger than the timeout. */
+export function liveSlots(slots: ReplicaSlot[], nowMs: number, heartbeatTimeoutMs: number): ReplicaSlot[] {
+  return slots.filter((slot) => nowMs - slot.heartbeatAtMs <= heartbeatTimeoutMs);
+}
+
+/**
+ * Picks the slot for `host`: its own from an earlier mount, else a free one,
+ * else the one with the oldest heartbeat if that is older than the timeout.
+ */
+export async function claimSlot(device: BlockDevice, host: string, heartbeatTimeoutMs: number): Promise<number> {
+  const slots = await readSlots(device);
+  const own = slots.find((slot) => slot.host === host);
+  if (own) return own.index;
+  const used = new Set(slots.map((slot) => slot.index));
+  for (let index = 0; index < REPLICA_SLOT_COUNT; index++) if (!used.has(index)) return index;
+  const stale = slots.filter((slot) => Date.now() - slot.heartbeatAtMs > heartbeatTimeoutMs)
+    .sort((a, b) => a.heartbeatAtMs - b.heartbeatAtMs)[0];
+  if (!stale) throw new UserError(`device ${device.name}: all ${REPLICA_SLOT_COUNT} replica slots are held by live replicas`);
+  return stale.index;
+}
+
+export async function writeSlot(device: BlockDevice, index: number, slot: Omit<ReplicaSlot, 'index'> | null): Promise<void> {
+  await device.write(slotOffset(index), encodeSlot(slot));
+}

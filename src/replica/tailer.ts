@@ -1,0 +1,139 @@
+/**
+ * Follows the log behind a primary: polls for new records, applies the ones
+ * known to be durable, and publishes progress in the reader's slot.
+ *
+ * A replica applies everything, so its state is always the filesystem at its
+ * view LSN. A snapshot keeps its view fixed and applies only the cleaner's
+ * relocations, so that the versions it reads stay addressable while the
+ * primary reclaims space.
+ */
+import pino from 'pino';
+import { BlockDevice } from '../device/device';
+import { readDurableMarker } from '../log/durable-marker';
+import { RecordType, decodeDataHead, recordBytes } from '../log/format';
+import { LogReader, LogRecord } from '../log/log-reader';
+import { readSuperblock } from '../log/superblock';
+import { applyRecord } from '../volume/recovery';
+import { VolumeState } from '../volume/state';
+import { writeSlot } from './slots';
+
+const log = pino({ name: 'lsnfs-tailer' }, pino.destination(2));
+
+/** Bytes read per poll request: small, since most polls find little or nothing new. */
+const POLL_READ_BYTES = 256 * 1024;
+/** Records buffered per poll before applying (bounds memory while catching up). */
+const MAX_PENDING_BYTES = 16 * 1024 * 1024;
+/** The slot is rewritten at least this often, as the reader's heartbeat. */
+export const SLOT_HEARTBEAT_MS = 200;
+/** How often the tailer checks that the primary's cleaner has not passed it. */
+const HEAD_CHECK_MS = 500;
+
+export interface TailerOptions {
+  device: BlockDevice;
+  reader: LogReader;
+  slotIndex: number;
+  host: string;
+  mode: 'replica' | 'snapshot';
+  /** First LSN not yet consumed. */
+  startLsn: number;
+  /** The view: for a replica, equal to startLsn; for a snapshot, fixed. */
+  viewLsn: number;
+  viewTimeMs: number;
+  startEpoch: number;
+  pollIntervalMs: number;
+}
+
+export class Tailer {
+  appliedLsn: number;
+  viewLsn: number;
+  viewTimeMs: number;
+  private lastEpoch: number;
+  private timer: NodeJS.Timeout | null = null;
+  private inFlight: Promise<unknown> = Promise.resolve();
+  private stopped = false;
+  private lastSlotWriteMs = 0;
+  private lastHeadCheckMs = Date.now();
+  /** Set when the primary reclaimed log this reader still needed; the mount must reload. */
+  fellBehind: string | null = null;
+
+  constructor(private state: VolumeState, private readonly options: TailerOptions) {
+    this.appliedLsn = options.startLsn;
+    this.viewLsn = options.viewLsn;
+    this.viewTimeMs = options.viewTimeMs;
+    this.lastEpoch = options.startEpoch;
+  }
+
+  /** Publishes the slot first (so the primary keeps what this reader needs), then starts polling. */
+  async start(): Promise<void> {
+    await this.publish();
+    const tick = (): void => {
+      if (this.stopped) return;
+      this.inFlight = this.poll()
+        .catch((error: Error) => log.error({ err: error }, 'tailing failed; retrying'))
+        .finally(() => { if (!this.stopped) this.timer = setTimeout(tick, this.options.pollIntervalMs); });
+    };
+    this.timer = setTimeout(tick, this.options.pollIntervalMs);
+  }
+
+  /** Replaces the state (after a reload) and continues from `startLsn`. */
+  reset(state: VolumeState, startLsn: number, epoch: number, viewTimeMs: number): void {
+    this.state = state;
+    this.appliedLsn = this.viewLsn = startLsn;
+    this.viewTimeMs = viewTimeMs;
+    this.lastEpoch = epoch;
+    this.fellBehind = null;
+  }
+
+  /** One round: read what is new, apply what is durable. Returns the number of records applied. */
+  async poll(): Promise<number> {
+    const { device, reader, mode } = this.options;
+    const marker = await readDurableMarker(device);
+    let durableLimit = marker && marker.epoch >= this.lastEpoch ? marker.durableLsn : 0;
+    const pending: LogRecord[] = [];
+    let pendingBytes = 0;
+    await reader.scan(this.appliedLsn, { minEpoch: this.lastEpoch, chunkBytes: POLL_READ_BYTES }, (record) => {
+      durableLimit = Math.max(durableLimit, record.header.durableLsn);
+      pending.push(record);
+      pendingBytes += record.payload.length;
+      return pendingBytes < MAX_PENDING_BYTES;
+    });
+    let applied = 0;
+    for (const { header, payload } of pending) {
+      const end = header.lsn + recordBytes(header.payloadBytes);
+      if (end > durableLimit) break;
+      if (mode === 'replica') applyRecord(this.state, header, payload);
+      else if (header.type === RecordType.Data && decodeDataHead(payload).versionLsn !== 0) this.state.applyData(header, payload);
+      this.appliedLsn = end;
+      this.lastEpoch = header.epoch;
+      if (mode === 'replica') { this.viewLsn = end; this.viewTimeMs = header.timeMs; }
+      applied++;
+    }
+    const now = Date.now();
+    if (applied > 0 || now - this.lastSlotWriteMs >= SLOT_HEARTBEAT_MS) await this.publish();
+    if (now - this.lastHeadCheckMs >= HEAD_CHECK_MS) {
+      this.lastHeadCheckMs = now;
+      const superblock = await readSuperblock(device);
+      if (superblock.headLsn > this.appliedLsn) {
+        this.fellBehind = `the primary reclaimed the log up to LSN ${superblock.headLsn}, past this reader's LSN ${this.appliedLsn}`;
+      }
+    }
+    return applied;
+  }
+
+  private async publish(): Promise<void> {
+    if (this.stopped) return;
+    this.lastSlotWriteMs = Date.now();
+    await writeSlot(this.options.device, this.options.slotIndex, {
+      host: this.options.host, pid: process.pid, viewLsn: this.viewLsn, appliedLsn: this.appliedLsn,
+      viewTimeMs: this.viewTimeMs, heartbeatAtMs: this.lastSlotWriteMs,
+    });
+  }
+
+  /** Stops polling and frees the slot. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    await this.inFlight;
+    await writeSlot(this.options.device, this.options.slotIndex, null);
+  }
+}
