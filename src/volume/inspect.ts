@@ -8,7 +8,10 @@ import { LogReader } from '../log/log-reader';
 import { readSuperblock } from '../log/superblock';
 import { Holder, readHolder } from '../fence/emulated-reservation';
 import { CorruptLogError, Recovered, describeStop, logSpaceOf, recover } from './recovery';
-import { Inode, VolumeState, isDir } from './state';
+import { Inode, VolumeState, isDir, versionLogBytes } from './state';
+import { liveSlots, readSlots } from '../replica/slots';
+import { retentionFloorLsn } from './snapshot';
+import { DEFAULT_READER_TIMEOUT_MS } from './horizon';
 import { decodeMetaOp } from './meta-ops';
 
 export interface VolumeStatus {
@@ -26,11 +29,60 @@ export interface VolumeStatus {
   checkpointLsn: number;
   files: number;
   holder: Holder | null;
+  /** Retention window in milliseconds (0 = none). */
+  retainMs: number;
+  /** The oldest LSN a snapshot can be taken at. */
+  oldestLsn: number;
+  replicas: ReplicaStatus[];
+  /** Versions visible at or after this LSN are kept (null: nobody reads the past). */
+  horizonLsn: number | null;
+  tombstones: TombstoneStatus[];
 }
 
-export async function volumeStatus(device: BlockDevice): Promise<VolumeStatus> {
+export interface ReplicaStatus {
+  host: string;
+  pid: number;
+  viewLsn: number;
+  appliedLsn: number;
+  lagBytes: number;
+  lagMs: number;
+  heartbeatAt: string;
+  /** False once its heartbeat is older than the timeout: it no longer holds the horizon. */
+  live: boolean;
+}
+
+export interface TombstoneStatus {
+  ino: number;
+  name: string;
+  deletedAtLsn: number;
+  bytes: number;
+  /** Who still needs it: replica hosts whose view is older, and/or "retention". */
+  heldBy: string[];
+}
+
+export async function volumeStatus(device: BlockDevice, replicaTimeoutMs = DEFAULT_READER_TIMEOUT_MS): Promise<VolumeStatus> {
   const superblock = await readSuperblock(device);
   const recovered = await recover(device, superblock);
+  const nowMs = Date.now();
+  const checkpoints = [...recovered.history, { lsn: superblock.checkpointLsn, timeMs: recovered.checkpointTimeMs }];
+  const slots = await readSlots(device);
+  const live = new Set(liveSlots(slots, nowMs, replicaTimeoutMs).map((slot) => slot.index));
+  const replicas: ReplicaStatus[] = slots.map((slot) => ({
+    host: slot.host, pid: slot.pid, viewLsn: slot.viewLsn, appliedLsn: slot.appliedLsn,
+    lagBytes: Math.max(0, recovered.tailLsn - slot.viewLsn),
+    lagMs: slot.viewLsn >= recovered.tailLsn ? 0 : Math.max(0, recovered.lastRecordTimeMs - slot.viewTimeMs),
+    heartbeatAt: new Date(slot.heartbeatAtMs).toISOString(), live: live.has(slot.index),
+  }));
+  const retentionFloor = retentionFloorLsn(checkpoints, superblock.retainMs, nowMs);
+  const horizon = Math.min(retentionFloor, ...replicas.filter((r) => r.live).map((r) => r.viewLsn));
+  const tombstones: TombstoneStatus[] = [...recovered.state.tombstones.values()].map((t) => ({
+    ino: t.inode.ino, name: t.name, deletedAtLsn: t.deletedAtLsn,
+    bytes: [...t.inode.pages?.values() ?? []].flat().reduce((sum, v) => sum + versionLogBytes(v), 0),
+    heldBy: [
+      ...replicas.filter((r) => r.live && r.viewLsn <= t.deletedAtLsn).map((r) => r.host),
+      ...(retentionFloor <= t.deletedAtLsn ? ['retention'] : []),
+    ],
+  }));
   return {
     device: device.name,
     uuid: superblock.uuid,
@@ -46,6 +98,11 @@ export async function volumeStatus(device: BlockDevice): Promise<VolumeStatus> {
     checkpointLsn: superblock.checkpointLsn,
     files: recovered.state.inodes.size,
     holder: await readHolder(device),
+    retainMs: superblock.retainMs,
+    oldestLsn: checkpoints.filter((mark) => mark.lsn >= superblock.headLsn)[0]?.lsn ?? superblock.checkpointLsn,
+    replicas,
+    horizonLsn: Number.isFinite(horizon) ? horizon : null,
+    tombstones,
   };
 }
 

@@ -10,6 +10,7 @@ import { RECORD_FLAG_CHECKPOINT_LAST, RecordHeader, RecordType, Superblock, reco
 import { LogReader, LogRecord, ScanStop } from '../log/log-reader';
 import { LogSpace } from '../log/log-space';
 import { CheckpointMark, deserializeState } from './checkpoint';
+import { readHorizonLsn } from './horizon';
 import { decodeMetaOp } from './meta-ops';
 import { VolumeState } from './state';
 
@@ -92,6 +93,8 @@ export async function recover(device: BlockDevice, superblock: Superblock): Prom
   const reader = new LogReader(logSpaceOf(device, superblock));
   const checkpoint = await loadCheckpoint(reader, device.name, superblock.checkpointLsn, superblock.epoch);
   const state = checkpoint.state;
+  // Deletions replayed below must keep what live readers and retention still need.
+  state.horizonLsn = await readHorizonLsn(device, [...checkpoint.history, { lsn: superblock.checkpointLsn, timeMs: checkpoint.timeMs }], superblock.retainMs);
   let replayedRecords = 0;
   let lastRecordTimeMs = checkpoint.timeMs;
   const visit = ({ header, payload }: LogRecord): void => {

@@ -237,14 +237,14 @@ export class VolumeState {
     inode.nlink--;
     if (inode.nlink > 0) return;
     this.inodes.delete(ino);
-    if (this.horizonLsn === Number.POSITIVE_INFINITY) this.dropPages(inode, 0);
+    if (lsn < this.horizonLsn) this.dropPages(inode, 0);
     else this.tombstones.set(ino, { inode, deletedAtLsn: lsn, name });
   }
 
   private truncate(inode: Inode, size: number, lsn: number): void {
     assert(inode.pages, `truncate of non-file inode ${inode.ino}`);
     const keepPages = Math.ceil(size / this.pageBytes);
-    if (this.horizonLsn === Number.POSITIVE_INFINITY) this.dropPages(inode, keepPages);
+    if (lsn < this.horizonLsn) this.dropPages(inode, keepPages);
     else {
       // Readers older than this truncate still see the pages: cover them with zeros instead.
       for (const pageNo of [...inode.pages.keys()]) {
@@ -282,7 +282,7 @@ export class VolumeState {
   trimPage(versions: PageVersion[]): void {
     let keepFrom = -1;
     for (let i = versions.length - 1; i >= 0; i--) {
-      if (isBaseVersion(versions[i]!, this.pageBytes) && versions[i]!.versionLsn <= this.horizonLsn) { keepFrom = i; break; }
+      if (isBaseVersion(versions[i]!, this.pageBytes) && versions[i]!.versionLsn < this.horizonLsn) { keepFrom = i; break; }
     }
     if (keepFrom <= 0) return;
     for (let i = 0; i < keepFrom; i++) this.liveBytes -= versionLogBytes(versions[i]!);
@@ -292,18 +292,18 @@ export class VolumeState {
   /** After the horizon moved: drop the tombstones nobody can read any more. */
   sweepTombstones(): void {
     for (const [ino, tombstone] of this.tombstones) {
-      if (tombstone.deletedAtLsn > this.horizonLsn) continue;
+      if (tombstone.deletedAtLsn >= this.horizonLsn) continue;
       this.dropPages(tombstone.inode, 0);
       this.tombstones.delete(ino);
     }
   }
 
-  /** The versions a read at `atLsn` must combine: newest image at or below it, then later deltas. */
+  /** The versions a read at `atLsn` must combine (state after every record below it): newest base, then later deltas. */
   versionsAt(inode: Inode, pageNo: number, atLsn: number): PageVersion[] {
     const versions = inode.pages?.get(pageNo);
     if (!versions) return [];
     let end = versions.length;
-    while (end > 0 && versions[end - 1]!.versionLsn > atLsn) end--;
+    while (end > 0 && versions[end - 1]!.versionLsn >= atLsn) end--;
     let start = end - 1;
     while (start > 0 && !isBaseVersion(versions[start]!, this.pageBytes)) start--;
     return versions.slice(Math.max(start, 0), end);

@@ -24,7 +24,8 @@ import { CheckpointMark, serializeState } from './checkpoint';
 import { Cleaner } from './cleaner';
 import { MetaOp, encodeMetaOp } from './meta-ops';
 import { loadCheckpoint, logSpaceOf, recover } from './recovery';
-import { loadSnapshot, retentionFloorLsn } from './snapshot';
+import { loadSnapshot } from './snapshot';
+import { DEFAULT_READER_TIMEOUT_MS, readHorizonLsn } from './horizon';
 import { writeDurableMarker } from '../log/durable-marker';
 import { ReplicaSlot, claimSlot, liveSlots, readSlots, writeSlot } from '../replica/slots';
 import { Tailer } from '../replica/tailer';
@@ -71,8 +72,6 @@ export interface ReaderOpenOptions {
 
 /** How often the primary reads the replica slots to move the GC horizon. */
 const HORIZON_POLL_MS = 100;
-/** A replica whose heartbeat is older than this no longer holds the horizon. */
-export const DEFAULT_REPLICA_TIMEOUT_MS = 10_000;
 /** Unflushed writes become durable (and visible to replicas) within this time even without fsync. */
 const BACKGROUND_FLUSH_MS = 200;
 
@@ -87,7 +86,7 @@ export class Volume {
   checkpoints: CheckpointMark[];
   /** A replica's or snapshot's reader of the primary's log. */
   tailer: Tailer | null = null;
-  replicaTimeoutMs = DEFAULT_REPLICA_TIMEOUT_MS;
+  replicaTimeoutMs = DEFAULT_READER_TIMEOUT_MS;
 
   private constructor(
     readonly device: BlockDevice,
@@ -155,7 +154,7 @@ export class Volume {
   static async openReader(device: BlockDevice, options: ReaderOpenOptions): Promise<Volume> {
     const superblock = await readSuperblock(device);
     const reader = new LogReader(logSpaceOf(device, superblock));
-    const slotIndex = await claimSlot(device, options.host, DEFAULT_REPLICA_TIMEOUT_MS);
+    const slotIndex = await claimSlot(device, options.host, DEFAULT_READER_TIMEOUT_MS);
     // Hold the log from the checkpoint on before reading it, so the primary's cleaner keeps it.
     await writeSlot(device, slotIndex, {
       host: options.host, pid: process.pid, viewLsn: superblock.checkpointLsn, appliedLsn: superblock.checkpointLsn,
@@ -225,8 +224,7 @@ export class Volume {
    * kept; tombstones older than it are dropped.
    */
   async updateHorizon(): Promise<void> {
-    const readers = liveSlots(await readSlots(this.device), Date.now(), this.replicaTimeoutMs);
-    const horizon = Math.min(retentionFloorLsn(this.checkpoints, this.superblock.retainMs, Date.now()), ...readers.map((r) => r.viewLsn));
+    const horizon = await readHorizonLsn(this.device, this.checkpoints, this.superblock.retainMs, this.replicaTimeoutMs);
     if (horizon === this.state.horizonLsn) return;
     this.state.horizonLsn = horizon;
     this.state.sweepTombstones();
