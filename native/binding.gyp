@@ -6,9 +6,12 @@
       # that native/addon.c calls.
       "sources": [
         "addon.c",
-        "crc32c.c"
+        "crc32c.c",
+        "iscsi.c"
       ],
-      "cflags_c": [ "-std=gnu11" ],
+      # iscsi.c uses libiscsi (Debian: libiscsi-dev).
+      "libraries": [ "<!@(pkg-config --libs libiscsi)" ],
+      "cflags_c": [ "-std=gnu11", "<!@(pkg-config --cflags libiscsi)" ],
       "configurations": {
         # node's common.gypi puts -O3 in the Release configuration; a
         # target-level "cflags!" would not reach it, so override it here.
