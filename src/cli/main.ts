@@ -8,10 +8,12 @@ import { Command, Option } from 'commander';
 import { openDevice } from '../device/open';
 import { BlockDevice } from '../device/device';
 import { UserError } from '../util/errors';
-import { formatBytes, parseSizeBytes } from '../util/units';
+import { formatBytes, parseDurationMs, parseSizeBytes } from '../util/units';
 import { mkfs, refuseExistingVolume } from '../volume/mkfs';
 import { fsck, listRecords, pageVersions, volumeStatus } from '../volume/inspect';
 import { mountInBackground, runMountDaemon, umount } from './mount';
+import type { MountRole } from '../volume/volume';
+import { registerDrill } from './drill';
 
 async function withDevice<T>(spec: string, readOnly: boolean, body: (device: BlockDevice) => Promise<T>): Promise<T> {
   const device = await openDevice(spec, { readOnly });
@@ -24,6 +26,12 @@ async function withDevice<T>(spec: string, readOnly: boolean, body: (device: Blo
 
 function printJson(value: unknown): void {
   process.stdout.write(JSON.stringify(value, null, 2) + '\n');
+}
+
+function parseTime(text: string): number {
+  const ms = Date.parse(text);
+  if (Number.isNaN(ms)) throw new UserError(`--at-time: "${text}" is not a date and time (example: 2026-11-21T20:30:00Z)`);
+  return ms;
 }
 
 function parseInteger(what: string) {
@@ -44,34 +52,64 @@ export function buildProgram(): Command {
     .requiredOption('--device <path>', 'device to format (a regular file is created or resized to --size)')
     .option('--size <size>', 'size for a file device, e.g. 512M, 4G')
     .option('--page-size <bytes>', 'page size in bytes', parseInteger('--page-size'), 8192)
+    .option('--retain <duration>', 'keep every state of this age readable as a snapshot, e.g. 1h, 30m', '0')
     .option('--force', 'overwrite an existing lsnfs volume', false)
-    .action(async (options: { device: string; size?: string; pageSize: number; force: boolean }) => {
+    .action(async (options: { device: string; size?: string; pageSize: number; force: boolean; retain: string }) => {
+      const retainMs = parseDurationMs(options.retain, '--retain');
       if (options.size) {
         const sizeBytes = parseSizeBytes(options.size, '--size');
         if (!options.force && existsSync(options.device)) await withDevice(options.device, true, refuseExistingVolume);
         await sizeFileDevice(options.device, sizeBytes);
       }
-      const superblock = await withDevice(options.device, false, (device) => mkfs(device, { pageBytes: options.pageSize, force: options.force }));
+      const superblock = await withDevice(options.device, false, (device) => mkfs(device, { pageBytes: options.pageSize, force: options.force, retainMs }));
       process.stdout.write(`formatted ${options.device}: ${formatBytes(superblock.deviceBytes)}, page size ${superblock.pageBytes}, uuid ${superblock.uuid}\n`);
     });
 
   program.command('mount')
-    .description('mount a volume read-write (returns once the mount is live)')
+    .description('mount a volume: primary (read-write), replica (follows the primary) or snapshot (one past LSN); returns once the mount is live')
     .requiredOption('--device <path>', 'lsnfs device')
     .requiredOption('--mountpoint <dir>', 'directory to mount on')
-    .option('--host <name>', 'this host\'s name in the reservation and logs', os.hostname())
+    .option('--host <name>', 'this host\'s name in the reservation, slots and logs', os.hostname())
+    .addOption(new Option('--role <role>', 'mount role').choices(['primary', 'replica', 'snapshot']).default('primary'))
+    .option('--at-lsn <lsn>', 'snapshot: serve the state at this LSN (as status prints tailLsn)', parseInteger('--at-lsn'))
+    .option('--at-time <iso>', 'snapshot: serve the state at this time (ISO 8601)')
+    .option('--overlay <dir>', 'snapshot: make it writable; its changes stay in this local directory (a branch)')
+    .option('--poll-interval-ms <ms>', 'replica: how often to look for new records', parseInteger('--poll-interval-ms'), 5)
+    .option('--replica-timeout <duration>', 'primary: a replica or snapshot whose heartbeat is older than this no longer holds back space reclaim, e.g. 2s (default 10s)')
     .option('--allow-other', 'let users other than root use the mount (needed for PostgreSQL)', false)
     .option('--foreground', 'serve the mount in this process until SIGTERM/SIGINT', false)
-    .addOption(new Option('--role <role>', 'mount role').choices(['primary']).default('primary'))
-    .action(async (options: { device: string; mountpoint: string; host: string; allowOther: boolean; foreground: boolean }) => {
+    .action(async (options: {
+      device: string; mountpoint: string; host: string; role: MountRole; atLsn?: number; atTime?: string; overlay?: string;
+      pollIntervalMs: number; replicaTimeout?: string; allowOther: boolean; foreground: boolean;
+    }) => {
+      const atTimeMs = options.atTime !== undefined ? parseTime(options.atTime) : undefined;
+      const replicaTimeoutMs = options.replicaTimeout !== undefined ? parseDurationMs(options.replicaTimeout, '--replica-timeout') : undefined;
+      if (options.role !== 'primary' && replicaTimeoutMs !== undefined) throw new UserError('--replica-timeout applies to --role primary only');
+      if (options.role === 'snapshot' && options.atLsn !== undefined && atTimeMs !== undefined) {
+        throw new UserError('--role snapshot takes one of --at-lsn or --at-time, not both');
+      }
+      if (options.role === 'snapshot' && options.atLsn === undefined && atTimeMs === undefined && options.overlay === undefined) {
+        throw new UserError('--role snapshot needs --at-lsn or --at-time (or --overlay naming an existing branch)');
+      }
+      if (options.role !== 'snapshot' && (options.atLsn !== undefined || atTimeMs !== undefined)) {
+        throw new UserError('--at-lsn and --at-time apply to --role snapshot only');
+      }
+      const mountOptions = { ...options, ...(atTimeMs !== undefined ? { atTimeMs } : {}), ...(replicaTimeoutMs !== undefined ? { replicaTimeoutMs } : {}) };
       if (options.foreground) {
-        await runMountDaemon(options);
+        await runMountDaemon(mountOptions);
         return;
       }
-      const args = ['mount', '--device', options.device, '--mountpoint', options.mountpoint, '--host', options.host];
+      const args = ['mount', '--device', options.device, '--mountpoint', options.mountpoint, '--host', options.host,
+        '--role', options.role, '--poll-interval-ms', String(options.pollIntervalMs)];
+      if (options.atLsn !== undefined) args.push('--at-lsn', String(options.atLsn));
+      if (options.atTime !== undefined) args.push('--at-time', options.atTime);
+      if (options.overlay !== undefined) args.push('--overlay', options.overlay);
+      if (options.replicaTimeout !== undefined) args.push('--replica-timeout', options.replicaTimeout);
       if (options.allowOther) args.push('--allow-other');
-      const { pid, logFile } = await mountInBackground(options, args);
-      process.stdout.write(`mounted ${options.device} read-write at ${options.mountpoint} (pid ${pid}, log ${logFile})\n`);
+      const { pid, logFile } = await mountInBackground(mountOptions, args);
+      const what = options.role === 'primary' ? 'read-write' : options.role === 'replica' ? 'as a read-only replica'
+        : options.overlay !== undefined ? `as a writable branch (changes in ${options.overlay})` : 'as a read-only snapshot';
+      process.stdout.write(`mounted ${options.device} ${what} at ${options.mountpoint} (pid ${pid}, log ${logFile})\n`);
     });
 
   program.command('umount')
@@ -86,8 +124,10 @@ export function buildProgram(): Command {
     .description('show format, space, epoch and log positions (works while mounted)')
     .requiredOption('--device <path>', 'lsnfs device')
     .option('--json', 'machine-readable output', false)
-    .action(async (options: { device: string; json: boolean }) => {
-      const status = await withDevice(options.device, true, volumeStatus);
+    .option('--replica-timeout <duration>', 'a replica whose heartbeat is older than this counts as gone (use the primary\'s --replica-timeout)', '10s')
+    .action(async (options: { device: string; json: boolean; replicaTimeout: string }) => {
+      const replicaTimeoutMs = parseDurationMs(options.replicaTimeout, '--replica-timeout');
+      const status = await withDevice(options.device, true, (device) => volumeStatus(device, replicaTimeoutMs));
       if (options.json) { printJson(status); return; }
       const rows: Array<[string, string]> = [
         ['device', status.device], ['uuid', status.uuid], ['format version', String(status.formatVersion)],
@@ -96,8 +136,18 @@ export function buildProgram(): Command {
         ['epoch', String(status.epoch)], ['head LSN', String(status.headLsn)], ['tail LSN', String(status.tailLsn)],
         ['checkpoint LSN', String(status.checkpointLsn)], ['files', String(status.files)],
         ['holder', status.holder ? `${status.holder.host} (pid ${status.holder.pid}, epoch ${status.holder.epoch})` : 'none'],
+        ['retention', status.retainMs > 0 ? `${status.retainMs / 1000} s (oldest LSN ${status.oldestLsn})` : `none (oldest LSN ${status.oldestLsn})`],
+        ['GC horizon', status.horizonLsn === null ? 'none (nobody reads the past)' : `LSN ${status.horizonLsn}`],
       ];
       for (const [name, value] of rows) process.stdout.write(`${name.padEnd(16)}${value}\n`);
+      process.stdout.write(`replicas        ${status.replicas.length === 0 ? 'none' : ''}\n`);
+      for (const r of status.replicas) {
+        process.stdout.write(`  ${r.host.padEnd(14)} view LSN ${r.viewLsn}, lag ${formatBytes(r.lagBytes)} / ${r.lagMs} ms, heartbeat ${r.heartbeatAt}${r.live ? '' : ' (timed out)'}\n`);
+      }
+      process.stdout.write(`tombstones      ${status.tombstones.length === 0 ? 'none' : ''}\n`);
+      for (const t of status.tombstones) {
+        process.stdout.write(`  ${t.name} (inode ${t.ino}) deleted at LSN ${t.deletedAtLsn}, ${formatBytes(t.bytes)}, held by ${t.heldBy.join(', ') || 'nobody (reclaimed soon)'}\n`);
+      }
     });
 
   program.command('fsck')
@@ -143,6 +193,7 @@ export function buildProgram(): Command {
       }
     });
 
+  registerDrill(program);
   return program;
 }
 

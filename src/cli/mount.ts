@@ -24,9 +24,13 @@ export interface MountOptions {
   role: MountRole;
   /** Replica: how often to look for new records. */
   pollIntervalMs: number;
+  /** Primary: a reader whose heartbeat is older than this no longer holds the GC horizon. */
+  replicaTimeoutMs?: number;
   /** Snapshot: the LSN or the time to serve. */
   atLsn?: number;
   atTimeMs?: number;
+  /** Snapshot: make it writable with a private overlay in this directory (a branch). */
+  overlay?: string;
 }
 
 const READY_TIMEOUT_MS = 120_000;
@@ -78,11 +82,12 @@ export async function runMountDaemon(options: MountOptions): Promise<void> {
     await checkMountpoint(options.mountpoint);
     const device = await openDevice(options.device, { readOnly: false });
     volume = options.role === 'primary'
-      ? await Volume.openPrimary(device, { host: options.host })
+      ? await Volume.openPrimary(device, { host: options.host, ...(options.replicaTimeoutMs !== undefined ? { replicaTimeoutMs: options.replicaTimeoutMs } : {}) })
       : await Volume.openReader(device, {
         host: options.host, role: options.role, pollIntervalMs: options.pollIntervalMs,
         ...(options.atLsn !== undefined ? { atLsn: options.atLsn } : {}),
         ...(options.atTimeMs !== undefined ? { atTimeMs: options.atTimeMs } : {}),
+        ...(options.overlay !== undefined ? { overlayDir: path.resolve(options.overlay) } : {}),
       });
     await mountFuse(volume, options);
   } catch (error) {

@@ -68,7 +68,7 @@ export class Tailer {
     await this.publish();
     const tick = (): void => {
       if (this.stopped) return;
-      this.inFlight = this.poll()
+      this.poll()
         .catch((error: Error) => log.error({ err: error }, 'tailing failed; retrying'))
         .finally(() => { if (!this.stopped) this.timer = setTimeout(tick, this.options.pollIntervalMs); });
     };
@@ -84,8 +84,14 @@ export class Tailer {
     this.fellBehind = null;
   }
 
-  /** One round: read what is new, apply what is durable. Returns the number of records applied. */
-  async poll(): Promise<number> {
+  /** One round: read what is new, apply what is durable. Returns the number of records applied. Rounds never overlap. */
+  poll(): Promise<number> {
+    const round = this.inFlight.then(() => this.pollOnce());
+    this.inFlight = round.catch(() => undefined);
+    return round;
+  }
+
+  private async pollOnce(): Promise<number> {
     const { device, reader, mode } = this.options;
     const marker = await readDurableMarker(device);
     let durableLimit = marker && marker.epoch >= this.lastEpoch ? marker.durableLsn : 0;

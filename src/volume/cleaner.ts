@@ -91,7 +91,8 @@ export class Cleaner {
         if (versions) volume.state.trimPage(versions);
         const version = versions?.find((v) => v.versionLsn === versionLsn);
         if (version && version.loc === header.lsn) {
-          if (!volume.canAppendNow('cleaner', recordBytes(payload.length))) { outOfRoom = true; return; }
+          // Copies must leave room for the checkpoint this chunk needs before the head can move.
+          if (!volume.canAppendNow('cleaner', recordBytes(payload.length) + volume.checkpointBytes + 64 * 1024)) { outOfRoom = true; return; }
           volume.appendData(head.ino, head.pageNo, head.offsetInPage, payload.subarray(DATA_BYTES_OFFSET), versionLsn);
         }
       }

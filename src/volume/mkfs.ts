@@ -13,10 +13,13 @@ export interface MkfsOptions { pageBytes?: number; force?: boolean; retainMs?: n
 
 /** Throws if `device` already holds an lsnfs volume (mkfs without --force must not destroy it). */
 export async function refuseExistingVolume(device: BlockDevice): Promise<void> {
-  if (device.sizeBytes < SUPERBLOCK_OFFSETS[0] + 4096) return;
-  const existing = decodeSuperblock(await device.read(SUPERBLOCK_OFFSETS[0], 4096));
-  if (existing.ok || existing.reason !== 'not-lsnfs') {
-    throw new UserError(`device ${device.name}: already holds an lsnfs volume; pass --force to overwrite it`);
+  // Either copy alone mounts the volume (readSuperblock takes any valid one), so check both.
+  for (const offset of SUPERBLOCK_OFFSETS) {
+    if (device.sizeBytes < offset + 4096) return;
+    const existing = decodeSuperblock(await device.read(offset, 4096));
+    if (existing.ok || existing.reason !== 'not-lsnfs') {
+      throw new UserError(`device ${device.name}: already holds an lsnfs volume; pass --force to overwrite it`);
+    }
   }
 }
 

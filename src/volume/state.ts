@@ -25,6 +25,8 @@ export interface PageVersion {
   kind: VersionKind;
   offsetInPage: number;
   length: number;
+  /** The bytes are in a branch's private overlay log, not the shared device's log. */
+  overlay?: true;
 }
 
 export interface Inode {
@@ -129,7 +131,8 @@ export class VolumeState {
   // -------------------------------------------------------------------------
   // Applying records
 
-  applyData(header: RecordHeader, payload: Buffer): void {
+  /** `overlay`: the record is in a branch's private log (its LSNs are of that log). */
+  applyData(header: RecordHeader, payload: Buffer, overlay = false): void {
     const head = decodeDataHead(payload);
     const inode = this.fileInode(head.ino);
     if (head.versionLsn !== 0) {
@@ -140,6 +143,7 @@ export class VolumeState {
     const kind: VersionKind = head.offsetInPage === 0 && head.length === this.pageBytes ? 'image' : 'delta';
     this.addVersion(inode, head.pageNo, {
       versionLsn: header.lsn, loc: header.lsn, kind, offsetInPage: head.offsetInPage, length: head.length,
+      ...(overlay ? { overlay: true as const } : {}),
     });
     if (header.flags & RECORD_FLAG_SAME_CONTENT) return;
     inode.size = Math.max(inode.size, head.pageNo * this.pageBytes + head.offsetInPage + head.length);
@@ -149,7 +153,7 @@ export class VolumeState {
 
   /** The cleaner copied a live version forward: only its location changes. */
   private applyRelocation(head: DataRecordHead, newLoc: number): void {
-    const version = this.fileInode(head.ino)?.pages?.get(head.pageNo)?.find((v) => v.versionLsn === head.versionLsn);
+    const version = this.fileInode(head.ino)?.pages?.get(head.pageNo)?.find((v) => v.versionLsn === head.versionLsn && !v.overlay);
     if (version) version.loc = newLoc;
   }
 

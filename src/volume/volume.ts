@@ -10,7 +10,7 @@
  * never see each other half-done.
  */
 import { BlockDevice, DEVICE_SECTOR_BYTES } from '../device/device';
-import { FsError, assert } from '../util/errors';
+import { FsError, UserError, assert } from '../util/errors';
 import {
   DATA_BYTES_OFFSET, RECORD_FLAG_CHECKPOINT_LAST, RECORD_FLAG_SAME_CONTENT, RecordType, Superblock, alignDown, decodeDataHead,
   encodeDataPayload, recordBytes,
@@ -25,6 +25,7 @@ import { Cleaner } from './cleaner';
 import { MetaOp, encodeMetaOp } from './meta-ops';
 import { loadCheckpoint, logSpaceOf, recover } from './recovery';
 import { loadSnapshot } from './snapshot';
+import { Overlay, existingBranchLsn, openOverlay } from './branch';
 import { DEFAULT_READER_TIMEOUT_MS, readHorizonLsn } from './horizon';
 import { writeDurableMarker } from '../log/durable-marker';
 import { ReplicaSlot, claimSlot, liveSlots, readSlots, writeSlot } from '../replica/slots';
@@ -58,7 +59,11 @@ export interface StatFs {
 
 export type MountRole = 'primary' | 'replica' | 'snapshot';
 
-export interface VolumeOpenOptions { host: string }
+export interface VolumeOpenOptions {
+  host: string;
+  /** A reader whose heartbeat is older than this no longer holds the GC horizon (default DEFAULT_READER_TIMEOUT_MS). */
+  replicaTimeoutMs?: number;
+}
 
 export interface ReaderOpenOptions {
   host: string;
@@ -67,6 +72,8 @@ export interface ReaderOpenOptions {
   atLsn?: number;
   /** Snapshot: the wall-clock time to read at (converted to the LSN of that moment). */
   atTimeMs?: number;
+  /** Snapshot: make it writable, keeping its changes in this local directory (a branch). */
+  overlayDir?: string;
   pollIntervalMs: number;
 }
 
@@ -96,11 +103,13 @@ export class Volume {
     readonly role: MountRole,
     private readonly writer: LogWriter | null,
     private readonly reservation: EmulatedReservation | null,
+    /** A branch's private log (the writer then appends there). */
+    private readonly overlay: Overlay | null,
     /** Size of the newest checkpoint, to keep room for the next one. */
     public checkpointBytes: number,
     checkpoints: CheckpointMark[],
   ) {
-    this.cleaner = writer ? new Cleaner(this, writer) : null;
+    this.cleaner = role === 'primary' && writer ? new Cleaner(this, writer) : null;
     this.checkpoints = checkpoints;
   }
 
@@ -135,7 +144,8 @@ export class Volume {
     }, sectorHead, () => (volume?.superblock ?? superblock).headLsn + superblock.logBytes,
     (durableLsn) => volume?.publishDurable(durableLsn));
     const checkpoints = [...recovered.history, { lsn: before.checkpointLsn, timeMs: recovered.checkpointTimeMs }];
-    volume = new Volume(device, superblock, recovered.state, new LogReader(space), 'primary', writer, reservation, recovered.checkpointBytes, checkpoints);
+    volume = new Volume(device, superblock, recovered.state, new LogReader(space), 'primary', writer, reservation, null, recovered.checkpointBytes, checkpoints);
+    if (options.replicaTimeoutMs !== undefined) volume.replicaTimeoutMs = options.replicaTimeoutMs;
     writer.append(RecordType.Epoch, Buffer.from(JSON.stringify({ host: options.host, pid: process.pid, epoch: superblock.epoch })));
     await writer.sync();
     await volume.updateHorizon();
@@ -160,12 +170,23 @@ export class Volume {
       host: options.host, pid: process.pid, viewLsn: superblock.checkpointLsn, appliedLsn: superblock.checkpointLsn,
       viewTimeMs: 0, heartbeatAtMs: Date.now(),
     });
+    if (options.overlayDir !== undefined && options.role !== 'snapshot') throw new UserError('--overlay applies to --role snapshot only');
+    const branchLsn = options.overlayDir !== undefined ? await existingBranchLsn(options.overlayDir, device.name, superblock.uuid) : null;
+    if (branchLsn !== null && options.atLsn !== undefined && options.atLsn !== branchLsn) {
+      throw new UserError(`overlay ${options.overlayDir}: the branch was made at LSN ${branchLsn}, not ${options.atLsn}`);
+    }
+    if (options.role === 'snapshot' && branchLsn === null && options.atLsn === undefined && options.atTimeMs === undefined) {
+      throw new UserError(`overlay ${options.overlayDir}: no branch there yet; give --at-lsn or --at-time to make one`);
+    }
     const start = options.role === 'snapshot'
-      ? await loadSnapshot(device, superblock, reader, options)
+      ? await loadSnapshot(device, superblock, reader, branchLsn !== null ? { atLsn: branchLsn } : options)
       : await loadCheckpoint(reader, device.name, (await readSuperblock(device)).checkpointLsn, Number.MAX_SAFE_INTEGER)
         .then((checkpoint) => ({ checkpoint, viewLsn: checkpoint.endLsn, viewTimeMs: checkpoint.timeMs, epoch: checkpoint.epoch, nextLsn: checkpoint.endLsn }));
     const checkpoints = [...start.checkpoint.history, { lsn: superblock.checkpointLsn, timeMs: start.checkpoint.timeMs }];
-    const volume = new Volume(device, superblock, start.checkpoint.state, reader, options.role, null, null, start.checkpoint.checkpointBytes, checkpoints);
+    const overlay = options.overlayDir !== undefined
+      ? await openOverlay(options.overlayDir, superblock.uuid, start.viewLsn, start.checkpoint.state)
+      : null;
+    const volume = new Volume(device, superblock, start.checkpoint.state, reader, options.role, overlay?.writer ?? null, null, overlay, start.checkpoint.checkpointBytes, checkpoints);
     volume.tailer = new Tailer(volume.state, {
       device, reader, slotIndex, host: options.host, mode: options.role,
       startLsn: start.nextLsn, viewLsn: start.viewLsn, viewTimeMs: start.viewTimeMs, startEpoch: start.epoch,
@@ -315,7 +336,7 @@ export class Volume {
       const inode = this.resolve(path);
       if (isDir(inode)) throw new FsError('EISDIR', path);
       this.appendMeta({ op: 'unlink', parent: parent.ino, name });
-    });
+    }, 'free');
   }
 
   async rmdir(path: string): Promise<void> {
@@ -325,7 +346,7 @@ export class Volume {
       if (!isDir(inode)) throw new FsError('ENOTDIR', path);
       if (inode.entries!.size > 0) throw new FsError('ENOTEMPTY', path);
       this.appendMeta({ op: 'unlink', parent: parent.ino, name });
-    });
+    }, 'free');
   }
 
   async rename(from: string, to: string): Promise<void> {
@@ -360,7 +381,7 @@ export class Volume {
       if (isDir(inode)) throw new FsError('EISDIR', `inode ${ino}`);
       if (!isRegular(inode)) throw new FsError('EINVAL', `inode ${ino}`);
       this.appendMeta({ op: 'truncate', ino, size });
-    });
+    }, 'free');
   }
 
   private parentForNewEntry(path: string): { parent: Inode; name: string } {
@@ -384,8 +405,9 @@ export class Volume {
     return false;
   }
 
-  private async metaChange<T>(change: () => T): Promise<T> {
-    await this.ensureRoom(META_RECORD_ROOM_BYTES, 'meta');
+  /** `free`: unlink, rmdir, truncate -- they may use the reserve, so that a full log can always be emptied. */
+  private async metaChange<T>(change: () => T, kind: 'meta' | 'free' = 'meta'): Promise<T> {
+    await this.ensureRoom(META_RECORD_ROOM_BYTES, kind);
     return change();
   }
 
@@ -393,6 +415,10 @@ export class Volume {
     const payload = encodeMetaOp(op);
     const header = this.writable().append(RecordType.Meta, payload);
     this.state.applyMeta(header, op);
+    // The next checkpoint grows with the state (a new inode, a longer name, a tombstone): keep the
+    // space reserve honest until it is written. Without a horizon, unlinked inodes simply go.
+    const tombstones = Number.isFinite(this.state.horizonLsn);
+    if (op.op !== 'unlink' || tombstones) this.checkpointBytes += payload.length + (op.op === 'create' || tombstones ? 256 : 0);
     this.afterAppend();
   }
 
@@ -422,7 +448,9 @@ export class Volume {
   appendData(ino: number, pageNo: number, offsetInPage: number, bytes: Uint8Array, versionLsn: number, flags = 0): number {
     const payload = encodeDataPayload({ ino, pageNo, offsetInPage, length: bytes.length, versionLsn }, bytes);
     const header = this.writable().append(RecordType.Data, payload, flags);
-    this.state.applyData(header, payload);
+    this.state.applyData(header, payload, this.overlay !== null);
+    // A new version is one more entry in the next checkpoint's version table (see checkpoint.ts).
+    if (versionLsn === 0) this.checkpointBytes += 32 + 12;
     return header.lsn;
   }
 
@@ -475,10 +503,13 @@ export class Volume {
 
   private async versionBytes(ino: number, pageNo: number, version: PageVersion): Promise<Buffer | null> {
     if (version.kind === 'zero') return null;
-    const unwritten = this.writer?.unwrittenRecord(version.loc);
+    // A version lives in the log this mount writes (primary, or a branch's overlay) or in the shared log.
+    const inWrittenLog = (version.overlay === true) === (this.overlay !== null);
+    const unwritten = inWrittenLog ? this.writer?.unwrittenRecord(version.loc) : undefined;
+    const reader = version.overlay ? this.overlay!.reader : this.reader;
     const record = unwritten
       ? { payload: unwritten.subarray(64, 64 + DATA_BYTES_OFFSET + version.length) }
-      : await this.reader.readRecord(version.loc, recordBytes(DATA_BYTES_OFFSET + version.length));
+      : await reader.readRecord(version.loc, recordBytes(DATA_BYTES_OFFSET + version.length));
     if (!record) return null;
     const head = decodeDataHead(record.payload);
     if (head.ino !== ino || head.pageNo !== pageNo || head.length !== version.length) return null;
@@ -501,8 +532,10 @@ export class Volume {
   }
 
   private afterAppend(): void {
+    if (!this.cleaner) return; // a branch's overlay log is neither checkpointed nor cleaned
     if (this.writable().tailLsn - this.superblock.checkpointLsn > this.checkpointIntervalBytes() && !this.checkpointInFlight) {
-      void this.checkpoint().catch((error: Error) => this.fence(error));
+      // No room for a checkpoint is ENOSPC for the operations, not a reason to stop writing.
+      void this.checkpoint().catch((error: Error) => { if (!(error instanceof FsError && error.errno === 'ENOSPC')) this.fence(error); });
     }
     this.cleaner!.maybeStartBackground();
   }
@@ -514,20 +547,23 @@ export class Volume {
   // -------------------------------------------------------------------------
   // Space
 
-  canAppendNow(kind: 'data' | 'meta' | 'cleaner', bytes: number): boolean {
-    const used = this.writable().tailLsn - this.superblock.headLsn;
-    const reserve = this.cleaner!.reserveBytes();
-    const limit = kind === 'data' ? this.superblock.logBytes - reserve
-      : kind === 'meta' ? this.superblock.logBytes - reserve / 2
-        : this.superblock.logBytes - DEVICE_SECTOR_BYTES * 2;
+  canAppendNow(kind: 'data' | 'meta' | 'free' | 'cleaner', bytes: number): boolean {
+    const { headLsn, logBytes } = this.overlay?.superblock ?? this.superblock;
+    const used = this.writable().tailLsn - headLsn;
+    const reserve = this.cleaner?.reserveBytes() ?? DEVICE_SECTOR_BYTES * 4;
+    const limit = kind === 'data' ? logBytes - reserve
+      : kind === 'meta' ? logBytes - reserve / 2
+        // Space-freeing metadata keeps only the room for the checkpoint that lets the cleaner move the head.
+        : kind === 'free' ? logBytes - this.checkpointBytes - 64 * 1024
+          : logBytes - DEVICE_SECTOR_BYTES * 2;
     return used + bytes <= limit;
   }
 
   /** Waits until `bytes` fit in the log, cleaning if needed; ENOSPC when cleaning cannot make room. */
-  private async ensureRoom(bytes: number, kind: 'data' | 'meta'): Promise<void> {
+  private async ensureRoom(bytes: number, kind: 'data' | 'meta' | 'free'): Promise<void> {
     this.writable();
     if (this.canAppendNow(kind, bytes)) return;
-    await this.cleaner!.cleanUntil(() => this.canAppendNow(kind, bytes));
+    if (this.cleaner) await this.cleaner.cleanUntil(() => this.canAppendNow(kind, bytes));
     if (!this.canAppendNow(kind, bytes)) {
       throw new FsError('ENOSPC', `device ${this.device.name}: no space left (live ${this.state.liveBytes} bytes of ${this.superblock.logBytes})`);
     }
@@ -544,6 +580,12 @@ export class Volume {
       const writer = this.writable();
       const bytes = serializeState(this.state, this.checkpoints);
       const timeMs = Date.now();
+      // Refuse before appending anything when it cannot fit (the writer would assert half-way).
+      const chunks = Math.max(1, Math.ceil(bytes.length / CHECKPOINT_CHUNK_BYTES));
+      if (writer.tailLsn + bytes.length + chunks * 64 + 2 * DEVICE_SECTOR_BYTES > this.superblock.headLsn + this.superblock.logBytes) {
+        this.checkpointBytes = bytes.length;
+        throw new FsError('ENOSPC', `device ${this.device.name}: no room in the log for a checkpoint of ${bytes.length} bytes`);
+      }
       let firstLsn = 0;
       for (let offset = 0; offset < bytes.length || offset === 0; offset += CHECKPOINT_CHUNK_BYTES) {
         const chunk = bytes.subarray(offset, offset + CHECKPOINT_CHUNK_BYTES);
@@ -578,10 +620,15 @@ export class Volume {
     if (this.closed) return;
     for (const timer of this.timers) clearInterval(timer);
     await this.cleaner?.stop();
-    if (this.writer && !this.writer.failed) {
-      await this.checkpoint();
+    if (this.role === 'primary' && !this.writer!.failed) {
+      // Without room for it, skip the checkpoint: the next mount replays a little more.
+      await this.checkpoint().catch((error: Error) => { if (!(error instanceof FsError && error.errno === 'ENOSPC')) throw error; });
       await this.markerWrite;
       await this.reservation!.release();
+    }
+    if (this.overlay) {
+      await this.overlay.writer.sync();
+      await this.overlay.device.close();
     }
     await this.tailer?.stop();
     this.closed = true;
