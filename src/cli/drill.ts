@@ -69,6 +69,8 @@ export interface DrillReport {
   kind: 'crash-restart';
   ok: boolean;
   dir: string;
+  /** False when the drill passed in a temp dir and removed it. */
+  dirKept: boolean;
   device: { path: string; type: 'file'; bytes: number };
   postgres: { version: string; settings: Record<string, string | number | boolean>; dataChecksums: boolean };
   load: { tool: 'pgbench'; script: 'tpcb-like'; scale: number; clients: number };
@@ -192,7 +194,7 @@ export async function runDrill(options: DrillOptions, progress: Progress): Promi
   const settings = { ...LSNFS_SETTINGS, full_page_writes: options.fullPageWrites === 'on' };
   const cluster = new PgCluster({ dataDir: path.join(volume.mountpoint, 'pgdata'), runDir: path.join(dir, 'pg-run'), port: options.port, settings });
   const report: DrillReport = {
-    kind: 'crash-restart', ok: false, dir,
+    kind: 'crash-restart', ok: false, dir, dirKept: true,
     device: { path: volume.device, type: 'file', bytes: sizeBytes },
     postgres: { version: '', settings: cluster.settings, dataChecksums: true },
     load: { tool: 'pgbench', script: 'tpcb-like', scale: options.scale, clients: options.clients },
@@ -275,7 +277,7 @@ export async function runDrill(options: DrillOptions, progress: Progress): Promi
     }
 
     report.postgresLogProblems = (await cluster.logProblems())
-      .filter((line) => !/terminating connection because of (crash|unexpected postmaster exit)|Transport endpoint is not connected|could not receive data from client|connection to client lost/.test(line))
+      .filter((line) => !/terminating connection because of (crash|unexpected postmaster exit)|Transport endpoint is not connected|Software caused connection abort|could not receive data from client|connection to client lost/.test(line))
       .slice(0, 50);
     progress('drill: stopping PostgreSQL, unmounting, fsck');
     await cluster.stop('fast');
@@ -304,7 +306,10 @@ export async function runDrill(options: DrillOptions, progress: Progress): Promi
     rtoMs: { min: Math.min(...rtos), median: median(rtos), max: Math.max(...rtos) },
   };
   report.ok = failed === 0 && report.fsck?.ok === true;
-  if (report.ok && !options.keep && !options.dir) await fsp.rm(dir, { recursive: true, force: true });
+  if (report.ok && !options.keep && !options.dir) {
+    await fsp.rm(dir, { recursive: true, force: true });
+    report.dirKept = false;
+  }
   return report;
 }
 

@@ -154,7 +154,7 @@ export interface RecordHeader {
   payloadBytes: number;
   payloadCrc: number;
   timeMs: number;
-  /** The log prefix that was durable when this record was created. */
+  /** The log prefix that was durable when this record's header was written to the device. */
   durableLsn: number;
   /** The highest PostgreSQL WAL position written when this record was created (0 = unknown). */
   walLsn: number;
@@ -191,6 +191,12 @@ export function encodeRecord(header: Omit<RecordHeader, 'payloadBytes' | 'payloa
   buf.writeUInt32LE(crc32c(buf.subarray(RH.lsn, RECORD_HEADER_BYTES), salt), RH.headerCrc);
   buf.set(payload, RECORD_HEADER_BYTES);
   return buf;
+}
+
+/** Sets an encoded record's durableLsn (when its header is written) and re-checksums the header. */
+export function stampDurableLsn(record: Buffer, durableLsn: number, salt: number): void {
+  writeU48(record, RH.durableLsn, durableLsn);
+  record.writeUInt32LE(crc32c(record.subarray(RH.lsn, RECORD_HEADER_BYTES), salt), RH.headerCrc);
 }
 
 /** Decodes a header; null when the bytes are not a whole, checksummed header. */

@@ -2,12 +2,11 @@
  * Reading the log: single records (page reads), sequential scans (recovery,
  * replicas, fsck) and the torn-tail-or-corruption decision.
  */
-import { DEVICE_SECTOR_BYTES } from '../device/device';
 import {
-  RECORD_HEADER_BYTES, RecordHeader, alignUp, decodeRecordHeader, payloadChecksumOk, recordBytes,
+  RECORD_ALIGN_BYTES, RECORD_HEADER_BYTES, RECORD_MAGIC, RecordHeader, alignUp, decodeRecordHeader, payloadChecksumOk, recordBytes,
 } from './format';
 import { LogSpace } from './log-space';
-import { MAX_UNWRITTEN_BYTES } from './log-writer';
+import { MAX_BATCH_BYTES, MAX_UNFLUSHED_BYTES } from './log-writer';
 
 export interface LogRecord { header: RecordHeader; payload: Buffer }
 
@@ -24,10 +23,12 @@ export interface ScanResult { stopLsn: number; stop: ScanStop; lastEpoch: number
 const SCAN_CHUNK_BYTES = 4 * 1024 * 1024;
 
 /**
- * How far past a bad record a later durable record can be: the writer keeps
- * at most MAX_UNWRITTEN_BYTES unwritten, plus one batch in flight.
+ * How far past a damaged-but-durable record the first record stamped with a
+ * newer durable LSN can be: the writer flushes once MAX_UNFLUSHED_BYTES are
+ * written and not durable, and the next write after that flush (at most one
+ * batch further) stamps the new prefix on the records it carries.
  */
-const CORRUPTION_SCAN_BYTES = 2 * MAX_UNWRITTEN_BYTES + SCAN_CHUNK_BYTES;
+const CORRUPTION_SCAN_BYTES = MAX_UNFLUSHED_BYTES + 2 * MAX_BATCH_BYTES + SCAN_CHUNK_BYTES;
 
 export class LogReader {
   constructor(readonly space: LogSpace) {}
@@ -93,14 +94,16 @@ export class LogReader {
    * After a scan stopped at `stopLsn`: is there a record further on that was
    * written after `stopLsn` had been made durable? Then the bad bytes at
    * `stopLsn` were acknowledged data, damaged later: corruption, not a torn
-   * tail. Batches start on sectors, so only sector starts are candidates.
+   * tail. Records start on 8-byte boundaries and may begin anywhere in a
+   * write, so every 8-byte position is a candidate (the magic is checked first).
    */
   async findDurableSuccessor(stopLsn: number, minEpoch: number, headLsn: number): Promise<RecordHeader | null> {
-    const first = alignUp(stopLsn + 1, DEVICE_SECTOR_BYTES);
+    const first = alignUp(stopLsn + 1, RECORD_ALIGN_BYTES);
     const end = Math.min(first + CORRUPTION_SCAN_BYTES, headLsn + this.space.logBytes);
     if (end <= first) return null;
     const window = await this.space.read(first, end - first);
-    for (let offset = 0; offset + RECORD_HEADER_BYTES <= window.length; offset += DEVICE_SECTOR_BYTES) {
+    for (let offset = 0; offset + RECORD_HEADER_BYTES <= window.length; offset += RECORD_ALIGN_BYTES) {
+      if (window.readUInt32LE(offset) !== RECORD_MAGIC) continue;
       const header = decodeRecordHeader(window, offset, this.space.salt);
       if (header && header.lsn === first + offset && header.epoch >= minEpoch && header.durableLsn > stopLsn) return header;
     }

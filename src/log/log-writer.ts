@@ -11,12 +11,16 @@
 import { DEVICE_SECTOR_BYTES } from '../device/device';
 import { FsError, assert } from '../util/errors';
 import {
-  RECORD_HEADER_BYTES, RecordHeader, RecordType, alignUp, encodeRecord, recordBytes,
+  RECORD_HEADER_BYTES, RecordHeader, RecordType, alignDown, alignUp, encodeRecord, recordBytes, stampDurableLsn,
 } from './format';
 import { LogSpace } from './log-space';
 
 /** Above this many unwritten bytes, appenders wait (bounds memory and the crash window). */
 export const MAX_UNWRITTEN_BYTES = 8 * 1024 * 1024;
+/** Largest single device write. */
+export const MAX_BATCH_BYTES = 4 * 1024 * 1024;
+/** Written-but-not-durable bytes that force a flush even when nobody waits for one. */
+export const MAX_UNFLUSHED_BYTES = 8 * 1024 * 1024;
 
 interface SyncWaiter { lsn: number; resolve: () => void; reject: (error: Error) => void }
 
@@ -129,11 +133,18 @@ export class LogWriter {
     for (;;) {
       // A failed (fenced) writer stops for good: not even already-queued batches reach the device.
       if (this.failure) return;
-      if (this.queue.length > 0) {
+      // Flush as soon as a waiter's records are written, even while more keep
+      // arriving (else a steady stream of appends starves every sync), and
+      // whenever too much is written but not durable: that bounds both what a
+      // power loss takes and how far recovery must look past a damaged record
+      // for proof that it had been durable (see LogReader.findDurableSuccessor).
+      const mustFlush = this.writtenLsn > this.durableLsn &&
+        (this.syncWaiters.some((w) => w.lsn <= this.writtenLsn) || this.writtenLsn - this.durableLsn >= MAX_UNFLUSHED_BYTES);
+      if (this.queue.length > 0 && !mustFlush) {
         await this.writeQueuedBatch();
         continue;
       }
-      if (this.syncWaiters.length === 0) return;
+      if (!mustFlush) return;
       const target = this.writtenLsn;
       await this.space.device.flush();
       this.durableLsn = target;
@@ -146,18 +157,49 @@ export class LogWriter {
     }
   }
 
+  /**
+   * Writes up to MAX_BATCH_BYTES of the queue as one device write of whole
+   * sectors. Records may span two writes; only the write that reaches the
+   * tail ends with a Pad record. Each record is stamped, as its header goes
+   * out, with the durable prefix at that moment.
+   */
   private async writeQueuedBatch(): Promise<void> {
-    this.padQueueToSector();
-    const batch = Buffer.concat(this.queue);
     const startLsn = this.queueStartLsn;
-    const records = this.queue;
-    this.queue = [];
-    this.queueStartLsn = this.tailLsn;
+    const parts: Buffer[] = [];
+    let bytes = 0;
+    while (this.queue.length > 0 && bytes < MAX_BATCH_BYTES) {
+      const part = this.queue.shift()!;
+      parts.push(part);
+      bytes += part.length;
+    }
+    if (this.queue.length === 0) {
+      this.padQueueToSector();
+      for (const pad of this.queue.splice(0)) { parts.push(pad); bytes += pad.length; }
+    } else {
+      // Stop at the last sector boundary; the bytes after it go back to the queue.
+      let over = bytes - alignDown(startLsn + bytes, DEVICE_SECTOR_BYTES) + startLsn;
+      bytes -= over;
+      while (over > 0) {
+        const last = parts.pop()!;
+        const keep = Math.max(0, last.length - over);
+        if (keep > 0) parts.push(last.subarray(0, keep));
+        this.queue.unshift(last.subarray(keep));
+        over -= last.length - keep;
+      }
+    }
+    const endLsn = startLsn + bytes;
+    for (const [lsn, record] of this.unwritten) {
+      if (lsn >= endLsn) break;
+      if (lsn >= startLsn) stampDurableLsn(record, this.durableLsn, this.space.salt);
+    }
+    this.queueStartLsn = endLsn;
     await this.beforeWrite();
-    await this.space.write(startLsn, batch);
-    this.writtenLsn = startLsn + batch.length;
-    let lsn = startLsn;
-    for (const record of records) { this.unwritten.delete(lsn); lsn += record.length; }
+    await this.space.write(startLsn, parts.length === 1 ? parts[0]! : Buffer.concat(parts, bytes));
+    this.writtenLsn = endLsn;
+    for (const [lsn, record] of this.unwritten) {
+      if (lsn + record.length > endLsn) break;
+      this.unwritten.delete(lsn);
+    }
     if (this.unwrittenBytes <= MAX_UNWRITTEN_BYTES) for (const wake of this.roomWaiters.splice(0)) wake();
   }
 

@@ -127,7 +127,11 @@ export class Volume {
   static async openPrimary(device: BlockDevice, options: VolumeOpenOptions): Promise<Volume> {
     const before = await readSuperblock(device);
     const reservation = await EmulatedReservation.acquire(device, options.host, before.epoch + 1);
-    const recovered = await recover(device, before);
+    // A refused recovery (damaged log) must not leave this host holding the device.
+    const recovered = await recover(device, before).catch(async (error: unknown) => {
+      await reservation.release();
+      throw error;
+    });
     const superblock = { ...before, epoch: before.epoch + 1, generation: before.generation + 1 };
     await writeSuperblock(device, superblock);
     const space = logSpaceOf(device, superblock);
@@ -170,6 +174,14 @@ export class Volume {
       host: options.host, pid: process.pid, viewLsn: superblock.checkpointLsn, appliedLsn: superblock.checkpointLsn,
       viewTimeMs: 0, heartbeatAtMs: Date.now(),
     });
+    // A reader that fails to open (a refused snapshot, a damaged checkpoint) must not leave its slot holding the horizon.
+    return Volume.openReaderInSlot(device, options, superblock, reader, slotIndex)
+      .catch(async (error: unknown) => { await writeSlot(device, slotIndex, null).catch(() => undefined); throw error; });
+  }
+
+  private static async openReaderInSlot(
+    device: BlockDevice, options: ReaderOpenOptions, superblock: Superblock, reader: LogReader, slotIndex: number,
+  ): Promise<Volume> {
     if (options.overlayDir !== undefined && options.role !== 'snapshot') throw new UserError('--overlay applies to --role snapshot only');
     const branchLsn = options.overlayDir !== undefined ? await existingBranchLsn(options.overlayDir, device.name, superblock.uuid) : null;
     if (branchLsn !== null && options.atLsn !== undefined && options.atLsn !== branchLsn) {
