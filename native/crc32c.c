@@ -16,6 +16,8 @@
  * so the module still loads and runs on CPUs without SSE4.2.
  */
 #include <node_api.h>
+#define NAPI_MODULE_NAME "crc32c"
+#include "napi-check.h"
 #include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -131,30 +133,7 @@ static uint32_t crc32c_update(uint32_t seed, const uint8_t *p, size_t len) {
 
 /* ---- N-API glue ------------------------------------------------------- */
 
-/* Turns a failed napi_status into a JS exception, unless one is already
- * pending (in which case that one is the more useful error). */
-static void throw_napi_failure(napi_env env, const char *call) {
-  /* Read the error info first: any further N-API call overwrites it. */
-  const napi_extended_error_info *info = NULL;
-  const char *msg = "unknown N-API error";
-  if (napi_get_last_error_info(env, &info) == napi_ok && info != NULL &&
-      info->error_message != NULL) {
-    msg = info->error_message;
-  }
-  bool pending = false;
-  if (napi_is_exception_pending(env, &pending) == napi_ok && pending) return;
-  char buf[256];
-  snprintf(buf, sizeof buf, "crc32c: %s failed: %s", call, msg);
-  napi_throw_error(env, NULL, buf);
-}
 
-#define NAPI_CALL(env, call)                          \
-  do {                                                \
-    if ((call) != napi_ok) {                          \
-      throw_napi_failure((env), #call);               \
-      return NULL;                                    \
-    }                                                 \
-  } while (0)
 
 static napi_value js_crc32c(napi_env env, napi_callback_info cbinfo) {
   size_t argc = 2;

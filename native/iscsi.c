@@ -74,6 +74,8 @@
  *   async env cleanup hook does the same when a worker or the process exits.
  */
 #include <node_api.h>
+#define NAPI_MODULE_NAME "iscsi"
+#include "napi-check.h"
 #include <uv.h>
 #include <iscsi/iscsi.h>
 #include <iscsi/scsi-lowlevel.h>
@@ -154,26 +156,7 @@ struct session {
 
 /* ---- small helpers ----------------------------------------------------- */
 
-static void throw_napi_failure(napi_env env, const char *call) {
-  const napi_extended_error_info *info = NULL;
-  const char *msg = "unknown N-API error";
-  if (napi_get_last_error_info(env, &info) == napi_ok && info != NULL && info->error_message != NULL) {
-    msg = info->error_message;
-  }
-  bool pending = false;
-  if (napi_is_exception_pending(env, &pending) == napi_ok && pending) return;
-  char buf[256];
-  snprintf(buf, sizeof buf, "iscsi: %s failed: %s", call, msg);
-  napi_throw_error(env, NULL, buf);
-}
 
-#define NAPI_CALL(env, call)            \
-  do {                                  \
-    if ((call) != napi_ok) {            \
-      throw_napi_failure((env), #call); \
-      return NULL;                      \
-    }                                   \
-  } while (0)
 
 /* For paths that cannot return an exception (uv callbacks): give up loudly,
  * a broken N-API call here means a bug, not a device problem. */
@@ -792,7 +775,7 @@ static struct op *new_op(struct session *s, enum op_kind kind, napi_value *promi
   op->last_ua = -1;
   if (napi_create_promise(s->env, &op->deferred, promise) != napi_ok) {
     free(op);
-    throw_napi_failure(s->env, "napi_create_promise");
+    lsnfs_throw_napi_failure(s->env, NAPI_MODULE_NAME, "napi_create_promise");
     return NULL;
   }
   return op;
@@ -1129,7 +1112,7 @@ static napi_value js_constructor(napi_env env, napi_callback_info info) {
   s->state = ST_IDLE;
   if (napi_get_uv_event_loop(env, &s->loop) != napi_ok) {
     free(s);
-    throw_napi_failure(env, "napi_get_uv_event_loop");
+    lsnfs_throw_napi_failure(env, NAPI_MODULE_NAME, "napi_get_uv_event_loop");
     return NULL;
   }
   napi_value name;
@@ -1138,7 +1121,7 @@ static napi_value js_constructor(napi_env env, napi_callback_info info) {
       napi_wrap(env, self, s, finalize_session, NULL, NULL) != napi_ok) {
     if (s->async_context) napi_async_destroy(env, s->async_context);
     free(s);
-    throw_napi_failure(env, "napi_wrap");
+    lsnfs_throw_napi_failure(env, NAPI_MODULE_NAME, "napi_wrap");
     return NULL;
   }
   NAPI_CALL(env, napi_create_reference(env, self, 0, &s->self));

@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 
 import { crc32c, crc32cImplementation } from '../../src/util/crc32c';
+import { mulberry32 } from '../support/core';
 
 // Seeded PRNG so that a failure can be reproduced: the seed is in every
 // assertion message; rerun with CRC32C_TEST_SEED=<seed>.
@@ -10,16 +11,6 @@ const PRNG_SEED = process.env.CRC32C_TEST_SEED
   ? Number(process.env.CRC32C_TEST_SEED) >>> 0
   : randomBytes(4).readUInt32LE(0);
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function makeRng(label: string): { int(maxInclusive: number): number; bytes(n: number): Buffer } {
   // Separate stream per test so tests don't depend on each other's order.
