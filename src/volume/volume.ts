@@ -232,11 +232,18 @@ export class Volume {
   private async reloadIfBehind(): Promise<void> {
     const tailer = this.tailer!;
     if (!tailer.fellBehind) return;
-    log.warn({ reason: tailer.fellBehind }, 'replica fell behind the log head; reloading from the newest checkpoint');
-    this.superblock = await readSuperblock(this.device);
-    const checkpoint = await loadCheckpoint(this.reader, this.device.name, this.superblock.checkpointLsn, Number.MAX_SAFE_INTEGER);
-    this.state = checkpoint.state;
-    tailer.reset(checkpoint.state, checkpoint.endLsn, checkpoint.epoch, checkpoint.timeMs);
+    // Between polls: a round in flight would apply records read before the reload onto the reloaded
+    // state. And a replica that has since caught up past the newest checkpoint keeps going: reloading
+    // would take its view back to an older state than it has already served.
+    await tailer.betweenPolls(async () => {
+      const superblock = await readSuperblock(this.device);
+      if (tailer.appliedLsn >= superblock.checkpointLsn) { tailer.fellBehind = null; return; }
+      log.warn({ reason: tailer.fellBehind }, 'replica fell behind the log head; reloading from the newest checkpoint');
+      this.superblock = superblock;
+      const checkpoint = await loadCheckpoint(this.reader, this.device.name, superblock.checkpointLsn, Number.MAX_SAFE_INTEGER);
+      this.state = checkpoint.state;
+      tailer.reset(checkpoint.state, checkpoint.endLsn, checkpoint.epoch, checkpoint.timeMs);
+    });
   }
 
   /** This host may no longer write: fail everything pending and refuse the rest. */
@@ -301,11 +308,11 @@ export class Volume {
   }
 
   statfs(): StatFs {
-    const usable = this.superblock.logBytes - (this.cleaner?.reserveBytes() ?? 0);
-    const freeBytes = Math.max(0, usable - this.state.liveBytes);
+    // The cleaner's reserve (it grows with the state) counts as used, like ext4's reserved blocks.
+    const freeBytes = Math.max(0, this.superblock.logBytes - (this.cleaner?.reserveBytes() ?? 0) - this.state.liveBytes);
     return {
       blockBytes: this.pageBytes,
-      totalBlocks: Math.floor(usable / this.pageBytes),
+      totalBlocks: Math.floor(this.superblock.logBytes / this.pageBytes),
       freeBlocks: Math.floor(freeBytes / this.pageBytes),
       files: this.state.inodes.size + 1_000_000,
       freeFiles: 1_000_000,
