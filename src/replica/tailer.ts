@@ -84,6 +84,13 @@ export class Tailer {
     this.fellBehind = null;
   }
 
+  /** Runs `task` between two polling rounds: no round is reading or applying records meanwhile. */
+  betweenPolls<T>(task: () => Promise<T>): Promise<T> {
+    const run = this.inFlight.then(task);
+    this.inFlight = run.catch(() => undefined);
+    return run;
+  }
+
   /** One round: read what is new, apply what is durable. Returns the number of records applied. Rounds never overlap. */
   poll(): Promise<number> {
     const round = this.inFlight.then(() => this.pollOnce());
