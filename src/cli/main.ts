@@ -10,7 +10,7 @@ import { BlockDevice } from '../device/device';
 import { UserError } from '../util/errors';
 import { formatBytes, parseDurationMs, parseSizeBytes } from '../util/units';
 import { mkfs, refuseExistingVolume } from '../volume/mkfs';
-import { fsck, listRecords, pageVersions, volumeStatus } from '../volume/inspect';
+import { fsck, listRecords, pageVersions, pathHistory, volumeStatus } from '../volume/inspect';
 import { mountInBackground, runMountDaemon, umount } from './mount';
 import type { MountRole } from '../volume/volume';
 import { registerDrill } from './drill';
@@ -173,8 +173,16 @@ export function buildProgram(): Command {
     .option('--limit <n>', 'records to list', parseInteger('--limit'), 100)
     .option('--path <path>', 'file inside the volume (with --page: its versions)')
     .option('--page <n>', 'page number within --path', parseInteger('--page'))
+    .option('--history <path>', 'what happened at this path (creates, renames, deletes, writes) over the retained log')
     .option('--json', 'machine-readable output', false)
-    .action(async (options: { device: string; from?: number; limit: number; path?: string; page?: number; json: boolean }) => {
+    .action(async (options: { device: string; from?: number; limit: number; path?: string; page?: number; history?: string; json: boolean }) => {
+      if (options.history !== undefined) {
+        const history = await withDevice(options.device, true, (device) => pathHistory(device, options.history!));
+        if (options.json) { printJson(history); return; }
+        process.stdout.write(`${history.path}: ${history.events.length} event(s) since LSN ${history.fromLsn}\n`);
+        for (const e of history.events) process.stdout.write(`  ${Number.isNaN(e.lsn) ? '(to now)'.padEnd(14) : `LSN ${e.lsn}`.padEnd(14)} ${e.time}  ${e.op}  (${e.detail})\n`);
+        return;
+      }
       if (options.path !== undefined) {
         if (options.page === undefined) throw new UserError('--path needs --page');
         const report = await withDevice(options.device, true, (device) => pageVersions(device, options.path!, options.page!));

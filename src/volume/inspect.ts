@@ -7,7 +7,7 @@ import { DATA_BYTES_OFFSET, RecordHeader, RecordType, Superblock, decodeDataHead
 import { LogReader } from '../log/log-reader';
 import { readSuperblock } from '../log/superblock';
 import { Holder, readHolder } from '../fence/emulated-reservation';
-import { CorruptLogError, Recovered, describeStop, logSpaceOf, recover } from './recovery';
+import { CorruptLogError, Recovered, applyRecord, describeStop, loadCheckpoint, logSpaceOf, recover } from './recovery';
 import { Inode, VolumeState, isDir, versionLogBytes } from './state';
 import { liveSlots, readSlots } from '../replica/slots';
 import { retentionFloorLsn } from './snapshot';
@@ -235,4 +235,47 @@ export async function pageVersions(device: BlockDevice, path: string, page: numb
     path, ino: inode.ino, page,
     versions: versions.map((v) => ({ versionLsn: v.versionLsn, loc: v.loc, kind: v.kind, offset: v.offsetInPage, length: v.length })),
   };
+}
+
+export interface PathEvent { lsn: number; time: string; op: string; detail: string }
+
+/**
+ * What happened at `path` over the retained log: creates, renames to and
+ * from it, deletes, attribute changes and truncates of the file there, and
+ * how many data writes it received in between. Replays from the oldest
+ * checkpoint still in the log.
+ */
+export async function pathHistory(device: BlockDevice, path: string): Promise<{ path: string; fromLsn: number; events: PathEvent[] }> {
+  const superblock = await readSuperblock(device);
+  const reader = new LogReader(logSpaceOf(device, superblock));
+  const newest = await loadCheckpoint(reader, device.name, superblock.checkpointLsn, superblock.epoch);
+  const oldest = [...newest.history, { lsn: superblock.checkpointLsn, timeMs: newest.timeMs }].find((m) => m.lsn >= superblock.headLsn)!;
+  const start = oldest.lsn === superblock.checkpointLsn ? newest : await loadCheckpoint(reader, device.name, oldest.lsn, superblock.epoch);
+  const state = start.state;
+  const inoAt = (): number | null => { try { return state.resolve(path).ino; } catch { return null; } };
+  const events: PathEvent[] = [];
+  let writes = 0;
+  const flushWrites = (lsn: number, timeMs: number): void => {
+    if (writes > 0) events.push({ lsn, time: new Date(timeMs).toISOString(), op: 'write', detail: `${writes} page write(s)` });
+    writes = 0;
+  };
+  await reader.scan(start.endLsn, { minEpoch: start.epoch, maxEpoch: superblock.epoch }, ({ header, payload }) => {
+    const before = inoAt();
+    if (header.type === RecordType.Data) {
+      if (before !== null && decodeDataHead(payload).ino === before && decodeDataHead(payload).versionLsn === 0) writes++;
+      applyRecord(state, header, payload);
+      return;
+    }
+    if (header.type !== RecordType.Meta) return;
+    const op = decodeMetaOp(payload, header.lsn);
+    applyRecord(state, header, payload);
+    const after = inoAt();
+    const touchesInode = before !== null && 'ino' in op && op.ino === before && op.op !== 'create';
+    if (before === after && !touchesInode) return;
+    flushWrites(header.lsn, header.timeMs);
+    const detail = before === after ? `inode ${before}` : before === null ? `now inode ${after}` : after === null ? `inode ${before} gone` : `inode ${before} replaced by ${after}`;
+    events.push({ lsn: header.lsn, time: new Date(header.timeMs).toISOString(), op: `${op.op} ${JSON.stringify(op)}`, detail });
+  });
+  flushWrites(Number.NaN, Date.now());
+  return { path, fromLsn: oldest.lsn, events };
 }
