@@ -513,6 +513,8 @@ export class Volume {
 
   /** Replaces a long delta chain with one image of the same content, if nothing changed meanwhile. */
   private foldDeltas(inode: Inode, pageNo: number, folded: PageVersion[], page: Buffer): void {
+    // Only a mount that can write folds: on a replica or plain snapshot (or once fenced) the read just returns the page.
+    if (!this.writer || this.writer.failed || this.closed) return;
     const current = inode.pages?.get(pageNo);
     if (!current || current[current.length - 1] !== folded[folded.length - 1] || !this.canAppendNow('data', page.length)) return;
     // Same content, so replay must not move size (the page may reach past EOF) or mtime.
