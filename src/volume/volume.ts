@@ -490,8 +490,10 @@ export class Volume {
 
   /** The page as of `atLsn`: newest image at or below it, with the later deltas applied in order. */
   async readPage(inode: Inode, pageNo: number, atLsn = Number.POSITIVE_INFINITY): Promise<Buffer> {
+    // Chosen once: a retry re-reads these same versions where the cleaner moved them (a relocation
+    // updates `loc` in place), never newer ones -- the other pages of a read are of this state.
+    const versions = this.state.versionsAt(inode, pageNo, atLsn);
     for (let attempt = 0; ; attempt++) {
-      const versions = this.state.versionsAt(inode, pageNo, atLsn);
       const locations = versions.map((v) => v.loc);
       const contents = await Promise.all(versions.map((v) => this.versionBytes(inode.ino, pageNo, v)));
       const moved = versions.some((v, i) => v.loc !== locations[i]);
