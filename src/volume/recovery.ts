@@ -11,6 +11,7 @@ import { LogReader, LogRecord, ScanStop } from '../log/log-reader';
 import { LogSpace } from '../log/log-space';
 import { CheckpointMark, deserializeState } from './checkpoint';
 import { readHorizonLsn } from './horizon';
+import { readDurableMarker } from '../log/durable-marker';
 import { decodeMetaOp } from './meta-ops';
 import { VolumeState } from './state';
 
@@ -32,10 +33,11 @@ export interface Recovered {
 }
 
 export class CorruptLogError extends UserError {
-  constructor(readonly deviceName: string, readonly lsn: number, readonly reason: string, readonly successorLsn: number) {
+  /** `proof`: why the damaged record must have been durable (acknowledged). */
+  constructor(readonly deviceName: string, readonly lsn: number, readonly reason: string, proof: string) {
     super(
-      `device ${deviceName}: log record at LSN ${lsn} is damaged (${reason}) but durable records follow it ` +
-        `(LSN ${successorLsn}); refusing to mount rather than drop acknowledged data. Run 'lsnfs fsck --device ${deviceName}'.`,
+      `device ${deviceName}: log record at LSN ${lsn} is damaged (${reason}) but ${proof}; ` +
+        `refusing to mount rather than drop acknowledged data. Run 'lsnfs fsck --device ${deviceName}'.`,
     );
   }
 }
@@ -104,13 +106,13 @@ export async function recover(device: BlockDevice, superblock: Superblock): Prom
   };
   let scan = await reader.scan(checkpoint.endLsn, { maxEpoch: superblock.epoch, minEpoch: checkpoint.epoch }, visit);
   for (let retry = 0; scan.stop !== 'end-of-range'; retry++) {
-    const successor = await reader.findDurableSuccessor(scan.stopLsn, scan.lastEpoch, superblock.headLsn);
-    if (!successor) break;
+    const proof = await durabilityProof(device, reader, scan.stopLsn, scan.lastEpoch, superblock.headLsn);
+    if (!proof) break;
     // A primary writing while we read (status, fsck, replicas) can make its
     // tail look damaged for a moment: read again from where we stopped.
     const again = await reader.scan(scan.stopLsn, { maxEpoch: superblock.epoch, minEpoch: scan.lastEpoch }, visit);
     if (again.stopLsn === scan.stopLsn || retry >= LIVE_TAIL_RETRIES) {
-      throw new CorruptLogError(device.name, scan.stopLsn, describeStop(scan.stop), successor.lsn);
+      throw new CorruptLogError(device.name, scan.stopLsn, describeStop(scan.stop), proof);
     }
     scan = again;
   }
@@ -118,6 +120,22 @@ export async function recover(device: BlockDevice, superblock: Superblock): Prom
     state, history: checkpoint.history, tailLsn: scan.stopLsn, lastEpoch: scan.lastEpoch, lastRecordTimeMs,
     checkpointBytes: checkpoint.checkpointBytes, checkpointTimeMs: checkpoint.timeMs, stop: scan.stop, replayedRecords,
   };
+}
+
+/**
+ * Evidence that the log was durable past `stopLsn`, so that whatever is
+ * there was acknowledged: a later record stamped with a durable prefix past
+ * it, or the primary's durable marker (which also covers the last batch,
+ * after which no record could vouch for it).
+ */
+async function durabilityProof(device: BlockDevice, reader: LogReader, stopLsn: number, lastEpoch: number, headLsn: number): Promise<string | null> {
+  const successor = await reader.findDurableSuccessor(stopLsn, lastEpoch, headLsn);
+  if (successor) return `durable records follow it (LSN ${successor.lsn})`;
+  const marker = await readDurableMarker(device);
+  if (marker && marker.epoch >= lastEpoch && marker.durableLsn > stopLsn) {
+    return `the primary (epoch ${marker.epoch}) recorded the log durable up to LSN ${marker.durableLsn}`;
+  }
+  return null;
 }
 
 export function describeStop(stop: ScanStop): string {

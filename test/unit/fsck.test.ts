@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import { FileDevice } from '../../src/device/file-device';
 import { RECORD_HEADER_BYTES } from '../../src/log/format';
 import { readSuperblock } from '../../src/log/superblock';
+import { readDurableMarker } from '../../src/log/durable-marker';
 import { mkfs } from '../../src/volume/mkfs';
 import { fsck, listRecords, volumeStatus } from '../../src/volume/inspect';
 import { Volume } from '../../src/volume/volume';
@@ -154,24 +155,65 @@ test('fsck names the LSN of a damaged mid-log record, before and after the check
   }
 });
 
-test('fsck: a torn tail (the unsynced last batch is lost) is not a problem', async () => {
+/** Zeroes one record on the device, as if it never reached it or the medium lost it. */
+async function zeroRecord(path: string, record: { lsn: number; bytes: number }): Promise<void> {
+  const superblock = await withDevice(path, readSuperblock);
+  const device = await FileDevice.open(path, { readOnly: false });
+  await device.write(superblock.logOffset + (record.lsn % superblock.logBytes), Buffer.alloc(record.bytes));
+  await device.close();
+}
+
+async function lastDataRecord(path: string): Promise<{ lsn: number; bytes: number }> {
+  const records = await withDevice(path, (d) => listRecords(d, { limit: 100_000 }));
+  return records.filter((r) => r.type === 'Data').pop()!;
+}
+
+test('fsck: a torn tail (an unsynced last batch is lost) is not a problem', async () => {
   const tmp = tempDir('fsck-torn');
   try {
     const { path, device } = await tempDevice(tmp.dir, 32 * MiB);
     await mkfs(device);
     const volume = await Volume.openPrimary(device, { host: HOST });
     await populate(volume, 3);
-    await abandon(volume);
-    const superblock = await withDevice(path, readSuperblock);
-    const records = await withDevice(path, (d) => listRecords(d, { limit: 100_000 }));
-    const last = records[records.length - 1]!;
-    // Zero the last record, as if its batch never reached the device.
-    const zero = await FileDevice.open(path, { readOnly: false });
-    await zero.write(superblock.logOffset + (last.lsn % superblock.logBytes), Buffer.alloc(last.bytes));
-    await zero.close();
+    // One more write, never synced: the writer puts it on the device without a flush.
+    await volume.write(volume.resolve('/d/f2').ino, 0, Buffer.alloc(3000, 9));
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    stopVolumeTimers(volume);
+    await volume.device.close();
+    const last = await lastDataRecord(path);
+    await zeroRecord(path, last);
     const report = await withDevice(path, fsck);
     assert.ok(report.ok, JSON.stringify(report.problems));
     assert.equal(report.tailLsn, last.lsn);
+  } finally {
+    tmp.remove();
+  }
+});
+
+test('fsck and mount: damage to the last synced batch is corruption (the durable marker vouches for it)', async () => {
+  const tmp = tempDir('fsck-last-synced');
+  try {
+    const { path, device } = await tempDevice(tmp.dir, 32 * MiB);
+    await mkfs(device);
+    const volume = await Volume.openPrimary(device, { host: HOST });
+    await populate(volume, 3);
+    const durableLsn = volume.durableLsn;
+    // The marker is written after the idle flush; wait until it is on the device.
+    for (let i = 0; i < 200; i++) {
+      const marker = await withDevice(path, readDurableMarker);
+      if (marker && marker.durableLsn >= durableLsn) break;
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    await abandon(volume);
+    const last = await lastDataRecord(path);
+    assert.ok(last.lsn < durableLsn, 'the damaged record was synced');
+    await zeroRecord(path, last);
+    const report = await withDevice(path, fsck);
+    assert.equal(report.ok, false);
+    assert.ok(report.problems.some((p) => p.lsn === last.lsn && /durable up to LSN/.test(p.message)), JSON.stringify(report.problems));
+    const reopened = await FileDevice.open(path, { readOnly: false });
+    await assert.rejects(Volume.openPrimary(reopened, { host: HOST }), new RegExp(`LSN ${last.lsn} is damaged`));
+    await reopened.close();
   } finally {
     tmp.remove();
   }
