@@ -145,6 +145,11 @@ export const RECORD_FLAG_CHECKPOINT_LAST = 1;
  * image (a fold of a delta chain). Replay must not change size or times.
  */
 export const RECORD_FLAG_SAME_CONTENT = 2;
+/**
+ * More records of the same operation follow (the pages of one write). Readers
+ * on other hosts apply an operation's records together, never a part of it.
+ */
+export const RECORD_FLAG_CONTINUES = 4;
 
 export interface RecordHeader {
   lsn: number;

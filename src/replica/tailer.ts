@@ -10,7 +10,7 @@
 import pino from 'pino';
 import { BlockDevice } from '../device/device';
 import { readDurableMarker } from '../log/durable-marker';
-import { RecordType, decodeDataHead, recordBytes } from '../log/format';
+import { RECORD_FLAG_CONTINUES, RecordType, decodeDataHead, recordBytes } from '../log/format';
 import { LogReader, LogRecord } from '../log/log-reader';
 import { readSuperblock } from '../log/superblock';
 import { applyRecord } from '../volume/recovery';
@@ -111,9 +111,15 @@ export class Tailer {
       return pendingBytes < MAX_PENDING_BYTES;
     });
     let applied = 0;
-    for (const { header, payload } of pending) {
+    // Apply whole operations only: up to the last record that is durable and ends one.
+    let usable = 0;
+    for (let i = 0; i < pending.length; i++) {
+      const { header } = pending[i]!;
+      if (header.lsn + recordBytes(header.payloadBytes) > durableLimit) break;
+      if (!(header.flags & RECORD_FLAG_CONTINUES)) usable = i + 1;
+    }
+    for (const { header, payload } of pending.slice(0, usable)) {
       const end = header.lsn + recordBytes(header.payloadBytes);
-      if (end > durableLimit) break;
       if (mode === 'replica') applyRecord(this.state, header, payload);
       else if (header.type === RecordType.Data && decodeDataHead(payload).versionLsn !== 0) this.state.applyData(header, payload);
       this.appliedLsn = end;

@@ -12,7 +12,7 @@
 import { BlockDevice, DEVICE_SECTOR_BYTES } from '../device/device';
 import { FsError, UserError, assert } from '../util/errors';
 import {
-  DATA_BYTES_OFFSET, RECORD_FLAG_CHECKPOINT_LAST, RECORD_FLAG_SAME_CONTENT, RecordType, Superblock, alignDown, decodeDataHead,
+  DATA_BYTES_OFFSET, RECORD_FLAG_CHECKPOINT_LAST, RECORD_FLAG_CONTINUES, RECORD_FLAG_SAME_CONTENT, RecordType, Superblock, alignDown, decodeDataHead,
   encodeDataPayload, recordBytes,
 } from '../log/format';
 import { LogReader } from '../log/log-reader';
@@ -457,7 +457,7 @@ export class Volume {
       const start = Math.max(position, pageNo * pageBytes);
       const end = Math.min(position + data.length, (pageNo + 1) * pageBytes);
       const bytes = data.subarray(start - position, end - position);
-      this.appendData(ino, pageNo, start - pageNo * pageBytes, bytes, 0);
+      this.appendData(ino, pageNo, start - pageNo * pageBytes, bytes, 0, pageNo < lastPage ? RECORD_FLAG_CONTINUES : 0);
     }
     this.afterAppend();
     return data.length;
