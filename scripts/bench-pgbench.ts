@@ -18,6 +18,7 @@ import { mkdtempSync, promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Command } from 'commander';
+import { log, median, round1, round3, positiveInt } from './bench-common';
 import { BuiltinScript, LSNFS_SETTINGS, PgCluster, execOk, pgbenchInit, runPgbench } from '../src/pg';
 
 const REPO_ROOT = path.resolve(__dirname, '..', '..');
@@ -28,26 +29,9 @@ interface BenchOptions { duration: number; runs: number; scale: number; clients:
 type Target = 'local' | 'lsnfs' | 'lsnfs-fpw-off';
 interface RunRecord { round: number; target: Target; script: BuiltinScript; tps: number }
 
-function log(message: string): void {
-  process.stderr.write(`${message}\n`);
-}
 
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(sorted.length / 2);
-  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-}
 
-const round1 = (value: number): number => Math.round(value * 10) / 10;
-const round3 = (value: number): number => Math.round(value * 1000) / 1000;
 
-function positiveInt(what: string) {
-  return (text: string): number => {
-    const value = Number(text);
-    if (!Number.isSafeInteger(value) || value < 1) throw new Error(`${what}: "${text}" is not a positive integer`);
-    return value;
-  };
-}
 
 class LsnfsVolume {
   readonly device: string;

@@ -45,6 +45,7 @@ import { closeSync, fdatasyncSync, mkdtempSync, openSync, promises as fsp, readF
 import os from 'node:os';
 import path from 'node:path';
 import { Command } from 'commander';
+import { log, median, round1, round2, round3, positiveInt } from './bench-common';
 import { exec, execOk } from '../src/pg/exec';
 import { REPLICA_SLOTS_OFFSET, REPLICA_SLOT_BYTES, REPLICA_SLOT_COUNT } from '../src/log/format';
 import { decodeSlot } from '../src/replica/slots';
@@ -69,9 +70,6 @@ const READER_DRAIN_MS = 5000;
 // ---------------------------------------------------------------------------
 // Helpers
 
-function log(message: string): void {
-  process.stderr.write(`${message}\n`);
-}
 
 /** Milliseconds on CLOCK_MONOTONIC (shared by every process on this machine). */
 function nowMs(): number {
@@ -87,11 +85,6 @@ function sleepSync(ms: number): void {
   if (ms > 0) Atomics.wait(sleeper, 0, 0, ms);
 }
 
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(sorted.length / 2);
-  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-}
 
 /** Nearest-rank percentile of ascending `sorted`. */
 function percentile(sorted: number[], p: number): number {
@@ -111,17 +104,7 @@ function dist(values: number[]): Dist {
 const fmtDist = (d: Dist): string =>
   `n=${d.n} min ${d.min.toFixed(2)} p50 ${d.p50.toFixed(2)} p90 ${d.p90.toFixed(2)} p99 ${d.p99.toFixed(2)} max ${d.max.toFixed(2)} mean ${d.mean.toFixed(2)} ms`;
 
-const round1 = (value: number): number => Math.round(value * 10) / 10;
-const round2 = (value: number): number => Math.round(value * 100) / 100;
-const round3 = (value: number): number => Math.round(value * 1000) / 1000;
 
-function positiveInt(what: string) {
-  return (text: string): number => {
-    const value = Number(text);
-    if (!Number.isSafeInteger(value) || value < 1) throw new Error(`${what}: "${text}" is not a positive integer`);
-    return value;
-  };
-}
 
 function nonNegativeNumber(what: string) {
   return (text: string): number => {
