@@ -145,10 +145,7 @@ class DrillVolume {
   }
 
   async mount(): Promise<void> {
-    await mountInBackground(
-      { device: this.device, mountpoint: this.mountpoint, host: this.host, allowOther: true, foreground: false, role: 'primary', pollIntervalMs: 5 },
-      ['mount', '--device', this.device, '--mountpoint', this.mountpoint, '--host', this.host, '--allow-other'],
-    );
+    await mountInBackground({ device: this.device, mountpoint: this.mountpoint, host: this.host, allowOther: true, foreground: false, role: 'primary', pollIntervalMs: 5 });
   }
 
   async daemonPid(): Promise<number> {

@@ -5,8 +5,7 @@
 import { existsSync, promises as fsp } from 'node:fs';
 import os from 'node:os';
 import { Command, Option } from 'commander';
-import { openDevice } from '../device/open';
-import { BlockDevice } from '../device/device';
+import { withDevice } from '../device/open';
 import { UserError } from '../util/errors';
 import { formatBytes, parseDurationMs, parseSizeBytes } from '../util/units';
 import { mkfs, refuseExistingVolume } from '../volume/mkfs';
@@ -14,15 +13,8 @@ import { fsck, listRecords, pageVersions, pathHistory, volumeStatus } from '../v
 import { mountInBackground, runMountDaemon, umount } from './mount';
 import type { MountRole } from '../volume/volume';
 import { registerDrill } from './drill';
-
-async function withDevice<T>(spec: string, readOnly: boolean, body: (device: BlockDevice) => Promise<T>): Promise<T> {
-  const device = await openDevice(spec, { readOnly });
-  try {
-    return await body(device);
-  } finally {
-    await device.close();
-  }
-}
+import { failover } from './failover';
+import { fenceHost } from '../fence/fence';
 
 function printJson(value: unknown): void {
   process.stdout.write(JSON.stringify(value, null, 2) + '\n');
@@ -58,10 +50,10 @@ export function buildProgram(): Command {
       const retainMs = parseDurationMs(options.retain, '--retain');
       if (options.size) {
         const sizeBytes = parseSizeBytes(options.size, '--size');
-        if (!options.force && existsSync(options.device)) await withDevice(options.device, true, refuseExistingVolume);
+        if (!options.force && existsSync(options.device)) await withDevice(options.device, { readOnly: true }, refuseExistingVolume);
         await sizeFileDevice(options.device, sizeBytes);
       }
-      const superblock = await withDevice(options.device, false, (device) => mkfs(device, { pageBytes: options.pageSize, force: options.force, retainMs }));
+      const superblock = await withDevice(options.device, { readOnly: false }, (device) => mkfs(device, { pageBytes: options.pageSize, force: options.force, retainMs }));
       process.stdout.write(`formatted ${options.device}: ${formatBytes(superblock.deviceBytes)}, page size ${superblock.pageBytes}, uuid ${superblock.uuid}\n`);
     });
 
@@ -99,14 +91,7 @@ export function buildProgram(): Command {
         await runMountDaemon(mountOptions);
         return;
       }
-      const args = ['mount', '--device', options.device, '--mountpoint', options.mountpoint, '--host', options.host,
-        '--role', options.role, '--poll-interval-ms', String(options.pollIntervalMs)];
-      if (options.atLsn !== undefined) args.push('--at-lsn', String(options.atLsn));
-      if (options.atTime !== undefined) args.push('--at-time', options.atTime);
-      if (options.overlay !== undefined) args.push('--overlay', options.overlay);
-      if (options.replicaTimeout !== undefined) args.push('--replica-timeout', options.replicaTimeout);
-      if (options.allowOther) args.push('--allow-other');
-      const { pid, logFile } = await mountInBackground(mountOptions, args);
+      const { pid, logFile } = await mountInBackground(mountOptions);
       const what = options.role === 'primary' ? 'read-write' : options.role === 'replica' ? 'as a read-only replica'
         : options.overlay !== undefined ? `as a writable branch (changes in ${options.overlay})` : 'as a read-only snapshot';
       process.stdout.write(`mounted ${options.device} ${what} at ${options.mountpoint} (pid ${pid}, log ${logFile})\n`);
@@ -127,7 +112,7 @@ export function buildProgram(): Command {
     .option('--replica-timeout <duration>', 'a replica whose heartbeat is older than this counts as gone (use the primary\'s --replica-timeout)', '10s')
     .action(async (options: { device: string; json: boolean; replicaTimeout: string }) => {
       const replicaTimeoutMs = parseDurationMs(options.replicaTimeout, '--replica-timeout');
-      const status = await withDevice(options.device, true, (device) => volumeStatus(device, replicaTimeoutMs));
+      const status = await withDevice(options.device, { readOnly: true }, (device) => volumeStatus(device, replicaTimeoutMs));
       if (options.json) { printJson(status); return; }
       const rows: Array<[string, string]> = [
         ['device', status.device], ['uuid', status.uuid], ['format version', String(status.formatVersion)],
@@ -155,7 +140,7 @@ export function buildProgram(): Command {
     .requiredOption('--device <path>', 'lsnfs device')
     .option('--json', 'machine-readable output', false)
     .action(async (options: { device: string; json: boolean }) => {
-      const report = await withDevice(options.device, true, fsck);
+      const report = await withDevice(options.device, { readOnly: true }, fsck);
       if (options.json) printJson(report);
       else {
         process.stdout.write(`fsck ${report.device}: ${report.records} records from LSN ${report.headLsn} to ${report.tailLsn}, ` +
@@ -177,7 +162,7 @@ export function buildProgram(): Command {
     .option('--json', 'machine-readable output', false)
     .action(async (options: { device: string; from?: number; limit: number; path?: string; page?: number; history?: string; json: boolean }) => {
       if (options.history !== undefined) {
-        const history = await withDevice(options.device, true, (device) => pathHistory(device, options.history!));
+        const history = await withDevice(options.device, { readOnly: true }, (device) => pathHistory(device, options.history!));
         if (options.json) { printJson(history); return; }
         process.stdout.write(`${history.path}: ${history.events.length} event(s) since LSN ${history.fromLsn}\n`);
         for (const e of history.events) process.stdout.write(`  ${Number.isNaN(e.lsn) ? '(to now)'.padEnd(14) : `LSN ${e.lsn}`.padEnd(14)} ${e.time}  ${e.op}  (${e.detail})\n`);
@@ -185,13 +170,13 @@ export function buildProgram(): Command {
       }
       if (options.path !== undefined) {
         if (options.page === undefined) throw new UserError('--path needs --page');
-        const report = await withDevice(options.device, true, (device) => pageVersions(device, options.path!, options.page!));
+        const report = await withDevice(options.device, { readOnly: true }, (device) => pageVersions(device, options.path!, options.page!));
         if (options.json) { printJson(report); return; }
         process.stdout.write(`${report.path} (inode ${report.ino}) page ${report.page}: ${report.versions.length} version(s)\n`);
         for (const v of report.versions) process.stdout.write(`  LSN ${v.versionLsn} ${v.kind} [${v.offset}, +${v.length}) at LSN ${v.loc}\n`);
         return;
       }
-      const records = await withDevice(options.device, true, (device) => listRecords(device, { ...(options.from !== undefined ? { fromLsn: options.from } : {}), limit: options.limit }));
+      const records = await withDevice(options.device, { readOnly: true }, (device) => listRecords(device, { ...(options.from !== undefined ? { fromLsn: options.from } : {}), limit: options.limit }));
       if (options.json) { printJson(records); return; }
       process.stdout.write('LSN            EPOCH TYPE        BYTES  DETAIL\n');
       for (const r of records) {
@@ -199,6 +184,39 @@ export function buildProgram(): Command {
           : r.op !== undefined ? JSON.stringify(r.op) : '';
         process.stdout.write(`${String(r.lsn).padEnd(15)}${String(r.epoch).padEnd(6)}${r.type.padEnd(12)}${String(r.bytes).padEnd(7)}${detail}\n`);
       }
+    });
+
+  program.command('fence')
+    .description('cut a host off the device: PREEMPT its reservation key (iSCSI, enforced by the target) or clear it from the holder block (file, cooperative)')
+    .requiredOption('--device <path>', 'lsnfs device')
+    .requiredOption('--host <name>', 'the host to fence (the primary)')
+    .option('--as <name>', 'the fencing host\'s name (its reservation key holds the device until the next primary takes it)', `fence@${os.hostname()}`)
+    .option('--json', 'machine-readable output', false)
+    .action(async (options: { device: string; host: string; as: string; json: boolean }) => {
+      const result = await withDevice(options.device, { readOnly: false, host: options.as }, (device) => fenceHost(device, options.host, options.as));
+      if (options.json) { printJson(result); return; }
+      process.stdout.write(`fenced host '${result.victim}' off ${result.device} (${result.backend === 'scsi' ? `SCSI-3 PREEMPT of key ${result.preemptedKey}, enforced by the target` : 'holder block cleared; emulated fencing is cooperative'})` +
+        `${result.victimHolder ? `; it was the primary of epoch ${result.victimHolder.epoch}` : ''}\n`);
+    });
+
+  program.command('failover')
+    .description('fence the current primary and make HOST the primary: its replica mount at --mountpoint is replaced by a fresh read-write mount (log recovered to its end, epoch bumped)')
+    .requiredOption('--device <path>', 'lsnfs device')
+    .requiredOption('--host <name>', 'the host that becomes primary (it must have a live replica mount of the device)')
+    .requiredOption('--mountpoint <dir>', 'where the new primary is mounted: the replica mount of --host (unmounted first; stop its standby before) or a free directory')
+    .option('--force', 'fence the old primary even though it still heartbeats', false)
+    .option('--allow-other', 'let users other than root use the mount (needed for PostgreSQL)', false)
+    .option('--replica-timeout <duration>', 'the new primary\'s --replica-timeout')
+    .option('--json', 'machine-readable output', false)
+    .action(async (options: { device: string; host: string; mountpoint: string; force: boolean; allowOther: boolean; replicaTimeout?: string; json: boolean }) => {
+      const report = await failover({
+        device: options.device, host: options.host, mountpoint: options.mountpoint, force: options.force, allowOther: options.allowOther,
+        ...(options.replicaTimeout !== undefined ? { replicaTimeoutMs: parseDurationMs(options.replicaTimeout, '--replica-timeout') } : {}),
+      });
+      if (options.json) { printJson(report); return; }
+      process.stdout.write(`failover of ${report.device}: ${report.oldPrimary === null ? 'nobody held it' : `'${report.oldPrimary}' fenced`}; ` +
+        `'${report.newPrimary}' is primary of epoch ${report.epoch} at ${options.mountpoint} (pid ${report.pid}); ` +
+        `${report.phases.map((phase) => `${phase.name} ${phase.ms} ms`).join(', ')}\n`);
     });
 
   registerDrill(program);

@@ -34,16 +34,30 @@ export interface MountOptions {
 }
 
 const READY_TIMEOUT_MS = 120_000;
+/** The `lsnfs` binary the daemon runs (whoever calls mountInBackground: the CLI, the drill, a test); this file is dist/src/cli/mount.js. */
+const LSNFS_BIN = path.resolve(__dirname, '..', '..', '..', 'bin', 'lsnfs');
 const UMOUNT_WAIT_MS = 120_000;
 const LARGEST_WRITE_BYTES = 128 * 1024;
 
+/** The `lsnfs mount` arguments that make the daemon serve `options`. */
+function daemonArgs(options: MountOptions): string[] {
+  const args = ['mount', '--device', options.device, '--mountpoint', options.mountpoint, '--host', options.host,
+    '--role', options.role, '--poll-interval-ms', String(options.pollIntervalMs)];
+  if (options.atLsn !== undefined) args.push('--at-lsn', String(options.atLsn));
+  if (options.atTimeMs !== undefined) args.push('--at-time', new Date(options.atTimeMs).toISOString());
+  if (options.overlay !== undefined) args.push('--overlay', options.overlay);
+  if (options.replicaTimeoutMs !== undefined) args.push('--replica-timeout', `${options.replicaTimeoutMs}ms`);
+  if (options.allowOther) args.push('--allow-other');
+  return [...args, '--foreground'];
+}
+
 /** Starts the daemon in the background and resolves once the mount is live. */
-export async function mountInBackground(options: MountOptions, cliArgs: string[]): Promise<{ pid: number; logFile: string }> {
+export async function mountInBackground(options: MountOptions): Promise<{ pid: number; logFile: string }> {
   await checkMountpoint(options.mountpoint);
   await fsp.mkdir(runtimeDir(), { recursive: true });
   const logFile = mountLogPath(options.mountpoint);
   const logFd = openSync(logFile, 'a');
-  const child = spawn(process.execPath, [process.argv[1]!, ...cliArgs, '--foreground'], {
+  const child = spawn(process.execPath, [LSNFS_BIN, ...daemonArgs(options)], {
     detached: true,
     stdio: ['ignore', logFd, logFd, 'ipc'],
   });

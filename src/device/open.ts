@@ -17,3 +17,13 @@ export async function openDevice(spec: string, options: { readOnly: boolean; hos
   }
   return FileDevice.open(spec, options);
 }
+
+/** Opens `spec`, runs `body` on it, and closes it whatever happens. */
+export async function withDevice<T>(spec: string, options: { readOnly: boolean; host?: string }, body: (device: BlockDevice) => Promise<T>): Promise<T> {
+  const device = await openDevice(spec, options);
+  try {
+    return await body(device);
+  } finally {
+    await device.close();
+  }
+}

@@ -156,3 +156,17 @@ export class ScsiReservation {
     return () => { this.session.off('unitAttention', handler); };
   }
 }
+
+/** The key a reader mount of `host` registers with (never a primary's key, see registerReader). */
+export function readerKeyForHost(host: string): bigint {
+  return reservationKeyForHost(`replica:${host}`);
+}
+
+/** "primary 'a'", "replica 'b'" or the bare key, for the registrations a device lists. */
+export function describeKey(key: bigint, hosts: Iterable<string>): string {
+  for (const host of hosts) {
+    if (reservationKeyForHost(host) === key) return `primary '${host}'`;
+    if (readerKeyForHost(host) === key) return `replica '${host}'`;
+  }
+  return formatKey(key);
+}

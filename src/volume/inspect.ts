@@ -6,7 +6,7 @@ import { BlockDevice } from '../device/device';
 import { DATA_BYTES_OFFSET, RecordHeader, RecordType, Superblock, decodeDataHead, recordBytes } from '../log/format';
 import { LogReader } from '../log/log-reader';
 import { readSuperblock } from '../log/superblock';
-import { Holder, readHolder } from '../fence/emulated-reservation';
+import { Holder, readHolder } from '../fence/holder-block';
 import { CorruptLogError, Recovered, applyRecord, describeStop, loadCheckpoint, logSpaceOf, recover } from './recovery';
 import { Inode, VolumeState, isDir, versionLogBytes } from './state';
 import { liveSlots, readSlots } from '../replica/slots';

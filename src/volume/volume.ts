@@ -19,7 +19,8 @@ import { LogReader } from '../log/log-reader';
 import { LogSpace } from '../log/log-space';
 import { LogWriter } from '../log/log-writer';
 import { readSuperblock, writeSuperblock } from '../log/superblock';
-import { EmulatedReservation } from '../fence/emulated-reservation';
+import { HOLDER_HEARTBEAT_INTERVAL_MS } from '../fence/holder-block';
+import { WriterLease, acquireWriterLease, registerReader } from '../fence/writer-lease';
 import { CheckpointMark, serializeState } from './checkpoint';
 import { Cleaner } from './cleaner';
 import { MetaOp, encodeMetaOp } from './meta-ops';
@@ -43,7 +44,6 @@ const CHECKPOINT_INTERVAL_BYTES = 64 * 1024 * 1024;
 const MAX_DELTAS_PER_PAGE = 16;
 /** Room a metadata operation asks for (one record, with slack for a pad). */
 const META_RECORD_ROOM_BYTES = 4096 + DEVICE_SECTOR_BYTES;
-const HEARTBEAT_INTERVAL_MS = 1000;
 /** How often a replica checks whether the primary's cleaner passed it. */
 const HEAD_CHECK_INTERVAL_MS = 500;
 const NAME_MAX_BYTES = 255;
@@ -102,7 +102,7 @@ export class Volume {
     readonly reader: LogReader,
     readonly role: MountRole,
     private readonly writer: LogWriter | null,
-    private readonly reservation: EmulatedReservation | null,
+    private readonly reservation: WriterLease | null,
     /** A branch's private log (the writer then appends there). */
     private readonly overlay: Overlay | null,
     /** Size of the newest checkpoint, to keep room for the next one. */
@@ -126,7 +126,7 @@ export class Volume {
    */
   static async openPrimary(device: BlockDevice, options: VolumeOpenOptions): Promise<Volume> {
     const before = await readSuperblock(device);
-    const reservation = await EmulatedReservation.acquire(device, options.host, before.epoch + 1);
+    const reservation = await acquireWriterLease(device, options.host, before.epoch + 1);
     // A refused recovery (damaged log) must not leave this host holding the device.
     const recovered = await recover(device, before).catch(async (error: unknown) => {
       await reservation.release();
@@ -154,7 +154,8 @@ export class Volume {
     await writer.sync();
     await volume.updateHorizon();
     const primary = volume;
-    primary.every(HEARTBEAT_INTERVAL_MS, () => reservation.heartbeat());
+    reservation.onLost((error) => primary.fence(error));
+    primary.every(HOLDER_HEARTBEAT_INTERVAL_MS, () => reservation.heartbeat());
     primary.every(HORIZON_POLL_MS, () => primary.updateHorizon());
     primary.every(BACKGROUND_FLUSH_MS, async () => { if (writer.tailLsn > writer.durableLsn) await writer.sync(); });
     return volume;
@@ -168,6 +169,7 @@ export class Volume {
   static async openReader(device: BlockDevice, options: ReaderOpenOptions): Promise<Volume> {
     const superblock = await readSuperblock(device);
     const reader = new LogReader(logSpaceOf(device, superblock));
+    await registerReader(device, options.host);
     const slotIndex = await claimSlot(device, options.host, DEFAULT_READER_TIMEOUT_MS);
     // Hold the log from the checkpoint on before reading it, so the primary's cleaner keeps it.
     await writeSlot(device, slotIndex, {
@@ -248,6 +250,7 @@ export class Volume {
 
   /** This host may no longer write: fail everything pending and refuse the rest. */
   private fence(error: Error): void {
+    if (this.writer && !this.writer.failed) log.error({ err: error }, 'writes stopped for good; pending and later fsyncs fail with EIO');
     this.writer?.fail(error);
   }
 
