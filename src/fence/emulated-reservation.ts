@@ -13,6 +13,7 @@ import { BlockDevice } from '../device/device';
 import { UserError } from '../util/errors';
 import { processAlive } from '../util/process';
 import { Holder, describeHolder, readHolder, writeHolder } from './holder-block';
+import { readSuperblock } from '../log/superblock';
 
 /**
  * Refuses while another host holds the device, or while a live process of
@@ -45,13 +46,26 @@ export class EmulatedReservation {
     return new EmulatedReservation(device, holder);
   }
 
-  /** Throws unless this mount still holds the device (called before every log write). */
+  /**
+   * Throws unless this mount still holds the device (called before every log
+   * write). Two rules close the races a frozen-and-resumed old primary can
+   * cause with its holder-block heartbeat (written after its own check passed):
+   * the superblock's epoch must still be ours (a new primary bumped it before
+   * writing anything), and a holder entry of an OLDER epoch than ours is such a
+   * stale write, which we overwrite instead of giving up.
+   */
   async check(): Promise<void> {
     const current = await readHolder(this.device);
-    if (!current || current.key !== this.holder.key) {
+    if (current && current.key !== this.holder.key && current.epoch < this.holder.epoch) {
+      await writeHolder(this.device, this.holder, { durable: true });
+      return;
+    }
+    const epoch = (await readSuperblock(this.device)).epoch;
+    if (!current || current.key !== this.holder.key || epoch !== this.holder.epoch) {
       throw new UserError(
-        `device ${this.device.name}: host '${this.holder.host}' lost the reservation` +
-          (current ? ` to ${describeHolder(current)}` : ' (fenced)') + '; writes stopped for good',
+        `device ${this.device.name}: host '${this.holder.host}' (epoch ${this.holder.epoch}) lost the reservation` +
+          (current && current.key !== this.holder.key ? ` to ${describeHolder(current)}` : epoch !== this.holder.epoch ? ` (the device is at epoch ${epoch})` : ' (fenced)') +
+          '; writes stopped for good',
       );
     }
   }

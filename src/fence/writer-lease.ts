@@ -25,6 +25,12 @@ export interface WriterLease {
   readonly backend: FenceBackend;
   /** Throws once this mount may no longer write (called before every log batch). */
   check(): Promise<void>;
+  /**
+   * Throws once this mount may no longer write (called after a flush, before
+   * acknowledging it). Over iSCSI the flush itself would have failed, so only
+   * what the target already told us counts; emulated, the holder block is read again.
+   */
+  confirm(): Promise<void>;
   heartbeat(): Promise<void>;
   /** Clean unmount: give the device up. */
   release(): Promise<void>;
@@ -44,6 +50,7 @@ export async function acquireWriterLease(device: BlockDevice, host: string, epoc
     return {
       backend: 'emulated',
       check: () => emulated.check(),
+      confirm: () => emulated.check(),
       heartbeat: () => emulated.heartbeat(),
       release: () => emulated.release(),
       onLost: () => undefined, // nobody tells a plain file's holder: check() finds out
@@ -68,6 +75,9 @@ export async function acquireWriterLease(device: BlockDevice, host: string, epoc
     async check() {
       if (lost) throw lost;
       await holderBlock.check();
+    },
+    async confirm() {
+      if (lost) throw lost;
     },
     heartbeat: () => holderBlock.heartbeat(),
     async release() {

@@ -22,6 +22,21 @@ export const MAX_BATCH_BYTES = 4 * 1024 * 1024;
 /** Written-but-not-durable bytes that force a flush even when nobody waits for one. */
 export const MAX_UNFLUSHED_BYTES = 8 * 1024 * 1024;
 
+/**
+ * The writer's right to write, asked at two points: before each batch goes to
+ * the device, and after a flush before any sync is acknowledged. The second
+ * matters where fencing is cooperative: a host fenced while its batch was in
+ * flight must not acknowledge that batch (the new primary may not have it).
+ * Each throws once this host may no longer write.
+ */
+export interface WriteGuard {
+  beforeWrite(): Promise<void>;
+  beforeAck(): Promise<void>;
+}
+
+/** For logs nobody else can write (a branch's private overlay, tests). */
+export const UNGUARDED: WriteGuard = { beforeWrite: async () => undefined, beforeAck: async () => undefined };
+
 interface SyncWaiter { lsn: number; resolve: () => void; reject: (error: Error) => void }
 
 export class LogWriter {
@@ -47,8 +62,8 @@ export class LogWriter {
     private readonly space: LogSpace,
     readonly epoch: number,
     startLsn: number,
-    /** Checked before every device write; throws if this host may no longer write. */
-    private readonly beforeWrite: () => Promise<void>,
+    /** Who may write: asked before every device write and before acknowledging a flush. */
+    private readonly guard: WriteGuard,
     /**
      * The bytes between the sector start and `startLsn` (records recovered
      * from the last batch). They are rewritten unchanged with the first batch
@@ -147,6 +162,7 @@ export class LogWriter {
       if (!mustFlush) return;
       const target = this.writtenLsn;
       await this.space.device.flush();
+      await this.guard.beforeAck();
       this.durableLsn = target;
       for (let i = this.syncWaiters.length - 1; i >= 0; i--) {
         const waiter = this.syncWaiters[i]!;
@@ -193,7 +209,7 @@ export class LogWriter {
       if (lsn >= startLsn) stampDurableLsn(record, this.durableLsn, this.space.salt);
     }
     this.queueStartLsn = endLsn;
-    await this.beforeWrite();
+    await this.guard.beforeWrite();
     await this.space.write(startLsn, parts.length === 1 ? parts[0]! : Buffer.concat(parts, bytes));
     this.writtenLsn = endLsn;
     for (const [lsn, record] of this.unwritten) {

@@ -14,7 +14,7 @@ import { BlockDevice, DEVICE_SECTOR_BYTES } from '../device/device';
 import { FileDevice } from '../device/file-device';
 import { RecordType, Superblock, alignDown } from '../log/format';
 import { LogReader } from '../log/log-reader';
-import { LogWriter } from '../log/log-writer';
+import { LogWriter, UNGUARDED } from '../log/log-writer';
 import { readSuperblock, writeSuperblock } from '../log/superblock';
 import { UserError } from '../util/errors';
 import { mkfs } from './mkfs';
@@ -77,7 +77,7 @@ export async function openOverlay(dir: string, deviceUuid: string, atLsn: number
   await writeSuperblock(device, superblock);
   const sectorStart = alignDown(scan.stopLsn, DEVICE_SECTOR_BYTES);
   const sectorHead = scan.stopLsn > sectorStart ? await space.read(sectorStart, scan.stopLsn - sectorStart) : Buffer.alloc(0);
-  const writer = new LogWriter(space, superblock.epoch, scan.stopLsn, async () => undefined, sectorHead,
+  const writer = new LogWriter(space, superblock.epoch, scan.stopLsn, UNGUARDED, sectorHead,
     () => superblock.headLsn + superblock.logBytes);
   return { device, superblock, reader, writer };
 }

@@ -62,7 +62,7 @@ export interface TombstoneStatus {
 
 export async function volumeStatus(device: BlockDevice, replicaTimeoutMs = DEFAULT_READER_TIMEOUT_MS): Promise<VolumeStatus> {
   const superblock = await readSuperblock(device);
-  const recovered = await recover(device, superblock);
+  const recovered = await recover(device, superblock, { exclusive: false });
   const nowMs = Date.now();
   const checkpoints = [...recovered.history, { lsn: superblock.checkpointLsn, timeMs: recovered.checkpointTimeMs }];
   const slots = await readSlots(device);
@@ -133,7 +133,7 @@ export async function fsck(device: BlockDevice): Promise<FsckReport> {
   };
   let recovered: Recovered | null = null;
   try {
-    recovered = await recover(device, superblock);
+    recovered = await recover(device, superblock, { exclusive: false });
     report.tailLsn = recovered.tailLsn;
   } catch (error) {
     if (!(error instanceof CorruptLogError)) throw error;
@@ -228,7 +228,7 @@ export interface PageVersionsReport { path: string; ino: number; page: number; v
 
 export async function pageVersions(device: BlockDevice, path: string, page: number): Promise<PageVersionsReport> {
   const superblock: Superblock = await readSuperblock(device);
-  const { state } = await recover(device, superblock);
+  const { state } = await recover(device, superblock, { exclusive: false });
   const inode: Inode = state.resolve(path);
   const versions = inode.pages?.get(page) ?? [];
   return {

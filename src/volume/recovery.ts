@@ -11,7 +11,8 @@ import { LogReader, LogRecord, ScanStop } from '../log/log-reader';
 import { LogSpace } from '../log/log-space';
 import { CheckpointMark, deserializeState } from './checkpoint';
 import { readHorizonLsn } from './horizon';
-import { readDurableMarker } from '../log/durable-marker';
+import { DurableMarker, readDurableMarker } from '../log/durable-marker';
+import { holderHeartbeats, readHolder } from '../fence/holder-block';
 import { decodeMetaOp } from './meta-ops';
 import { VolumeState } from './state';
 
@@ -52,9 +53,6 @@ export function applyRecord(state: VolumeState, header: RecordHeader, payload: B
   else if (header.type === RecordType.Meta) state.applyMeta(header, decodeMetaOp(payload, header.lsn));
 }
 
-/** How many times a read-only recovery re-reads a tail that a live primary is still writing. */
-const LIVE_TAIL_RETRIES = 5;
-
 export interface LoadedCheckpoint {
   state: VolumeState;
   history: CheckpointMark[];
@@ -91,7 +89,20 @@ export async function loadCheckpoint(reader: LogReader, deviceName: string, lsn:
   return loaded;
 }
 
-export async function recover(device: BlockDevice, superblock: Superblock): Promise<Recovered> {
+/**
+ * Loads the newest checkpoint and replays the log after it to its end.
+ *
+ * `exclusive`: the caller holds the device (a primary mounting), so nobody
+ * writes while we read and any later evidence proves a stop is damage.
+ * Otherwise (status, fsck, inspect) a primary may be appending right now: a
+ * record written after our read of the tail would "prove" that tail damaged.
+ * Then only evidence taken BEFORE the scan counts: the durable marker read
+ * first. A primary that no longer heartbeats writes nothing, so its log gets
+ * the exclusive rule.
+ */
+export async function recover(device: BlockDevice, superblock: Superblock, options: { exclusive: boolean }): Promise<Recovered> {
+  const liveWriter = !options.exclusive && (await readHolder(device).then((holder) => holder !== null && holderHeartbeats(holder)));
+  const markerBeforeScan = liveWriter ? await readDurableMarker(device) : null;
   const reader = new LogReader(logSpaceOf(device, superblock));
   const checkpoint = await loadCheckpoint(reader, device.name, superblock.checkpointLsn, superblock.epoch);
   const state = checkpoint.state;
@@ -99,27 +110,27 @@ export async function recover(device: BlockDevice, superblock: Superblock): Prom
   state.horizonLsn = await readHorizonLsn(device, [...checkpoint.history, { lsn: superblock.checkpointLsn, timeMs: checkpoint.timeMs }], superblock.retainMs);
   let replayedRecords = 0;
   let lastRecordTimeMs = checkpoint.timeMs;
-  const visit = ({ header, payload }: LogRecord): void => {
+  const scan = await reader.scan(checkpoint.endLsn, { maxEpoch: superblock.epoch, minEpoch: checkpoint.epoch }, ({ header, payload }: LogRecord) => {
     applyRecord(state, header, payload);
     lastRecordTimeMs = header.timeMs;
     replayedRecords++;
-  };
-  let scan = await reader.scan(checkpoint.endLsn, { maxEpoch: superblock.epoch, minEpoch: checkpoint.epoch }, visit);
-  for (let retry = 0; scan.stop !== 'end-of-range'; retry++) {
-    const proof = await durabilityProof(device, reader, scan.stopLsn, scan.lastEpoch, superblock.headLsn);
-    if (!proof) break;
-    // A primary writing while we read (status, fsck, replicas) can make its
-    // tail look damaged for a moment: read again from where we stopped.
-    const again = await reader.scan(scan.stopLsn, { maxEpoch: superblock.epoch, minEpoch: scan.lastEpoch }, visit);
-    if (again.stopLsn === scan.stopLsn || retry >= LIVE_TAIL_RETRIES) {
-      throw new CorruptLogError(device.name, scan.stopLsn, describeStop(scan.stop), proof);
-    }
-    scan = again;
+  });
+  if (scan.stop !== 'end-of-range') {
+    const proof = liveWriter
+      ? markerBeforeScan && markerProves(markerBeforeScan, scan.stopLsn, scan.lastEpoch)
+      : await durabilityProof(device, reader, scan.stopLsn, scan.lastEpoch, superblock.headLsn);
+    if (proof) throw new CorruptLogError(device.name, scan.stopLsn, describeStop(scan.stop), proof);
   }
   return {
     state, history: checkpoint.history, tailLsn: scan.stopLsn, lastEpoch: scan.lastEpoch, lastRecordTimeMs,
     checkpointBytes: checkpoint.checkpointBytes, checkpointTimeMs: checkpoint.timeMs, stop: scan.stop, replayedRecords,
   };
+}
+
+function markerProves(marker: DurableMarker, stopLsn: number, lastEpoch: number): string | null {
+  return marker.epoch >= lastEpoch && marker.durableLsn > stopLsn
+    ? `the primary (epoch ${marker.epoch}) recorded the log durable up to LSN ${marker.durableLsn}`
+    : null;
 }
 
 /**
@@ -132,10 +143,7 @@ async function durabilityProof(device: BlockDevice, reader: LogReader, stopLsn: 
   const successor = await reader.findDurableSuccessor(stopLsn, lastEpoch, headLsn);
   if (successor) return `durable records follow it (LSN ${successor.lsn})`;
   const marker = await readDurableMarker(device);
-  if (marker && marker.epoch >= lastEpoch && marker.durableLsn > stopLsn) {
-    return `the primary (epoch ${marker.epoch}) recorded the log durable up to LSN ${marker.durableLsn}`;
-  }
-  return null;
+  return marker && markerProves(marker, stopLsn, lastEpoch);
 }
 
 export function describeStop(stop: ScanStop): string {

@@ -128,7 +128,7 @@ export class Volume {
     const before = await readSuperblock(device);
     const reservation = await acquireWriterLease(device, options.host, before.epoch + 1);
     // A refused recovery (damaged log) must not leave this host holding the device.
-    const recovered = await recover(device, before).catch(async (error: unknown) => {
+    const recovered = await recover(device, before, { exclusive: true }).catch(async (error: unknown) => {
       await reservation.release();
       throw error;
     });
@@ -138,14 +138,10 @@ export class Volume {
     const sectorStart = alignDown(recovered.tailLsn, DEVICE_SECTOR_BYTES);
     const sectorHead = recovered.tailLsn > sectorStart ? await space.read(sectorStart, recovered.tailLsn - sectorStart) : Buffer.alloc(0);
     let volume: Volume | null = null;
-    const writer = new LogWriter(space, superblock.epoch, recovered.tailLsn, async () => {
-      try {
-        await reservation.check();
-      } catch (error) {
-        volume?.fence(error as Error);
-        throw error;
-      }
-    }, sectorHead, () => (volume?.superblock ?? superblock).headLsn + superblock.logBytes,
+    // Losing the lease at either point fences this mount for good.
+    const fenceOnLoss = (ask: () => Promise<void>) => () => ask().catch((error: Error) => { volume?.fence(error); throw error; });
+    const guard = { beforeWrite: fenceOnLoss(() => reservation.check()), beforeAck: fenceOnLoss(() => reservation.confirm()) };
+    const writer = new LogWriter(space, superblock.epoch, recovered.tailLsn, guard, sectorHead, () => (volume?.superblock ?? superblock).headLsn + superblock.logBytes,
     (durableLsn) => volume?.publishDurable(durableLsn));
     const checkpoints = [...recovered.history, { lsn: before.checkpointLsn, timeMs: recovered.checkpointTimeMs }];
     volume = new Volume(device, superblock, recovered.state, new LogReader(space), 'primary', writer, reservation, null, recovered.checkpointBytes, checkpoints);

@@ -6,7 +6,7 @@ import { BlockDevice, DEVICE_SECTOR_BYTES } from '../../src/device/device';
 import { FIRST_LSN, RecordType, recordBytes, volumeSalt } from '../../src/log/format';
 import { LogReader, LogRecord } from '../../src/log/log-reader';
 import { LogSpace } from '../../src/log/log-space';
-import { LogWriter } from '../../src/log/log-writer';
+import { LogWriter, UNGUARDED } from '../../src/log/log-writer';
 import { FsError } from '../../src/util/errors';
 import { Rng, makeRng, seedFrom, tempDevice, tempDir } from '../support/core';
 
@@ -63,7 +63,7 @@ async function setup(label: string, logBytes: number, deviceBytes = LOG_OFFSET +
   const space = new TrackingSpace(device, logBytes, volumeSalt(randomUUID()));
   // The head, for the writer's tail limit; tests that wrap the log move it.
   const limits = { headLsn: FIRST_LSN };
-  const writer = new LogWriter(space, EPOCH, FIRST_LSN, async () => undefined, Buffer.alloc(0), () => limits.headLsn + logBytes);
+  const writer = new LogWriter(space, EPOCH, FIRST_LSN, UNGUARDED, Buffer.alloc(0), () => limits.headLsn + logBytes);
   const reader = new LogReader(space);
   return {
     space, writer, reader, device, limits,
@@ -422,7 +422,7 @@ test('a failing device write or a refused beforeWrite check fails the writer', a
   try {
     const space = new LogSpace(device, LOG_OFFSET, 1024 * 1024, 1);
     let allowed = true;
-    const writer = new LogWriter(space, 1, FIRST_LSN, async () => { if (!allowed) throw new Error('fenced'); }, Buffer.alloc(0), () => FIRST_LSN + 1024 * 1024);
+    const writer = new LogWriter(space, 1, FIRST_LSN, { beforeWrite: async () => { if (!allowed) throw new Error('fenced'); }, beforeAck: async () => undefined }, Buffer.alloc(0), () => FIRST_LSN + 1024 * 1024);
     writer.append(RecordType.Meta, Buffer.from('a'));
     await writer.sync();
     allowed = false;
