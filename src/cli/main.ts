@@ -195,7 +195,9 @@ export function buildProgram(): Command {
     .action(async (options: { device: string; host: string; as: string; json: boolean }) => {
       const result = await withDevice(options.device, { readOnly: false, host: options.as }, (device) => fenceHost(device, options.host, options.as));
       if (options.json) { printJson(result); return; }
-      process.stdout.write(`fenced host '${result.victim}' off ${result.device} (${result.backend === 'scsi' ? `SCSI-3 PREEMPT of key ${result.preemptedKey}, enforced by the target` : 'holder block cleared; emulated fencing is cooperative'})` +
+      const how = result.backend === 'scsi' ? `SCSI-3 PREEMPT of key ${result.preemptedKey}, enforced by the target`
+        : `holder block cleared; ${result.killedPid !== undefined ? `its daemon (pid ${result.killedPid}) on this machine killed` : 'emulated fencing of another machine is cooperative'}`;
+      process.stdout.write(`fenced host '${result.victim}' off ${result.device} (${how})` +
         `${result.victimHolder ? `; it was the primary of epoch ${result.victimHolder.epoch}` : ''}\n`);
     });
 

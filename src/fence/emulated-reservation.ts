@@ -1,18 +1,22 @@
 /**
  * Emulated reservation for devices without SCSI-3/NVMe persistent
  * reservations (plain files): the holder block (holder-block.ts) is the
- * reservation, checked before every log write.
+ * reservation, checked before every log batch and again before a flush is
+ * acknowledged.
  *
- * This is COOPERATIVE fencing: it stops lsnfs processes that follow the
- * protocol, but nothing stops a frozen process that resumes between its check
- * and its write, or any other program, from writing the device. The epoch in
- * every record is the second line of defence. Enforced fencing needs a device
- * whose target enforces reservations (iSCSI, SCSI, NVMe).
+ * On its own this is COOPERATIVE: it stops lsnfs processes that follow the
+ * protocol, but a process frozen between its check and its write can, on
+ * resume, land one batch over the new primary's log. `lsnfs fence` closes
+ * that for a holder on the same machine (the usual case for a file device)
+ * by SIGKILLing it and waiting until it is gone — fencing by killing, as a
+ * cluster kills a node. A holder on another machine (a file shared over a
+ * network filesystem) cannot be killed: there fencing stays cooperative.
+ * Enforced fencing needs a device whose target enforces reservations (iSCSI).
  */
 import { BlockDevice } from '../device/device';
 import { UserError } from '../util/errors';
 import { processAlive } from '../util/process';
-import { Holder, describeHolder, readHolder, writeHolder } from './holder-block';
+import { Holder, describeHolder, localBootId, readHolder, writeHolder } from './holder-block';
 import { readSuperblock } from '../log/superblock';
 
 /**
@@ -41,7 +45,9 @@ export class EmulatedReservation {
 
   /** Writes this mount into the holder block, unconditionally: the caller has made sure it may. */
   static async take(device: BlockDevice, host: string, epoch: number): Promise<EmulatedReservation> {
-    const holder: Holder = { host, pid: process.pid, key: 1 + Math.floor(Math.random() * 2 ** 47), epoch, heartbeatAtMs: Date.now() };
+    const holder: Holder = {
+      host, pid: process.pid, key: 1 + Math.floor(Math.random() * 2 ** 47), epoch, heartbeatAtMs: Date.now(), bootId: await localBootId(),
+    };
     await writeHolder(device, holder, { durable: true });
     return new EmulatedReservation(device, holder);
   }

@@ -11,7 +11,8 @@ import { BlockDevice } from '../device/device';
 import { IscsiDevice } from '../device/iscsi-device';
 import { readSlots } from '../replica/slots';
 import { UserError } from '../util/errors';
-import { Holder, describeHolder, readHolder, writeHolder } from './holder-block';
+import { Holder, describeHolder, localBootId, readHolder, writeHolder } from './holder-block';
+import { processAlive } from '../util/process';
 import { FenceBackend, fenceBackendOf } from './writer-lease';
 import { ScsiReservation, describeKey, formatKey, reservationKeyForHost } from './scsi-reservation';
 
@@ -23,7 +24,29 @@ export interface FenceResult {
   victimHolder: Holder | null;
   /** iSCSI: the key PREEMPTed. */
   preemptedKey?: string;
+  /** Emulated, victim on this machine: its daemon, killed (and gone) before the holder block was cleared. */
+  killedPid?: number;
   fencer: string;
+}
+
+/** Time for a SIGKILLed daemon to be gone (a write it had in the kernel completes first). */
+const KILL_WAIT_MS = 10_000;
+
+/**
+ * A plain file has no target to refuse writes, but a holder on this machine
+ * can be stopped for certain: SIGKILL works on a frozen process too, and once
+ * the process is gone no write of it can still land (one that was inside the
+ * kernel has completed). The log recovered after this holds all it wrote.
+ */
+async function killHolder(device: BlockDevice, holder: Holder): Promise<number | undefined> {
+  if (!processAlive(holder.pid)) return undefined;
+  process.kill(holder.pid, 'SIGKILL');
+  const deadline = Date.now() + KILL_WAIT_MS;
+  while (processAlive(holder.pid)) {
+    if (Date.now() > deadline) throw new UserError(`device ${device.name}: the primary's daemon (pid ${holder.pid}) did not exit after SIGKILL; nothing fenced`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  return holder.pid;
 }
 
 export async function fenceHost(device: BlockDevice, victim: string, fencer: string): Promise<FenceResult> {
@@ -33,6 +56,7 @@ export async function fenceHost(device: BlockDevice, victim: string, fencer: str
   const result: FenceResult = { device: device.name, backend: fenceBackendOf(device), victim, victimHolder, fencer };
   if (!(device instanceof IscsiDevice)) {
     if (!victimHolder) throw new UserError(`device ${device.name}: host '${victim}' does not hold it (${holder ? `the primary is ${describeHolder(holder)}` : 'no primary holds it'}); nothing fenced`);
+    if (victimHolder.bootId === (await localBootId())) result.killedPid = await killHolder(device, victimHolder);
     await writeHolder(device, null, { durable: true });
     return result;
   }

@@ -6,6 +6,7 @@
  * is only a hash), carries its epoch and its heartbeat, and stays the
  * second line of defence should the target forget its reservations.
  */
+import { promises as fsp } from 'node:fs';
 import { BlockDevice } from '../device/device';
 import { RESERVATION_OFFSET, readU48, writeU48 } from '../log/format';
 import { crc32c } from '../util/crc32c';
@@ -25,10 +26,13 @@ export interface Holder {
   key: number;
   epoch: number;
   heartbeatAtMs: number;
+  /** The kernel boot id of the machine the holder runs on: tells whether `pid` is a process of this machine. */
+  bootId: string;
 }
 
 // Field offsets in the block.
-const HB = { magic: 0, key: 8, pid: 16, epoch: 24, heartbeatAtMs: 32, host: 40, crc: BLOCK_BYTES - 4 } as const;
+const HB = { magic: 0, key: 8, pid: 16, epoch: 24, heartbeatAtMs: 32, host: 40, bootId: 104, crc: BLOCK_BYTES - 4 } as const;
+const BOOT_ID_BYTES = 16;
 
 /** The current holder, or null when nobody holds the device (released, fenced, never mounted). */
 export async function readHolder(device: BlockDevice): Promise<Holder | null> {
@@ -44,6 +48,7 @@ export async function readHolder(device: BlockDevice): Promise<Holder | null> {
     epoch: readU48(buf, HB.epoch),
     heartbeatAtMs: readU48(buf, HB.heartbeatAtMs),
     host: hostBytes.subarray(0, Math.max(0, hostBytes.indexOf(0))).toString('utf8'),
+    bootId: buf.subarray(HB.bootId, HB.bootId + BOOT_ID_BYTES).toString('hex'),
   };
 }
 
@@ -57,6 +62,7 @@ export async function writeHolder(device: BlockDevice, holder: Holder | null, op
     writeU48(buf, HB.epoch, holder.epoch);
     writeU48(buf, HB.heartbeatAtMs, holder.heartbeatAtMs);
     Buffer.from(holder.host, 'utf8').subarray(0, HOST_BYTES - 1).copy(buf, HB.host);
+    Buffer.from(holder.bootId, 'hex').copy(buf, HB.bootId);
   }
   buf.writeUInt32LE(crc32c(buf.subarray(0, HB.crc)), HB.crc);
   await device.write(RESERVATION_OFFSET, buf);
@@ -71,4 +77,12 @@ export function describeHolder(holder: Holder, nowMs = Date.now()): string {
 
 export function holderHeartbeats(holder: Holder, nowMs = Date.now()): boolean {
   return nowMs - holder.heartbeatAtMs < HOLDER_STALE_MS;
+}
+
+let bootIdCache: string | undefined;
+
+/** This machine's kernel boot id (32 hex digits), as stored in the holder block. */
+export async function localBootId(): Promise<string> {
+  bootIdCache ??= (await fsp.readFile('/proc/sys/kernel/random/boot_id', 'utf8')).trim().replace(/-/g, '');
+  return bootIdCache;
 }

@@ -8,6 +8,7 @@
  * that arrives while a write or flush is in flight shares the next flush.
  * A record is reported durable only when the whole prefix before it is.
  */
+import pino from 'pino';
 import { DEVICE_SECTOR_BYTES } from '../device/device';
 import { FsError, assert } from '../util/errors';
 import {
@@ -17,6 +18,8 @@ import { LogSpace } from './log-space';
 
 /** Above this many unwritten bytes, appenders wait (bounds memory and the crash window). */
 export const MAX_UNWRITTEN_BYTES = 8 * 1024 * 1024;
+const log = pino({ name: 'lsnfs-log' }, pino.destination(2));
+
 /** Largest single device write. */
 export const MAX_BATCH_BYTES = 4 * 1024 * 1024;
 /** Written-but-not-durable bytes that force a flush even when nobody waits for one. */
@@ -127,6 +130,7 @@ export class LogWriter {
   fail(error: Error): void {
     if (this.failure) return;
     this.failure = error;
+    log.error({ err: error }, 'writes stopped for good; pending and later fsyncs fail with EIO');
     for (const waiter of this.syncWaiters.splice(0)) waiter.reject(new FsError('EIO', error.message));
     for (const wake of this.roomWaiters.splice(0)) wake();
   }

@@ -178,6 +178,24 @@ export class PgCluster {
       ['-D', this.dataDir, '-m', mode, '-w', '-t', String(options.timeoutS ?? 600), 'stop'], { user: this.osUser });
   }
 
+  /**
+   * Takes over a data directory another host's PostgreSQL was running on (a
+   * failover): starts it in standby mode, which replays the WAL left on the
+   * shared store, then promotes it. Promotion ends recovery with an
+   * end-of-recovery record and a background checkpoint, where a plain crash
+   * recovery would write every dirty page before accepting a commit.
+   * postmaster.pid belongs to the old host: its pid means nothing here.
+   */
+  async startAsPromotedStandby(options: { timeoutS?: number } = {}): Promise<void> {
+    await fsp.rm(path.join(this.dataDir, 'postmaster.pid'), { force: true });
+    const { uid, gid } = await osIds(this.osUser);
+    const signal = path.join(this.dataDir, 'standby.signal');
+    await fsp.writeFile(signal, '');
+    await fsp.chown(signal, uid, gid);
+    await this.start(options);
+    await execOk(await pgProgram('pg_ctl'), ['-D', this.dataDir, '-w', '-t', String(options.timeoutS ?? 600), 'promote'], { user: this.osUser });
+  }
+
   /** Stops the server if one runs; never throws (for cleanup paths). */
   async stopQuietly(mode: 'fast' | 'immediate' = 'immediate'): Promise<void> {
     const pid = await this.postmasterPid().catch(() => null);

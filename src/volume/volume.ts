@@ -246,7 +246,6 @@ export class Volume {
 
   /** This host may no longer write: fail everything pending and refuse the rest. */
   private fence(error: Error): void {
-    if (this.writer && !this.writer.failed) log.error({ err: error }, 'writes stopped for good; pending and later fsyncs fail with EIO');
     this.writer?.fail(error);
   }
 
