@@ -1,42 +1,65 @@
 /**
- * `lsnfs drill`: proves the promise "every acknowledged commit survives" on
- * a real PostgreSQL. On a file device it formats and mounts a volume, starts
- * PostgreSQL on it, runs pgbench while pgbench logs every commit it saw
- * acknowledged (-l), then SIGKILLs PostgreSQL and the filesystem daemon at a
- * random moment, remounts, lets PostgreSQL recover, and checks:
- *   RPO  every acknowledged commit is in pgbench_history (lost = 0),
- *        the tpcb balances agree, pg_amcheck --heapallindexed is clean;
- *   RTO  time from the kill to the first successful commit afterwards,
- *        split into phases.
- * A round is one kill and recovery; the report has one row per round. A
- * failover drill (standby, fencing) fills the same columns with its own
- * phases.
+ * `lsnfs drill`: the failover drill. It proves "every acknowledged commit
+ * survives the loss of the primary" on a real PostgreSQL:
+ *
+ *   setup  format the device (a file in the drill directory, or --device
+ *          iscsi://...), mount it read-write on host node-a, initdb, start
+ *          PostgreSQL, pgbench -i; mount a replica on host node-b.
+ *   round  pgbench tpcb-like on the primary, logging every commit it saw
+ *          acknowledged (-l), while the replica's lag is sampled; at a random
+ *          moment the primary host fails: `kill` SIGKILLs PostgreSQL and the
+ *          filesystem daemon, `freeze` SIGSTOPs them (a hung host that may
+ *          wake up). Then `lsnfs failover` to the replica host (fence, fresh
+ *          primary mount: log recovered to its end, epoch bumped), PostgreSQL
+ *          started there (standby mode + promote: replays the shared WAL to
+ *          its end without a synchronous end-of-recovery checkpoint), first
+ *          commit. The old host is verified fenced (a frozen one is resumed
+ *          and must not write again), cleaned up and mounted back as the
+ *          replica: the next round fails over the other way.
+ *   check  RPO: every acknowledged commit is in pgbench_history (lost = 0),
+ *          tpcb balances agree, pg_amcheck --heapallindexed clean; RTO:
+ *          failure -> first commit on the new primary, split into phases;
+ *          fsck of the device at the end.
+ *
+ * The drill knows when it killed the primary, so it fails over with --force
+ * instead of waiting for the old primary's heartbeat to go stale
+ * (HOLDER_STALE_MS, 3 s): RTO excludes failure detection.
  */
 import { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Command, Option } from 'commander';
-import { openDevice } from '../device/open';
+import { openDevice, withDevice } from '../device/open';
+import { BlockDevice } from '../device/device';
+import { readDurableMarker } from '../log/durable-marker';
+import { readHolder } from '../fence/holder-block';
+import { readSlots } from '../replica/slots';
 import { fsck, FsckReport } from '../volume/inspect';
-import { mkfs } from '../volume/mkfs';
+import { mkfs, refuseExistingVolume } from '../volume/mkfs';
 import { UserError } from '../util/errors';
 import { processAlive } from '../util/process';
 import { formatBytes, parseSizeBytes } from '../util/units';
 import {
-  LSNFS_SETTINGS, PgCluster, RunningPgbench, countLoggedCommits, exec, pgBinDir, pgbenchInit, serverPids, startPgbench, tpcbBalances, waitForExit,
+  LSNFS_SETTINGS, PgCluster, RunningPgbench, childPids, countLoggedCommits, exec, pgBinDir, pgbenchInit, startPgbench, tpcbBalances, waitForExit,
 } from '../pg';
+import { failover } from './failover';
 import { mountInBackground, umount } from './mount';
 import { isMounted, readMountRecord, removeMountRecord } from './runtime';
 
+export type FailureMode = 'kill' | 'freeze';
+
 export interface DrillOptions {
   dir?: string;
+  device?: string;
   size: string;
   rounds: number;
   scale: number;
   clients: number;
   killAfter: string;
   port: number;
+  failure: FailureMode | 'alternate';
   fullPageWrites: 'on' | 'off';
+  force: boolean;
   keep: boolean;
   json: boolean;
 }
@@ -45,20 +68,27 @@ export interface DrillPhase { name: string; ms: number }
 
 export interface DrillRound {
   round: number;
-  /** Seconds of load before the kill. */
-  killAfterS: number;
-  /** Commits pgbench saw acknowledged, this round and in total since pgbench -i. */
-  acknowledgedInRound: number;
+  failure: FailureMode;
+  from: string;
+  to: string;
+  /** Seconds of load before the failure. */
+  failAfterS: number;
+  /** Commits pgbench saw acknowledged since pgbench -i (all rounds). */
   acknowledged: number;
-  /** Rows of pgbench_history after recovery. */
+  /** Rows of pgbench_history on the new primary. */
   found: number;
-  /** Acknowledged commits missing after recovery: the RPO in transactions (must be 0). */
+  /** Acknowledged commits missing on the new primary: the RPO in transactions (must be 0). */
   lost: number;
-  /** Rows beyond the acknowledged ones: transactions in flight at the kill that did commit. */
+  /** Rows beyond the acknowledged ones: transactions in flight at the failure that did commit. */
   inFlightCommitted: number;
-  /** Kill -> first successful commit after recovery. */
+  /** Failure -> first successful commit on the new primary. */
   rtoMs: number;
   phases: DrillPhase[];
+  /** The old primary can no longer write: it is not the holder, and (freeze) once resumed it stopped writing for good. */
+  fenced: boolean;
+  fenceEvidence: string;
+  /** The replica's lag behind the primary's durable log while the load ran (sampled every 100 ms). */
+  replicaLagMs: { p50: number; max: number; samples: number };
   balancesConsistent: boolean;
   amcheckClean: boolean;
   amcheckOutput?: string;
@@ -66,22 +96,28 @@ export interface DrillRound {
 }
 
 export interface DrillReport {
-  kind: 'crash-restart';
+  kind: 'failover';
   ok: boolean;
   dir: string;
   /** False when the drill passed in a temp dir and removed it. */
   dirKept: boolean;
-  device: { path: string; type: 'file'; bytes: number };
+  device: { spec: string; type: 'file' | 'iscsi'; bytes: number; fencing: string };
   postgres: { version: string; settings: Record<string, string | number | boolean>; dataChecksums: boolean };
   load: { tool: 'pgbench'; script: 'tpcb-like'; scale: number; clients: number };
   setup: DrillPhase[];
   rounds: DrillRound[];
-  summary: { rounds: number; failedRounds: number; lostTotal: number; rpoTransactions: number; rtoMs: { min: number; median: number; max: number } };
+  summary: {
+    rounds: number; failedRounds: number; lostTotal: number; rpoTransactions: number; fenceFailures: number;
+    rtoMs: { min: number; median: number; max: number };
+  };
   fsck: { ok: boolean; records: number; problems: FsckReport['problems'] } | null;
   postgresLogProblems: string[];
 }
 
 const PG_EXIT_TIMEOUT_MS = 30_000;
+const FENCE_NOTICE_TIMEOUT_MS = 15_000;
+const LAG_SAMPLE_INTERVAL_MS = 100;
+const HOSTS = ['node-a', 'node-b'] as const;
 
 function parseCount(what: string, min: number) {
   return (text: string): number => {
@@ -104,11 +140,10 @@ function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-function median(values: number[]): number {
+function percentile(values: number[], p: number): number {
   if (values.length === 0) return 0;
   const sorted = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(sorted.length / 2);
-  return sorted.length % 2 ? sorted[mid]! : Math.round((sorted[mid - 1]! + sorted[mid]!) / 2);
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
 }
 
 /** Times one step. */
@@ -119,33 +154,14 @@ async function timed<T>(phases: DrillPhase[], name: string, body: () => Promise<
   return value;
 }
 
-/** The mounted volume the drill works on. */
-class DrillVolume {
-  readonly device: string;
+/** One host of the drill: its mountpoint and the PostgreSQL that runs there when it is primary. */
+class DrillHost {
   readonly mountpoint: string;
-  constructor(readonly dir: string, readonly host: string) {
-    this.device = path.join(dir, 'device.img');
-    this.mountpoint = path.join(dir, 'mnt');
-  }
-
-  async create(sizeBytes: number): Promise<void> {
-    const handle = await fsp.open(this.device, 'wx');
-    try {
-      await handle.truncate(sizeBytes);
-    } finally {
-      await handle.close();
-    }
-    const device = await openDevice(this.device, { readOnly: false });
-    try {
-      await mkfs(device);
-    } finally {
-      await device.close();
-    }
-    await fsp.mkdir(this.mountpoint, { recursive: true });
-  }
-
-  async mount(): Promise<void> {
-    await mountInBackground({ device: this.device, mountpoint: this.mountpoint, host: this.host, allowOther: true, foreground: false, role: 'primary', pollIntervalMs: 5 });
+  readonly cluster: PgCluster;
+  constructor(readonly name: string, dir: string, port: number, settings: Record<string, string | number | boolean>) {
+    this.mountpoint = path.join(dir, name);
+    // Each host has its own port and socket directory: a frozen old primary still holds its own.
+    this.cluster = new PgCluster({ dataDir: path.join(this.mountpoint, 'pgdata'), runDir: path.join(dir, `pg-${name}`), port, settings });
   }
 
   async daemonPid(): Promise<number> {
@@ -154,19 +170,22 @@ class DrillVolume {
     return record.pid;
   }
 
-  /** After a crash: wait until the daemon is gone, drop the dead kernel mount and the stale record. */
-  async cleanUpAfterCrash(pid: number): Promise<void> {
-    while (processAlive(pid)) await sleep(5);
+  async mount(device: string, role: 'primary' | 'replica'): Promise<void> {
+    await mountInBackground({ device, mountpoint: this.mountpoint, host: this.name, allowOther: true, foreground: false, role, pollIntervalMs: 5 });
+  }
+
+  /** After the host died or was fenced: its processes gone, the dead kernel mount dropped, the stale record removed. */
+  async cleanUp(pids: number[]): Promise<void> {
+    for (const pid of pids) if (processAlive(pid)) process.kill(pid, 'SIGKILL');
+    const stuck = await waitForExit(pids, PG_EXIT_TIMEOUT_MS);
+    if (stuck.length > 0) throw new Error(`processes ${stuck.join(', ')} of host ${this.name} still alive ${PG_EXIT_TIMEOUT_MS} ms after SIGKILL`);
     if (await isMounted(this.mountpoint)) await exec('umount', ['-l', this.mountpoint]);
     await removeMountRecord(this.mountpoint);
   }
 
-  async umount(): Promise<void> {
-    await umount(this.mountpoint);
-  }
-
   /** Best effort for error paths. */
-  async forceUmount(): Promise<void> {
+  async forceDown(): Promise<void> {
+    await this.cluster.stopQuietly('immediate');
     if (!(await isMounted(this.mountpoint))) return;
     await umount(this.mountpoint).catch(async () => {
       const record = await readMountRecord(this.mountpoint);
@@ -177,35 +196,52 @@ class DrillVolume {
   }
 }
 
+/** Samples how far the replica's view trails the primary's durable log, in ms of record time. */
+function sampleReplicaLag(device: BlockDevice, replicaHost: string): { stop: () => Promise<number[]> } {
+  const samples: number[] = [];
+  let running = true;
+  const loop = (async () => {
+    while (running) {
+      const [marker, slots] = await Promise.all([readDurableMarker(device), readSlots(device)]);
+      const slot = slots.find((s) => s.host === replicaHost);
+      if (marker && slot) samples.push(slot.viewLsn >= marker.durableLsn ? 0 : Math.max(0, marker.timeMs - slot.viewTimeMs));
+      await sleep(LAG_SAMPLE_INTERVAL_MS);
+    }
+  })();
+  return { stop: async () => { running = false; await loop; return samples; } };
+}
+
 type Progress = (message: string) => void;
 
 export async function runDrill(options: DrillOptions, progress: Progress): Promise<DrillReport> {
   const killWindow = parseKillWindow(options.killAfter);
-  const sizeBytes = parseSizeBytes(options.size, '--size');
-  if (process.getuid?.() !== 0) throw new UserError('lsnfs drill mounts a filesystem and runs PostgreSQL as user postgres: run it as root');
+  if (process.getuid?.() !== 0) throw new UserError('lsnfs drill mounts filesystems and runs PostgreSQL as user postgres: run it as root');
   await pgBinDir().catch((error: Error) => { throw new UserError(error.message); });
 
   const dir = await drillDir(options.dir);
-  await fsp.chmod(dir, 0o755); // PostgreSQL (user postgres) must reach the mount and its run directory
-  const volume = new DrillVolume(dir, os.hostname());
-  const settings = { ...LSNFS_SETTINGS, full_page_writes: options.fullPageWrites === 'on' };
-  const cluster = new PgCluster({ dataDir: path.join(volume.mountpoint, 'pgdata'), runDir: path.join(dir, 'pg-run'), port: options.port, settings });
+  await fsp.chmod(dir, 0o755); // PostgreSQL (user postgres) must reach the mounts and its run directories
+  const iscsi = options.device?.startsWith('iscsi://') ?? false;
+  const deviceSpec = options.device ?? path.join(dir, 'device.img');
+  const settings = {
+    ...LSNFS_SETTINGS, full_page_writes: options.fullPageWrites === 'on',
+    // A short redo after a failover: the new primary replays at most ~30 s of WAL.
+    checkpoint_timeout: '30s', wal_retrieve_retry_interval: '100ms',
+  };
+  const hosts = HOSTS.map((name, i) => new DrillHost(name, dir, options.port + i, settings));
   const report: DrillReport = {
-    kind: 'crash-restart', ok: false, dir, dirKept: true,
-    device: { path: volume.device, type: 'file', bytes: sizeBytes },
-    postgres: { version: '', settings: cluster.settings, dataChecksums: true },
+    kind: 'failover', ok: false, dir, dirKept: true,
+    device: { spec: deviceSpec, type: iscsi ? 'iscsi' : 'file', bytes: 0, fencing: iscsi ? 'SCSI-3 persistent reservations (enforced by the target)' : 'emulated (holder block; a holder on this machine is killed)' },
+    postgres: { version: '', settings: hosts[0]!.cluster.settings, dataChecksums: true },
     load: { tool: 'pgbench', script: 'tpcb-like', scale: options.scale, clients: options.clients },
     setup: [], rounds: [],
-    summary: { rounds: 0, failedRounds: 0, lostTotal: 0, rpoTransactions: 0, rtoMs: { min: 0, median: 0, max: 0 } },
+    summary: { rounds: 0, failedRounds: 0, lostTotal: 0, rpoTransactions: 0, fenceFailures: 0, rtoMs: { min: 0, median: 0, max: 0 } },
     fsck: null, postgresLogProblems: [],
   };
 
-  let acknowledged = 0;
   let load: RunningPgbench | null = null;
   const cleanUp = async (): Promise<void> => {
     load?.kill('SIGKILL');
-    await cluster.stopQuietly('immediate');
-    await volume.forceUmount().catch(() => undefined);
+    for (const host of hosts) await host.forceDown().catch(() => undefined);
   };
   const onInterrupt = (): void => {
     progress(`drill: interrupted; stopping PostgreSQL and unmounting (files kept in ${dir})`);
@@ -213,96 +249,108 @@ export async function runDrill(options: DrillOptions, progress: Progress): Promi
   };
   process.once('SIGINT', onInterrupt);
   process.once('SIGTERM', onInterrupt);
+  // An observer's own handle on the device, for lag samples (its own iSCSI session: reads only).
+  let observer: BlockDevice | null = null;
   try {
-    progress(`drill: volume in ${dir} (${formatBytes(sizeBytes)} file device)`);
-    await timed(report.setup, 'mkfs', () => volume.create(sizeBytes));
-    await timed(report.setup, 'mount', () => volume.mount());
-    await timed(report.setup, 'initdb', () => cluster.initdb({ dataChecksums: true }));
-    await timed(report.setup, 'postgres start', () => cluster.start());
-    report.postgres.version = await cluster.psql('SHOW server_version');
-    progress(`drill: PostgreSQL ${report.postgres.version} up; pgbench -i -s ${options.scale}`);
-    await timed(report.setup, 'pgbench -i', () => pgbenchInit(cluster, options.scale));
-    await cluster.psql('CREATE TABLE drill_probe (round int, at timestamptz DEFAULT now())');
+    await timed(report.setup, 'mkfs', () => createVolume(deviceSpec, iscsi ? null : parseSizeBytes(options.size, '--size'), options.force));
+    observer = await openDevice(deviceSpec, { readOnly: true, host: 'drill-observer' });
+    report.device.bytes = observer.sizeBytes;
+    progress(`drill: volume on ${deviceSpec} (${formatBytes(observer.sizeBytes)}, ${report.device.fencing}); working in ${dir}`);
+    for (const host of hosts) await fsp.mkdir(host.mountpoint, { recursive: true });
+    let [primary, replica] = hosts as unknown as [DrillHost, DrillHost];
+    await timed(report.setup, 'mount primary', () => primary.mount(deviceSpec, 'primary'));
+    await timed(report.setup, 'initdb', () => primary.cluster.initdb({ dataChecksums: true }));
+    await timed(report.setup, 'postgres start', () => primary.cluster.start());
+    report.postgres.version = await primary.cluster.psql('SHOW server_version');
+    progress(`drill: PostgreSQL ${report.postgres.version} up on ${primary.name}; pgbench -i -s ${options.scale}`);
+    await timed(report.setup, 'pgbench -i', () => pgbenchInit(primary.cluster, options.scale));
+    await primary.cluster.psql('CREATE TABLE drill_probe (round int, at timestamptz DEFAULT now())');
+    // Rounds start from a checkpoint, as a primary that has run for a while would (checkpoint_timeout bounds the redo).
+    await primary.cluster.psql('CHECKPOINT');
+    await timed(report.setup, 'mount replica', () => replica.mount(deviceSpec, 'replica'));
 
+    let acknowledged = 0;
     for (let round = 1; round <= options.rounds; round++) {
-      const killAfterS = killWindow.minS + Math.random() * (killWindow.maxS - killWindow.minS);
-      progress(`drill: round ${round}/${options.rounds}: pgbench with ${options.clients} clients, SIGKILL in ${killAfterS.toFixed(1)} s`);
+      const failure: FailureMode = options.failure === 'alternate' ? (round % 2 === 1 ? 'kill' : 'freeze') : options.failure;
+      const failAfterS = killWindow.minS + Math.random() * (killWindow.maxS - killWindow.minS);
+      progress(`drill: round ${round}/${options.rounds}: pgbench on ${primary.name}, ${failure} it in ${failAfterS.toFixed(1)} s, fail over to ${replica.name}`);
       const logDir = path.join(dir, `pgbench-round-${round}`);
-      load = await startPgbench(cluster, {
-        clients: options.clients, threads: Math.min(options.clients, 2), durationS: Math.ceil(killWindow.maxS) + 600,
-        noVacuum: true, logDir,
+      load = await startPgbench(primary.cluster, {
+        clients: options.clients, threads: Math.min(options.clients, 2), durationS: Math.ceil(killWindow.maxS) + 600, noVacuum: true, logDir,
       });
-      await sleep(killAfterS * 1000);
+      const lag = sampleReplicaLag(observer, replica.name);
+      await sleep(failAfterS * 1000);
 
-      // The crash of a host: every PostgreSQL process and the filesystem daemon, in the same instant.
-      const daemonPid = await volume.daemonPid();
-      const killedAt = Date.now();
-      const crashed = await cluster.crash({ killChildren: true });
-      process.kill(daemonPid, 'SIGKILL');
+      // The primary host fails: every PostgreSQL process and the filesystem daemon, in the same instant.
+      const daemonPid = await primary.daemonPid();
+      const postmasterPid = await primary.cluster.postmasterPid();
+      const pgPids = postmasterPid === null ? [] : [postmasterPid, ...(await childPids(postmasterPid))];
+      const failedAt = Date.now();
+      for (const pid of [...pgPids, daemonPid]) process.kill(pid, failure === 'kill' ? 'SIGKILL' : 'SIGSTOP');
+      const lagSamples = await lag.stop();
+
       const phases: DrillPhase[] = [];
-      await timed(phases, 'exit', async () => {
-        await volume.cleanUpAfterCrash(daemonPid);
-        const stuck = await waitForExit(serverPids(crashed), PG_EXIT_TIMEOUT_MS);
-        if (stuck.length > 0) throw new Error(`PostgreSQL processes ${stuck.join(', ')} still alive ${PG_EXIT_TIMEOUT_MS} ms after SIGKILL`);
-      });
-      await timed(phases, 'remount', () => volume.mount());
-      await timed(phases, 'pg recovery', () => cluster.start());
-      await timed(phases, '1st commit', () => cluster.psql(`INSERT INTO drill_probe (round) VALUES (${round})`));
-      const rtoMs = Date.now() - killedAt;
+      const promoted = await timed(phases, 'failover', () => failover({
+        device: deviceSpec, host: replica.name, mountpoint: replica.mountpoint, force: true, allowOther: true,
+      }));
+      await timed(phases, 'pg recovery', () => replica.cluster.startAsPromotedStandby());
+      await timed(phases, '1st commit', () => replica.cluster.psql(`INSERT INTO drill_probe (round) VALUES (${round})`));
+      const rtoMs = Date.now() - failedAt;
+      phases.splice(0, 1, ...promoted.phases.map((phase) => ({ name: phase.name, ms: phase.ms })));
 
+      const fence = await verifyFenced(primary, daemonPid, pgPids, failure, promoted.fence?.killedPid, deviceSpec, replica.name);
+      await primary.cleanUp([...pgPids, daemonPid]);
       const loadResult = await load.result;
-      if (!loadResult.aborted && loadResult.exitCode === 0) progress(`drill: warning: pgbench did not notice the crash in round ${round}`);
-      const acknowledgedInRound = await countLoggedCommits(logDir);
-      acknowledged += acknowledgedInRound;
-      progress(`drill: round ${round}: recovered in ${rtoMs} ms; verifying ${acknowledged} acknowledged commits and pg_amcheck`);
-      const balances = await tpcbBalances(cluster);
+      if (!loadResult.aborted && loadResult.exitCode === 0) progress(`drill: warning: pgbench did not notice the failure in round ${round}`);
+      acknowledged += await countLoggedCommits(logDir);
+      progress(`drill: round ${round}: ${replica.name} took commits ${rtoMs} ms after the failure; verifying ${acknowledged} acknowledged commits and pg_amcheck`);
+      const balances = await tpcbBalances(replica.cluster);
       if (balances.historyRows - acknowledged > options.clients) {
         progress(`drill: warning: ${balances.historyRows - acknowledged} unacknowledged commits, more than one per client: is the pgbench log complete?`);
       }
-      const amcheck = await cluster.amcheck();
+      const amcheck = await replica.cluster.amcheck();
       const lost = Math.max(0, acknowledged - balances.historyRows);
-      const result: DrillRound = {
-        round, killAfterS: Number(killAfterS.toFixed(2)), acknowledgedInRound, acknowledged, found: balances.historyRows, lost,
-        inFlightCommitted: Math.max(0, balances.historyRows - acknowledged), rtoMs, phases,
-        balancesConsistent: balances.consistent, amcheckClean: amcheck.clean,
-        ...(amcheck.clean ? {} : { amcheckOutput: amcheck.output }),
-        ok: lost === 0 && balances.consistent && amcheck.clean,
-      };
-      report.rounds.push(result);
+      report.rounds.push({
+        round, failure, from: primary.name, to: replica.name, failAfterS: Number(failAfterS.toFixed(2)), acknowledged,
+        found: balances.historyRows, lost, inFlightCommitted: Math.max(0, balances.historyRows - acknowledged), rtoMs, phases,
+        fenced: fence.ok, fenceEvidence: fence.evidence,
+        replicaLagMs: { p50: percentile(lagSamples, 50), max: Math.max(0, ...lagSamples), samples: lagSamples.length },
+        balancesConsistent: balances.consistent, amcheckClean: amcheck.clean, ...(amcheck.clean ? {} : { amcheckOutput: amcheck.output }),
+        ok: lost === 0 && fence.ok && balances.consistent && amcheck.clean,
+      });
       // The next round must find what survived this one (in-flight commits included); a loss counts once.
       acknowledged = balances.historyRows;
+      // The old primary's host comes back as the new replica.
+      await primary.mount(deviceSpec, 'replica');
+      [primary, replica] = [replica, primary];
     }
 
-    report.postgresLogProblems = (await cluster.logProblems())
-      .filter((line) => !/terminating connection because of (crash|unexpected postmaster exit)|Transport endpoint is not connected|Software caused connection abort|could not receive data from client|connection to client lost/.test(line))
+    report.postgresLogProblems = (await Promise.all(hosts.map((host) => host.cluster.logProblems()))).flat()
+      .filter((line) => !/terminating connection because of (crash|unexpected postmaster exit)|Transport endpoint is not connected|Software caused connection abort|could not receive data from client|connection to client lost|Input\/output error|could not (fsync|write|open)|checkpoint request failed|PANIC|startup process|archive recovery|could not open file "pg_wal/.test(line))
       .slice(0, 50);
     progress('drill: stopping PostgreSQL, unmounting, fsck');
-    await cluster.stop('fast');
-    await volume.umount();
-    const device = await openDevice(volume.device, { readOnly: true });
-    try {
-      const result = await fsck(device);
-      report.fsck = { ok: result.ok, records: result.records, problems: result.problems };
-    } finally {
-      await device.close();
-    }
+    await primary.cluster.stop('fast');
+    for (const host of hosts) await umount(host.mountpoint);
+    const result = await withDevice(deviceSpec, { readOnly: true, host: 'drill-observer' }, fsck);
+    report.fsck = { ok: result.ok, records: result.records, problems: result.problems };
   } catch (error) {
     await cleanUp();
     const message = error instanceof Error ? error.message : String(error);
-    throw new UserError(`drill failed: ${message}\n(files kept in ${dir}; PostgreSQL log: ${cluster.logFile})`);
+    throw new UserError(`drill failed: ${message}\n(files kept in ${dir}; PostgreSQL logs: ${hosts.map((h) => h.cluster.logFile).join(', ')})`);
   } finally {
+    await observer?.close().catch(() => undefined);
     process.removeListener('SIGINT', onInterrupt);
     process.removeListener('SIGTERM', onInterrupt);
   }
 
   const rtos = report.rounds.map((r) => r.rtoMs);
-  const failed = report.rounds.filter((r) => !r.ok).length;
   const lostTotal = report.rounds.reduce((sum, r) => sum + r.lost, 0);
   report.summary = {
-    rounds: report.rounds.length, failedRounds: failed, lostTotal, rpoTransactions: Math.max(0, ...report.rounds.map((r) => r.lost)),
-    rtoMs: { min: Math.min(...rtos), median: median(rtos), max: Math.max(...rtos) },
+    rounds: report.rounds.length, failedRounds: report.rounds.filter((r) => !r.ok).length, lostTotal,
+    rpoTransactions: Math.max(0, ...report.rounds.map((r) => r.lost)), fenceFailures: report.rounds.filter((r) => !r.fenced).length,
+    rtoMs: { min: Math.min(...rtos), median: percentile(rtos, 50), max: Math.max(...rtos) },
   };
-  report.ok = failed === 0 && report.fsck?.ok === true;
+  report.ok = report.summary.failedRounds === 0 && report.fsck?.ok === true;
   if (report.ok && !options.keep && !options.dir) {
     await fsp.rm(dir, { recursive: true, force: true });
     report.dirKept = false;
@@ -310,11 +358,47 @@ export async function runDrill(options: DrillOptions, progress: Progress): Promi
   return report;
 }
 
+/** Formats the drill's device: a new file of `sizeBytes`, or an existing device (an iSCSI LUN) that holds no lsnfs volume unless --force. */
+async function createVolume(spec: string, sizeBytes: number | null, force: boolean): Promise<void> {
+  if (sizeBytes !== null) {
+    const handle = await fsp.open(spec, 'wx');
+    try { await handle.truncate(sizeBytes); } finally { await handle.close(); }
+  } else if (!force) {
+    await withDevice(spec, { readOnly: true, host: 'drill-observer' }, refuseExistingVolume);
+  }
+  await withDevice(spec, { readOnly: false, host: 'drill-observer' }, (device) => mkfs(device, { force: true }));
+}
+
+/**
+ * Evidence that the old primary cannot write any more. It must no longer be
+ * the holder; a frozen one (unless the fence killed it) is resumed and must
+ * stop writing for good on its own (its daemon logs it; over iSCSI the
+ * target refuses its writes).
+ */
+async function verifyFenced(
+  old: DrillHost, daemonPid: number, pgPids: number[], failure: FailureMode, killedPid: number | undefined, deviceSpec: string, newPrimary: string,
+): Promise<{ ok: boolean; evidence: string }> {
+  const holder = await withDevice(deviceSpec, { readOnly: true, host: 'drill-observer' }, readHolder);
+  if (holder?.host !== newPrimary) return { ok: false, evidence: `the holder is ${holder ? `'${holder.host}'` : 'nobody'}, not '${newPrimary}'` };
+  if (failure === 'kill') return { ok: true, evidence: `old daemon killed; holder is '${newPrimary}'` };
+  if (killedPid === daemonPid) return { ok: true, evidence: `frozen daemon (pid ${daemonPid}) killed by the fence` };
+  for (const pid of [daemonPid, ...pgPids]) if (processAlive(pid)) process.kill(pid, 'SIGCONT');
+  const record = await readMountRecord(old.mountpoint);
+  const deadline = Date.now() + FENCE_NOTICE_TIMEOUT_MS;
+  while (Date.now() < deadline) {
+    const logText = record ? await fsp.readFile(record.logFile, 'utf8').catch(() => '') : '';
+    if (/writes stopped for good/.test(logText)) return { ok: true, evidence: 'resumed daemon stopped writing for good (fenced)' };
+    if (!processAlive(daemonPid)) return { ok: true, evidence: 'resumed daemon exited' };
+    await sleep(50);
+  }
+  return { ok: false, evidence: `resumed daemon (pid ${daemonPid}) did not report being fenced within ${FENCE_NOTICE_TIMEOUT_MS} ms` };
+}
+
 async function drillDir(dir: string | undefined): Promise<string> {
   if (!dir) return fsp.mkdtemp(path.join(os.tmpdir(), 'lsnfs-drill-'));
   const resolved = path.resolve(dir);
   await fsp.mkdir(resolved, { recursive: true });
-  if ((await fsp.readdir(resolved)).length > 0) throw new UserError(`--dir ${resolved}: not empty (the drill creates a device, a mountpoint and logs there)`);
+  if ((await fsp.readdir(resolved)).length > 0) throw new UserError(`--dir ${resolved}: not empty (the drill creates a device, mountpoints and logs there)`);
   return resolved;
 }
 
@@ -325,31 +409,33 @@ function pad(text: string | number, width: number): string {
 export function formatReport(report: DrillReport): string {
   const lines: string[] = [];
   const seconds = (ms: number): string => `${(ms / 1000).toFixed(1)} s`;
-  lines.push(`lsnfs drill: crash and restart, file device ${report.device.path} (${formatBytes(report.device.bytes)})`);
+  lines.push(`lsnfs drill: failover, ${report.device.type} device ${report.device.spec} (${formatBytes(report.device.bytes)}); fencing: ${report.device.fencing}`);
   lines.push(`PostgreSQL ${report.postgres.version}, data checksums on, full_page_writes=${report.postgres.settings.full_page_writes ? 'on' : 'off'}; ` +
     `pgbench tpcb-like scale ${report.load.scale}, ${report.load.clients} clients`);
   lines.push(`setup: ${report.setup.map((p) => `${p.name} ${seconds(p.ms)}`).join(', ')}`);
   lines.push('');
   const phaseNames = report.rounds[0]?.phases.map((p) => p.name) ?? [];
-  const header = ['round', 'kill at', 'acked', 'found', 'lost', 'in-flight', 'RTO ms', ...phaseNames.map((n) => `${n} ms`), 'balances', 'amcheck', 'result'];
+  const header = ['round', 'failure', 'from->to', 'at', 'acked', 'found', 'lost', 'RTO ms', ...phaseNames.map((n) => `${n} ms`),
+    'lag p50/max ms', 'fenced', 'balances', 'amcheck', 'result'];
   const rows = report.rounds.map((r) => [
-    String(r.round), `${r.killAfterS.toFixed(1)} s`, String(r.acknowledged), String(r.found), String(r.lost), String(r.inFlightCommitted),
-    String(r.rtoMs), ...r.phases.map((p) => String(p.ms)), r.balancesConsistent ? 'agree' : 'DIFFER', r.amcheckClean ? 'clean' : 'CORRUPT',
-    r.ok ? 'ok' : 'FAILED',
+    String(r.round), r.failure, `${r.from}->${r.to}`, `${r.failAfterS.toFixed(1)} s`, String(r.acknowledged), String(r.found), String(r.lost),
+    String(r.rtoMs), ...r.phases.map((p) => String(p.ms)), `${r.replicaLagMs.p50}/${r.replicaLagMs.max}`, r.fenced ? 'yes' : 'NO',
+    r.balancesConsistent ? 'agree' : 'DIFFER', r.amcheckClean ? 'clean' : 'CORRUPT', r.ok ? 'ok' : 'FAILED',
   ]);
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
   lines.push(header.map((h, i) => pad(h, widths[i]!)).join('  '));
   for (const row of rows) lines.push(row.map((cell, i) => pad(cell, widths[i]!)).join('  '));
-  lines.push('phases: exit = the killed daemon and PostgreSQL processes gone (and reaped); remount = lsnfs log recovery and mount;');
-  lines.push('        pg recovery = pg_ctl start -w (WAL redo, end-of-recovery checkpoint); 1st commit = the first INSERT after it');
+  lines.push('phases: check/fence/unmount replica/mount primary = lsnfs failover (fence the old primary, recover the log, bump the epoch);');
+  lines.push('        pg recovery = PostgreSQL on the new primary replays the shared WAL and is promoted; 1st commit = the first INSERT after it');
+  for (const r of report.rounds) lines.push(`round ${r.round} fence: ${r.fenceEvidence}`);
   lines.push('');
   const s = report.summary;
-  lines.push(`RPO: ${s.lostTotal === 0 ? '0' : `${s.lostTotal} acknowledged commit(s) LOST`} over ${s.rounds} round(s); ` +
-    `RTO (kill -> first commit): min ${s.rtoMs.min} ms, median ${s.rtoMs.median} ms, max ${s.rtoMs.max} ms`);
+  lines.push(`RPO: ${s.lostTotal === 0 ? '0' : `${s.lostTotal} acknowledged commit(s) LOST`} over ${s.rounds} round(s); fence failures: ${s.fenceFailures}; ` +
+    `RTO (failure -> first commit, detection excluded): min ${s.rtoMs.min} ms, median ${s.rtoMs.median} ms, max ${s.rtoMs.max} ms`);
   if (report.fsck) lines.push(`fsck after the drill: ${report.fsck.ok ? 'clean' : `${report.fsck.problems.length} problem(s)`} (${report.fsck.records} records)`);
   for (const r of report.rounds) if (r.amcheckOutput) lines.push(`round ${r.round} pg_amcheck:\n${r.amcheckOutput}`);
   if (report.postgresLogProblems.length > 0) {
-    lines.push(`PostgreSQL log (warnings and errors, expected crash noise left out):`);
+    lines.push(`PostgreSQL logs (warnings and errors, expected failure noise left out):`);
     for (const line of report.postgresLogProblems.slice(0, 15)) lines.push(`  ${line}`);
   }
   lines.push(report.ok ? 'drill passed' : `drill FAILED (files kept in ${report.dir})`);
@@ -359,15 +445,18 @@ export function formatReport(report: DrillReport): string {
 /** Adds `lsnfs drill` to the program. */
 export function registerDrill(program: Command): void {
   program.command('drill')
-    .description('crash drill: PostgreSQL + pgbench on a fresh volume, SIGKILL PostgreSQL and the daemon, recover, verify every acknowledged commit (RPO) and time recovery (RTO)')
-    .option('--dir <dir>', 'empty directory for the device file, mountpoint and logs (default: a temp dir, removed if the drill passes)')
+    .description('failover drill: PostgreSQL + pgbench on a fresh volume, kill or freeze the primary host, fail over to the replica host, verify every acknowledged commit (RPO), the fence, and time it (RTO)')
+    .option('--dir <dir>', 'empty directory for the device file, mountpoints and logs (default: a temp dir, removed if the drill passes)')
+    .option('--device <spec>', 'run on this device instead of a file in --dir, e.g. iscsi://127.0.0.1:3260/IQN/1 (formatted!)')
     .option('--size <size>', 'size of the file device', '4G')
-    .option('--rounds <n>', 'kill/recover rounds', parseCount('--rounds', 1), 1)
+    .option('--rounds <n>', 'failover rounds (each fails over the other way)', parseCount('--rounds', 1), 1)
     .option('--scale <n>', 'pgbench scale factor', parseCount('--scale', 1), 10)
     .option('--clients <n>', 'pgbench clients', parseCount('--clients', 1), 4)
-    .option('--kill-after <seconds>', 'kill at a random moment this many seconds into the load (MIN-MAX)', '3-15')
-    .option('--port <port>', 'PostgreSQL port (its socket is in a private directory)', parseCount('--port', 1024), 54329)
+    .option('--kill-after <seconds>', 'fail the primary at a random moment this many seconds into the load (MIN-MAX)', '3-15')
+    .addOption(new Option('--failure <mode>', 'how the primary host fails: kill (SIGKILL), freeze (SIGSTOP, resumed after the fence), alternate').choices(['kill', 'freeze', 'alternate']).default('alternate'))
+    .option('--port <port>', 'PostgreSQL port of node-a (node-b uses the next one); sockets are in private directories', parseCount('--port', 1024), 54329)
     .addOption(new Option('--full-page-writes <on|off>', 'PostgreSQL full_page_writes (off is safe on lsnfs)').choices(['on', 'off']).default('off'))
+    .option('--force', 'format --device even if it holds an lsnfs volume', false)
     .option('--keep', 'keep the drill directory even if the drill passes', false)
     .option('--json', 'print the report as JSON', false)
     .action(async (options: DrillOptions) => {

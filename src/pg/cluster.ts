@@ -143,12 +143,15 @@ export class PgCluster {
    * every file PostgreSQL creates inside it inherits.
    */
   async prepareDirectories(): Promise<void> {
+    await this.ownedDirectory(this.runDir, 0o755);
+    await this.ownedDirectory(this.dataDir, 0o700);
+  }
+
+  private async ownedDirectory(dir: string, mode: number): Promise<void> {
     const { uid, gid } = await osIds(this.osUser);
-    for (const [dir, mode] of [[this.runDir, 0o755], [this.dataDir, 0o700]] as const) {
-      await fsp.mkdir(dir, { recursive: true });
-      await fsp.chown(dir, uid, gid);
-      await fsp.chmod(dir, mode);
-    }
+    await fsp.mkdir(dir, { recursive: true });
+    await fsp.chown(dir, uid, gid);
+    await fsp.chmod(dir, mode);
   }
 
   /** initdb (with its normal fsyncs), then the settings. */
@@ -169,7 +172,10 @@ export class PgCluster {
   /** pg_ctl start -w; on failure the error carries the end of the server log. */
   async start(options: { timeoutS?: number } = {}): Promise<void> {
     const result = await exec(await pgProgram('pg_ctl'),
-      ['-D', this.dataDir, '-l', this.logFile, '-w', '-t', String(options.timeoutS ?? 600), 'start'], { user: this.osUser });
+      // Port and socket directory from this object, whatever postgresql.conf says: after a failover the
+      // data directory's configuration is the old host's.
+      ['-D', this.dataDir, '-l', this.logFile, '-o', `-p ${this.port} -k ${this.runDir}`, '-w', '-t', String(options.timeoutS ?? 600), 'start'],
+      { user: this.osUser });
     if (result.code !== 0) throw new Error(`${new CommandError(result).message}\nserver log:\n${await this.logTail(30)}`);
   }
 
@@ -187,6 +193,7 @@ export class PgCluster {
    * postmaster.pid belongs to the old host: its pid means nothing here.
    */
   async startAsPromotedStandby(options: { timeoutS?: number } = {}): Promise<void> {
+    await this.ownedDirectory(this.runDir, 0o755);
     await fsp.rm(path.join(this.dataDir, 'postmaster.pid'), { force: true });
     const { uid, gid } = await osIds(this.osUser);
     const signal = path.join(this.dataDir, 'standby.signal');
