@@ -79,6 +79,7 @@
 #include <uv.h>
 #include <iscsi/iscsi.h>
 #include <iscsi/scsi-lowlevel.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -389,6 +390,10 @@ static void session_update_poll(struct session *s) {
   int events = ((want & POLLIN) ? UV_READABLE : 0) | ((want & POLLOUT) ? UV_WRITABLE : 0);
   if (s->poll == NULL) {
     if (events == 0) return;
+    /* libiscsi's socket is inheritable: without this, every process the host
+     * spawns (umount, pg_ctl -> postgres) would hold the session's connection. */
+    int fd_flags = fcntl(fd, F_GETFD);
+    if (fd_flags >= 0) fcntl(fd, F_SETFD, fd_flags | FD_CLOEXEC);
     uv_poll_t *p = malloc(sizeof *p);
     if (p == NULL || uv_poll_init(s->loop, p, fd) != 0) {
       free(p);
