@@ -1305,6 +1305,52 @@ test('snapshots at an LSN and at a time show the tree of that moment; they are r
   assert.ok(!slots.includes('too-old'), `a refused snapshot left its slot behind (holding the horizon until it times out): ${slots.join(', ')}`);
 });
 
+/**
+ * The case behind the property test's betweenWriteRequests, made deterministic:
+ * an unaligned write(2) whose first kernel page is not in the primary's page
+ * cache (a fresh mount) reaches the daemon as several FUSE WRITEs, each its own
+ * operation in the log. At every record boundary of that write, a snapshot
+ * shows the file before it with a prefix of the written bytes cut at a kernel
+ * page -- the states a replica may show between the requests -- and nothing else.
+ */
+test('a write(2) split by the kernel: every LSN inside it shows a prefix of the write cut at a kernel page', { timeout: 120_000 }, async (t) => {
+  const fx = await Fixture.create(t, 'split-write', '64M');
+  let primary = await fx.mountPrimary();
+  const before = fillBytes(SEED + 8, 4 * PAGE);
+  await fsp.writeFile(path.join(primary, 'split'), before);
+  await fsyncPath(path.join(primary, 'split'));
+  // A fresh mount: no page of the file is cached, so the kernel cannot merge the write's partial head page.
+  await umount(fx.volume);
+  primary = await fx.mountPrimary();
+  const startLsn = (await fx.status()).tailLsn;
+  const offset = 2 * PAGE + 1000;
+  const change = fillBytes(SEED + 9, 10_000);
+  const handle = await fsp.open(path.join(primary, 'split'), 'r+');
+  try {
+    await handle.write(change, 0, change.length, offset);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+  const after = Buffer.from(before);
+  change.copy(after, offset);
+  const records = JSON.parse(await lsnfsOk(['inspect', '--device', fx.volume.device, '--json', '--from', String(startLsn), '--limit', '1000'], fx.volume.env)) as
+    Array<{ lsn: number; type: string; page?: number; offset?: number; length?: number }>;
+  const data = records.filter((r) => r.type === 'Data');
+  t.diagnostic(`one write(2) of ${change.length} bytes at ${offset} became records ${data.map((r) => `page ${r.page} [${r.offset}, +${r.length})`).join(', ')}`);
+  assert.equal(data.reduce((sum, r) => sum + r.length!, 0), change.length, 'the records hold exactly the written bytes');
+  const recent: RecentVersion[] = [{ data: before, byWrite: false }, { data: after, byWrite: true }];
+  for (const [i, record] of data.entries()) {
+    if (i === 0) continue;
+    const snap = await fx.mountReader(`snap-${i}`, 'snapshot', `split-snap-${i}`, ['--at-lsn', String(record.lsn)]);
+    const got = await fsp.readFile(path.join(snap, 'split'));
+    assert.ok(got.equals(before) || got.equals(after) || betweenWriteRequests(got, recent),
+      `at LSN ${record.lsn} (before record ${i} of the write) the file is no prefix of the write: ${explainRead(got, [{ recent } as MFile])}`);
+    await fx.unmount(snap);
+  }
+  assert.ok((await fsp.readFile(path.join(primary, 'split'))).equals(after), 'the primary shows the whole write');
+});
+
 // ---------------------------------------------------------------------------
 // 7. Bad input and odd starts
 
