@@ -128,8 +128,10 @@ export class Tailer {
     let pendingBytes = 0;
     let durableLimit = 0;
     let scannedEndLsn = this.appliedLsn;
-    // One small read when the last round found nothing; as large as what it found when catching up.
-    const firstChunkBytes = Math.min(MAX_READ_BYTES, Math.max(IDLE_READ_BYTES, this.lastRoundBytes));
+    // One small read when the last round found nothing. Else twice what it found: a round under a steady
+    // load then takes one read, where a record cut at the end of a short read costs a second one (each
+    // device read is a trip through the thread pool, which costs more than the bytes).
+    const firstChunkBytes = Math.min(MAX_READ_BYTES, Math.max(IDLE_READ_BYTES, 2 * this.lastRoundBytes));
     await reader.scan(this.appliedLsn, { minEpoch: this.lastEpoch, firstChunkBytes, maxChunkBytes: MAX_READ_BYTES }, (record) => {
       durableLimit = Math.max(durableLimit, record.header.durableLsn);
       pending.push(record);
