@@ -22,7 +22,7 @@ const log = pino({ name: 'lsnfs-tailer' }, pino.destination(2));
 /**
  * First read of a round that follows an idle one: a round that finds nothing
  * new costs this one read (at a 5 ms poll interval, 1.6 MB/s of reads, where a
- * fixed 256 KiB read plus the durable marker cost 52 MB/s).
+ * fixed 256 KiB read plus the durable marker cost about 50 MB/s).
  */
 const IDLE_READ_BYTES = 8 * 1024;
 /** Largest read of a round: reads double from the first one while records keep coming (catching up). */
@@ -67,7 +67,7 @@ export class Tailer {
   private lastSlotWriteMs = 0;
   /** The view moved since the slot was last written. */
   private slotStale = false;
-  /** Log bytes the last round found (applied or not): the next round's first read is that large. */
+  /** Log bytes the last round found (applied or not): the next round's first read is twice that. */
   private lastRoundBytes = 0;
   private lastHeadCheckMs = Date.now();
   /** Set when the primary reclaimed log this reader still needed; the mount must reload. */
