@@ -15,8 +15,8 @@
  * view -- returns exactly the content some file that was ever at that path had
  * at an operation boundary (so no torn page, no mix of pages of two states, no
  * garbage), or the state between the FUSE WRITEs the primary's kernel split
- * one write(2) into (a prefix of that write, cut at a 4 KiB kernel page:
- * betweenWriteRequests); listings hold only names the writer used; symlinks only targets a
+ * one write(2) into (only the head of an unaligned write applied, up to the
+ * end of its first 4 KiB kernel page: betweenWriteRequests); listings hold only names the writer used; symlinks only targets a
  * link at that path had; the only error is ENOENT. It cannot tell whether a
  * read returned a state newer than the replica's view (a "page from the
  * future"); the checkpoint comparisons and the fixed-view snapshot tests cover
@@ -411,8 +411,8 @@ interface MFile {
   /** The last few contents, newest last (split write(2)s and failed reads are judged against them). */
   recent: RecentVersion[];
 }
-/** One content of a file; `byWrite`: a write(2) made it from the one before (the kernel may split it). */
-interface RecentVersion { data: Buffer; byWrite: boolean }
+/** One content of a file; `writeOffset`: a write(2) at that offset made it from the one before (the kernel may split it). */
+interface RecentVersion { data: Buffer; writeOffset?: number }
 interface MDir { kind: 'dir'; mode: number }
 interface MLink { kind: 'symlink'; target: string }
 type MNode = MFile | MDir | MLink;
@@ -458,10 +458,10 @@ class Model {
     }
   }
 
-  private setData(file: MFile, data: Buffer, byWrite: boolean): void {
+  private setData(file: MFile, data: Buffer, writeOffset?: number): void {
     file.data = data;
     file.versions.add(hashOf(data));
-    file.recent.push({ data, byWrite });
+    file.recent.push(writeOffset === undefined ? { data } : { data, writeOffset });
     if (file.recent.length > 12) file.recent.shift();
   }
 
@@ -480,8 +480,8 @@ class Model {
       const p = this.join(rng.pick(this.dirs()), this.fresh('f'));
       const len = rng.chance(0.3) ? 0 : rng.int(3 * PAGE);
       const seed = rng.int(2 ** 31);
-      const file: MFile = { kind: 'file', mode: rng.pick(FILE_MODES), data: Buffer.alloc(0), versions: new Set([hashOf(Buffer.alloc(0))]), recent: [{ data: Buffer.alloc(0), byWrite: false }] };
-      this.setData(file, fillBytes(seed, len), true);
+      const file: MFile = { kind: 'file', mode: rng.pick(FILE_MODES), data: Buffer.alloc(0), versions: new Set([hashOf(Buffer.alloc(0))]), recent: [{ data: Buffer.alloc(0) }] };
+      this.setData(file, fillBytes(seed, len), 0);
       this.setPath(p, file);
       return { op: 'create', path: p, mode: file.mode, seed, len };
     }
@@ -507,7 +507,7 @@ class Model {
       const next = Buffer.alloc(Math.max(size, offset + len));
       file.data.copy(next);
       bytes.copy(next, offset);
-      this.setData(file, next, true);
+      this.setData(file, next, offset);
       return { op: 'write', path: p, offset, seed, len };
     }
     if (r < 0.60) {
@@ -516,7 +516,7 @@ class Model {
       const size = rng.chance(0.6) ? rng.int(file.data.length) : rng.int(MAX_FILE_BYTES);
       const next = Buffer.alloc(size);
       file.data.copy(next, 0, 0, Math.min(size, file.data.length));
-      this.setData(file, next, false);
+      this.setData(file, next);
       return { op: 'truncate', path: p, size };
     }
     if (r < 0.70) {
@@ -658,28 +658,28 @@ class Writer {
 const KERNEL_PAGE_BYTES = 4096;
 
 /**
- * True when `got` is what a reader can see between two FUSE WRITEs of one
- * write(2): the file before that write with a prefix of the written bytes
- * applied, the prefix ending at a kernel page boundary.
+ * True when `got` is what a reader can see between the two FUSE WRITEs of one
+ * write(2): the file before that write with only the write's head applied, up
+ * to the end of the kernel page the write starts in.
  *
  * Why: the primary's kernel (fuse_perform_write, page cache write-through)
  * ends a WRITE request after a kernel page that the write covers only in part
- * and that is not cached up to date -- the head of an unaligned write -- and
- * after every max_write bytes. The daemon cannot tell the pieces from two
- * write(2)s, so each is its own operation in the log, and a replica may show
- * the state after the first piece (e.g. bytes 17384..20479 of a write at
- * 17384 but not the rest of that 8 KiB page). Aligned 8 KiB page writes
- * (PostgreSQL's) are never split this way. Any other mix of states fails.
+ * and that is not cached up to date -- the head of an unaligned write -- (and
+ * after max_write = 128 KiB, far above the writes here). The daemon cannot
+ * tell the pieces from two write(2)s, so each is its own operation in the
+ * log, and a replica may show the state after the first piece (e.g. bytes
+ * 17384..20479 of a write at 17384 but not the rest of that 8 KiB page).
+ * Aligned writes (PostgreSQL's 8 KiB pages) are never split this way. Any
+ * other mix of states fails, including a multi-page request applied in part.
  */
 function betweenWriteRequests(got: Buffer, recent: RecentVersion[]): boolean {
   for (let i = 1; i < recent.length; i++) {
-    const { data: after, byWrite } = recent[i]!;
-    if (!byWrite) continue;
+    const { data: after, writeOffset } = recent[i]!;
+    if (writeOffset === undefined || writeOffset % KERNEL_PAGE_BYTES === 0) continue;
     const before = recent[i - 1]!.data;
-    for (let cut = KERNEL_PAGE_BYTES; cut < after.length; cut += KERNEL_PAGE_BYTES) {
-      if (got.length !== Math.max(before.length, cut)) continue;
-      if (got.subarray(0, cut).equals(after.subarray(0, cut)) && got.subarray(cut).equals(before.subarray(cut))) return true;
-    }
+    const cut = writeOffset - (writeOffset % KERNEL_PAGE_BYTES) + KERNEL_PAGE_BYTES;
+    if (cut >= after.length || got.length !== Math.max(before.length, cut)) continue;
+    if (got.subarray(0, cut).equals(after.subarray(0, cut)) && got.subarray(cut).equals(before.subarray(cut))) return true;
   }
   return false;
 }
@@ -1309,11 +1309,12 @@ test('snapshots at an LSN and at a time show the tree of that moment; they are r
  * The case behind the property test's betweenWriteRequests, made deterministic:
  * an unaligned write(2) whose first kernel page is not in the primary's page
  * cache (a fresh mount) reaches the daemon as several FUSE WRITEs, each its own
- * operation in the log. At every record boundary of that write, a snapshot
- * shows the file before it with a prefix of the written bytes cut at a kernel
- * page -- the states a replica may show between the requests -- and nothing else.
+ * operation in the log (the records of one request are marked "continues" up
+ * to its last). A snapshot at every operation boundary inside the write shows
+ * the file before it with only the write's head applied -- the state a replica
+ * may show between the requests -- and nothing else.
  */
-test('a write(2) split by the kernel: every LSN inside it shows a prefix of the write cut at a kernel page', { timeout: 120_000 }, async (t) => {
+test('a write(2) split by the kernel: every operation boundary inside it shows the write before or after its head page only', { timeout: 120_000 }, async (t) => {
   const fx = await Fixture.create(t, 'split-write', '64M');
   let primary = await fx.mountPrimary();
   const before = fillBytes(SEED + 8, 4 * PAGE);
@@ -1335,17 +1336,20 @@ test('a write(2) split by the kernel: every LSN inside it shows a prefix of the 
   const after = Buffer.from(before);
   change.copy(after, offset);
   const records = JSON.parse(await lsnfsOk(['inspect', '--device', fx.volume.device, '--json', '--from', String(startLsn), '--limit', '1000'], fx.volume.env)) as
-    Array<{ lsn: number; type: string; page?: number; offset?: number; length?: number }>;
+    Array<{ lsn: number; type: string; page?: number; offset?: number; length?: number; continues?: true }>;
   const data = records.filter((r) => r.type === 'Data');
-  t.diagnostic(`one write(2) of ${change.length} bytes at ${offset} became records ${data.map((r) => `page ${r.page} [${r.offset}, +${r.length})`).join(', ')}`);
+  t.diagnostic(`one write(2) of ${change.length} bytes at ${offset} became records ` +
+    data.map((r) => `page ${r.page} [${r.offset}, +${r.length})${r.continues ? ' +' : ''}`).join(', '));
   assert.equal(data.reduce((sum, r) => sum + r.length!, 0), change.length, 'the records hold exactly the written bytes');
-  const recent: RecentVersion[] = [{ data: before, byWrite: false }, { data: after, byWrite: true }];
-  for (const [i, record] of data.entries()) {
-    if (i === 0) continue;
-    const snap = await fx.mountReader(`snap-${i}`, 'snapshot', `split-snap-${i}`, ['--at-lsn', String(record.lsn)]);
+  assert.equal(data[data.length - 1]!.continues, undefined, 'the last record of the write ends an operation');
+  const recent: RecentVersion[] = [{ data: before }, { data: after, writeOffset: offset }];
+  const boundaries = data.filter((_, i) => i > 0 && !data[i - 1]!.continues);
+  t.diagnostic(`operation boundaries inside the write: ${boundaries.length}`);
+  for (const record of boundaries) {
+    const snap = await fx.mountReader(`snap-${record.lsn}`, 'snapshot', `split-snap-${record.lsn}`, ['--at-lsn', String(record.lsn)]);
     const got = await fsp.readFile(path.join(snap, 'split'));
     assert.ok(got.equals(before) || got.equals(after) || betweenWriteRequests(got, recent),
-      `at LSN ${record.lsn} (before record ${i} of the write) the file is no prefix of the write: ${explainRead(got, [{ recent } as MFile])}`);
+      `at LSN ${record.lsn} the file is neither before, after, nor the write's head applied: ${explainRead(got, [{ recent } as MFile])}`);
     await fx.unmount(snap);
   }
   assert.ok((await fsp.readFile(path.join(primary, 'split'))).equals(after), 'the primary shows the whole write');
