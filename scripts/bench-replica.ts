@@ -37,8 +37,8 @@
  * Progress, per-run figures and the profile go to stderr: CPU and syscalls
  * per daemon (/proc), machine busy cores and load average, the reader's
  * pread latency, a lower bound of the lag, and the replica side of the lag
- * from the replicas' slots (apply time - the record's append time, and the
- * gap between applying polls).
+ * from the replicas' slots (publish time - the record's append time, and the
+ * gap between publishes).
  */
 import { ChildProcess, spawn } from 'node:child_process';
 import { closeSync, fdatasyncSync, mkdtempSync, openSync, promises as fsp, readFileSync, readSync, readdirSync, writeFileSync, writeSync } from 'node:fs';
@@ -394,12 +394,13 @@ class Profiler {
 
 /**
  * Watches the replicas' slots on the device (as the primary does, but every
- * millisecond). A replica rewrites its slot after every poll that applied
- * records: heartbeatAtMs is then the apply time (the replica's clock) and
- * viewTimeMs the primary's append time of the newest record applied. So
- * heartbeat - viewTime is the replica-side lag of the newest record of a
- * batch, heartbeat - (previous viewTime) bounds that of the oldest, and the
- * gap between heartbeats is the replica's effective poll period while busy.
+ * millisecond). A replica rewrites its slot when its view moved, at most
+ * every 20 ms (src/replica/tailer.ts): heartbeatAtMs is then the publish time
+ * (the replica's clock, at or after the apply) and viewTimeMs the primary's
+ * append time of the newest record applied. So heartbeat - viewTime bounds
+ * from above the replica-side lag of the newest record published,
+ * heartbeat - (previous viewTime) that of the oldest, and the gap between
+ * heartbeats is the replica's publish period while busy (not its poll period).
  */
 class SlotSampler {
   private stopped = false;
@@ -571,9 +572,9 @@ function logLagDetail(prefix: string, lag: LagFigures, slots: SlotSampler, repli
   for (let i = 1; i <= replicas; i++) {
     const summary = slots.summary(`bench-replica-${i}`);
     if (!summary) continue;
-    log(`${prefix}replica-${i} slot: apply - append, newest of batch ${fmtDist(summary.newest)}`);
-    log(`${prefix}replica-${i} slot: apply - append, oldest of batch (bound) ${fmtDist(summary.oldest)}`);
-    log(`${prefix}replica-${i} slot: gap between applying polls ${fmtDist(summary.gap)}`);
+    log(`${prefix}replica-${i} slot: publish - append, newest published ${fmtDist(summary.newest)}`);
+    log(`${prefix}replica-${i} slot: publish - append, oldest published (bound) ${fmtDist(summary.oldest)}`);
+    log(`${prefix}replica-${i} slot: gap between publishes ${fmtDist(summary.gap)}`);
   }
 }
 

@@ -182,7 +182,9 @@ export function buildProgram(): Command {
       for (const r of records) {
         const detail = r.ino !== undefined ? `ino ${r.ino} page ${r.page} [${r.offset}, +${r.length})${r.versionLsn !== r.lsn ? ` copy of ${r.versionLsn}` : ''}`
           : r.op !== undefined ? JSON.stringify(r.op) : '';
-        process.stdout.write(`${String(r.lsn).padEnd(15)}${String(r.epoch).padEnd(6)}${r.type.padEnd(12)}${String(r.bytes).padEnd(7)}${detail}\n`);
+        // "+": the operation continues in the next record (one FUSE request's pages are applied together).
+        const continues = r.continues ? ' +' : '';
+        process.stdout.write(`${String(r.lsn).padEnd(15)}${String(r.epoch).padEnd(6)}${r.type.padEnd(12)}${String(r.bytes).padEnd(7)}${detail}${continues}\n`);
       }
     });
 

@@ -52,7 +52,15 @@ export class LogReader {
    */
   async scan(
     fromLsn: number,
-    options: { toLsn?: number; minEpoch?: number; maxEpoch?: number; chunkBytes?: number },
+    options: {
+      toLsn?: number; minEpoch?: number; maxEpoch?: number;
+      /**
+       * Size of the first device read (default SCAN_CHUNK_BYTES). Each further read doubles, up
+       * to `maxChunkBytes` (default: no growth): a tailer that usually finds little or nothing new
+       * starts small and still catches up with few large reads.
+       */
+      firstChunkBytes?: number; maxChunkBytes?: number;
+    },
     /** Return false to stop after this record. */
     visit: (record: LogRecord) => void | boolean | Promise<void | boolean>,
   ): Promise<ScanResult> {
@@ -62,12 +70,15 @@ export class LogReader {
     let chunk: Buffer = Buffer.alloc(0);
     let chunkLsn = fromLsn;
     let lsn = fromLsn;
+    let chunkBytes = options.firstChunkBytes ?? SCAN_CHUNK_BYTES;
+    const maxChunkBytes = Math.max(chunkBytes, options.maxChunkBytes ?? chunkBytes);
     const ensure = async (bytes: number): Promise<boolean> => {
       if (lsn + bytes > fromLsn + this.space.logBytes) return false;
       if (lsn >= chunkLsn && lsn + bytes <= chunkLsn + chunk.length) return true;
-      const readBytes = Math.min(Math.max(bytes, options.chunkBytes ?? SCAN_CHUNK_BYTES), fromLsn + this.space.logBytes - lsn);
+      const readBytes = Math.min(Math.max(bytes, chunkBytes), fromLsn + this.space.logBytes - lsn);
       chunk = await this.space.read(lsn, readBytes);
       chunkLsn = lsn;
+      chunkBytes = Math.min(chunkBytes * 2, maxChunkBytes);
       return true;
     };
     while (lsn < limitLsn) {

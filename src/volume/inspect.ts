@@ -3,7 +3,7 @@
  * device without writing and work while a primary has it mounted.
  */
 import { BlockDevice } from '../device/device';
-import { DATA_BYTES_OFFSET, RecordHeader, RecordType, Superblock, decodeDataHead, recordBytes } from '../log/format';
+import { DATA_BYTES_OFFSET, RECORD_FLAG_CONTINUES, RecordHeader, RecordType, Superblock, decodeDataHead, recordBytes } from '../log/format';
 import { LogReader } from '../log/log-reader';
 import { readSuperblock } from '../log/superblock';
 import { Holder, readHolder } from '../fence/holder-block';
@@ -196,6 +196,8 @@ function checkTree(state: VolumeState, report: FsckReport): void {
 export interface RecordSummary {
   lsn: number; epoch: number; type: string; bytes: number; timeMs: number; walLsn: number;
   ino?: number; page?: number; offset?: number; length?: number; versionLsn?: number; op?: unknown;
+  /** More records of the same operation follow (readers on other hosts apply them together). */
+  continues?: true;
 }
 
 /** Lists records from `fromLsn` (default: the head), at most `limit`. */
@@ -215,6 +217,7 @@ function summarize(header: RecordHeader, payload: Buffer): RecordSummary {
   const base: RecordSummary = {
     lsn: header.lsn, epoch: header.epoch, type: RecordType[header.type] ?? String(header.type),
     bytes: recordBytes(header.payloadBytes), timeMs: header.timeMs, walLsn: header.walLsn,
+    ...(header.flags & RECORD_FLAG_CONTINUES ? { continues: true as const } : {}),
   };
   if (header.type === RecordType.Data) {
     const head = decodeDataHead(payload);

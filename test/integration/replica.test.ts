@@ -14,7 +14,9 @@
  * read -- ONE read() of the whole file, which is one FUSE read served from one
  * view -- returns exactly the content some file that was ever at that path had
  * at an operation boundary (so no torn page, no mix of pages of two states, no
- * garbage); listings hold only names the writer used; symlinks only targets a
+ * garbage), or the state between the FUSE WRITEs the primary's kernel split
+ * one write(2) into (only the head of an unaligned write applied, up to the
+ * end of its first 4 KiB kernel page: betweenWriteRequests); listings hold only names the writer used; symlinks only targets a
  * link at that path had; the only error is ENOENT. It cannot tell whether a
  * read returned a state newer than the replica's view (a "page from the
  * future"); the checkpoint comparisons and the fixed-view snapshot tests cover
@@ -406,9 +408,11 @@ interface MFile {
   versions: Set<string>;
   /** It had a second name at some point (the primary's kernel may show it stale: see diffTrees). */
   shared?: true;
-  /** The last few contents, newest last (to explain a failed concurrent read page by page). */
-  recent: Buffer[];
+  /** The last few contents, newest last (split write(2)s and failed reads are judged against them). */
+  recent: RecentVersion[];
 }
+/** One content of a file; `writeOffset`: a write(2) at that offset made it from the one before (the kernel may split it). */
+interface RecentVersion { data: Buffer; writeOffset?: number }
 interface MDir { kind: 'dir'; mode: number }
 interface MLink { kind: 'symlink'; target: string }
 type MNode = MFile | MDir | MLink;
@@ -454,10 +458,10 @@ class Model {
     }
   }
 
-  private setData(file: MFile, data: Buffer): void {
+  private setData(file: MFile, data: Buffer, writeOffset?: number): void {
     file.data = data;
     file.versions.add(hashOf(data));
-    file.recent.push(data);
+    file.recent.push(writeOffset === undefined ? { data } : { data, writeOffset });
     if (file.recent.length > 12) file.recent.shift();
   }
 
@@ -476,8 +480,8 @@ class Model {
       const p = this.join(rng.pick(this.dirs()), this.fresh('f'));
       const len = rng.chance(0.3) ? 0 : rng.int(3 * PAGE);
       const seed = rng.int(2 ** 31);
-      const file: MFile = { kind: 'file', mode: rng.pick(FILE_MODES), data: Buffer.alloc(0), versions: new Set([hashOf(Buffer.alloc(0))]), recent: [Buffer.alloc(0)] };
-      this.setData(file, fillBytes(seed, len));
+      const file: MFile = { kind: 'file', mode: rng.pick(FILE_MODES), data: Buffer.alloc(0), versions: new Set([hashOf(Buffer.alloc(0))]), recent: [{ data: Buffer.alloc(0) }] };
+      this.setData(file, fillBytes(seed, len), 0);
       this.setPath(p, file);
       return { op: 'create', path: p, mode: file.mode, seed, len };
     }
@@ -503,7 +507,7 @@ class Model {
       const next = Buffer.alloc(Math.max(size, offset + len));
       file.data.copy(next);
       bytes.copy(next, offset);
-      this.setData(file, next);
+      this.setData(file, next, offset);
       return { op: 'write', path: p, offset, seed, len };
     }
     if (r < 0.60) {
@@ -648,32 +652,34 @@ class Writer {
 }
 
 /**
- * While the writer runs: reads on the replica. Each file read is ONE read()
- * of the whole file (files stay below max_read, so it is one FUSE read, which
- * the daemon serves from one view); its bytes must equal some content that a
- * file which was ever at that path had at an op boundary. Directory listings
- * may only hold names the writer ever used; symlinks may only point where a
- * symlink at that path ever pointed. The only error allowed is ENOENT.
+ * The kernel's page size: the unit in which it splits a write(2) into FUSE
+ * WRITEs (it is not the volume's 8 KiB page).
  */
+const KERNEL_PAGE_BYTES = 4096;
+
 /**
- * True when `got` is a state between two adjacent versions of a file (a
- * write(2) applied in pieces): every page equals that page before or after,
- * and the size is one of the two or a page boundary between them.
+ * True when `got` is what a reader can see between the two FUSE WRITEs of one
+ * write(2): the file before that write with only the write's head applied, up
+ * to the end of the kernel page the write starts in.
+ *
+ * Why: the primary's kernel (fuse_perform_write, page cache write-through)
+ * ends a WRITE request after a kernel page that the write covers only in part
+ * and that is not cached up to date -- the head of an unaligned write -- (and
+ * after max_write = 128 KiB, far above the writes here). The daemon cannot
+ * tell the pieces from two write(2)s, so each is its own operation in the
+ * log, and a replica may show the state after the first piece (e.g. bytes
+ * 17384..20479 of a write at 17384 but not the rest of that 8 KiB page).
+ * Aligned writes (PostgreSQL's 8 KiB pages) are never split this way. Any
+ * other mix of states fails, including a multi-page request applied in part.
  */
-function betweenAdjacentVersions(got: Buffer, versions: Buffer[]): boolean {
-  for (let i = 1; i < versions.length; i++) {
-    const [before, after] = [versions[i - 1]!, versions[i]!];
-    const low = Math.min(before.length, after.length);
-    const high = Math.max(before.length, after.length);
-    const sizeOk = got.length === before.length || got.length === after.length ||
-      (got.length % PAGE === 0 && got.length > low && got.length < high);
-    if (!sizeOk) continue;
-    let pagesOk = true;
-    for (let at = 0; at < got.length && pagesOk; at += PAGE) {
-      const page = got.subarray(at, at + PAGE);
-      pagesOk = [before, after].some((v) => v.length >= at + page.length && v.subarray(at, at + page.length).equals(page));
-    }
-    if (pagesOk) return true;
+function betweenWriteRequests(got: Buffer, recent: RecentVersion[]): boolean {
+  for (let i = 1; i < recent.length; i++) {
+    const { data: after, writeOffset } = recent[i]!;
+    if (writeOffset === undefined || writeOffset % KERNEL_PAGE_BYTES === 0) continue;
+    const before = recent[i - 1]!.data;
+    const cut = writeOffset - (writeOffset % KERNEL_PAGE_BYTES) + KERNEL_PAGE_BYTES;
+    if (cut >= after.length || got.length !== Math.max(before.length, cut)) continue;
+    if (got.subarray(0, cut).equals(after.subarray(0, cut)) && got.subarray(cut).equals(before.subarray(cut))) return true;
   }
   return false;
 }
@@ -681,7 +687,7 @@ function betweenAdjacentVersions(got: Buffer, versions: Buffer[]): boolean {
 /** For a failed read: per page, which of the recent versions (0 = newest) of which file at the path it equals. */
 function explainRead(got: Buffer, files: MFile[]): string {
   return files.map((file, f) => {
-    const recent = [...file.recent].reverse();
+    const recent = [...file.recent].reverse().map((v) => v.data);
     const pages: string[] = [];
     for (let at = 0; at < got.length; at += PAGE) {
       const page = got.subarray(at, at + PAGE);
@@ -692,8 +698,19 @@ function explainRead(got: Buffer, files: MFile[]): string {
   }).join('; ');
 }
 
+/**
+ * While the writer runs: reads on the replica. Each file read is ONE read()
+ * of the whole file (files stay below max_read, so it is one FUSE read, which
+ * the daemon serves from one view); its bytes must equal some content that a
+ * file which was ever at that path had at an op boundary, or a state between
+ * the FUSE WRITEs of one write(2) (see betweenWriteRequests). Directory
+ * listings may only hold names the writer ever used; symlinks may only point
+ * where a symlink at that path ever pointed. The only error allowed is ENOENT.
+ */
 class ConcurrentReader {
   reads = 0;
+  /** Reads that saw a write(2) between its FUSE WRITEs (allowed; counted to show the case occurs). */
+  splitWriteReads = 0;
   enoent = 0;
   listings = 0;
   readonly failures: string[] = [];
@@ -720,12 +737,13 @@ class ConcurrentReader {
             this.reads++;
             const hash = hashOf(buf.subarray(0, bytesRead));
             const files = [...this.model.fileHistory.get(p)!];
-            // The kernel may hand one write(2) to the primary as several FUSE WRITEs (split at page
-            // boundaries), each its own operation: between them a reader on another host sees each
-            // page either as before or as after that write. Any other mix of states is a failure.
-            const betweenWriteRequests = files.some((file) => betweenAdjacentVersions(buf.subarray(0, bytesRead), file.recent));
-            if (!files.some((file) => file.versions.has(hash)) && !betweenWriteRequests) {
-              this.failures.push(`read of ${p} returned ${bytesRead} bytes that no file at that path ever held; ${explainRead(buf.subarray(0, bytesRead), files)}`);
+            const got = buf.subarray(0, bytesRead);
+            if (files.some((file) => file.versions.has(hash))) {
+              // an operation boundary
+            } else if (files.some((file) => betweenWriteRequests(got, file.recent))) {
+              this.splitWriteReads++;
+            } else {
+              this.failures.push(`read of ${p} returned ${bytesRead} bytes that no file at that path ever held; ${explainRead(got, files)}`);
             }
           } finally {
             await handle.close();
@@ -753,7 +771,7 @@ class ConcurrentReader {
   }
 }
 
-test('a replica matches a model of what a writer on the primary did, at every fsynced LSN (racing reads are reported)', { timeout: 220_000 }, async (t) => {
+test('a replica matches a model of what a writer on the primary did, at every fsynced LSN, and racing reads show only operation boundaries', { timeout: 220_000 }, async (t) => {
   t.diagnostic(`seed ${SEED} (LSNFS_REPLICA_SEED), ${TOTAL_OPS} ops (LSNFS_REPLICA_OPS)`);
   const fx = await Fixture.create(t, 'replica-model', '64M');
   const primary = await fx.mountPrimary();
@@ -804,14 +822,12 @@ test('a replica matches a model of what a writer on the primary did, at every fs
   }
   await writer.stop();
   await reader.stop();
-  // Reads racing the tailer have shown page states matching no op boundary (an open bug, see the
-  // session notes of issue 3); they are reported, while the tree equality at every fsynced LSN above
-  // is what this test asserts.
-  for (const failure of reader.failures.slice(0, 5)) t.diagnostic(`concurrent read (open bug, seed ${SEED}): ${failure.slice(0, 400)}`);
   const final = await fx.status();
   t.diagnostic(`${ops} ops in ${checkpoints} checkpoints (${extraStatusCalls} needed a second status), ${Date.now() - startedMs} ms; ` +
-    `ops ${JSON.stringify(Object.fromEntries(model.counts))}; concurrent reads ${reader.reads} (+${reader.enoent} ENOENT), listings ${reader.listings}; ` +
+    `ops ${JSON.stringify(Object.fromEntries(model.counts))}; concurrent reads ${reader.reads} (+${reader.enoent} ENOENT; ` +
+    `${reader.splitWriteReads} between the FUSE WRITEs of one write(2)), listings ${reader.listings}; ` +
     `log tail ${final.tailLsn}, head ${cleanedHead}, checkpoint ${final.checkpointLsn}`);
+  assert.deepEqual(reader.failures.slice(0, 5).map((f) => f.slice(0, 600)), [], `concurrent reads on the replica (seed ${SEED})`);
   assert.ok(reader.reads > 100, `the concurrent reader only managed ${reader.reads} reads`);
   await fx.unmount(replica);
   await umount(fx.volume);
@@ -1287,6 +1303,56 @@ test('snapshots at an LSN and at a time show the tree of that moment; they are r
   assert.ok(!readFileSync('/proc/self/mounts', 'utf8').includes(path.join(fx.volume.dir, 'too-old')), 'a refused snapshot left a mount');
   const slots = (await fx.status()).replicas.map((r) => r.host);
   assert.ok(!slots.includes('too-old'), `a refused snapshot left its slot behind (holding the horizon until it times out): ${slots.join(', ')}`);
+});
+
+/**
+ * The case behind the property test's betweenWriteRequests, made deterministic:
+ * an unaligned write(2) whose first kernel page is not in the primary's page
+ * cache (a fresh mount) reaches the daemon as several FUSE WRITEs, each its own
+ * operation in the log (the records of one request are marked "continues" up
+ * to its last). A snapshot at every operation boundary inside the write shows
+ * the file before it with only the write's head applied -- the state a replica
+ * may show between the requests -- and nothing else.
+ */
+test('a write(2) split by the kernel: every operation boundary inside it shows the write before or after its head page only', { timeout: 120_000 }, async (t) => {
+  const fx = await Fixture.create(t, 'split-write', '64M');
+  let primary = await fx.mountPrimary();
+  const before = fillBytes(SEED + 8, 4 * PAGE);
+  await fsp.writeFile(path.join(primary, 'split'), before);
+  await fsyncPath(path.join(primary, 'split'));
+  // A fresh mount: no page of the file is cached, so the kernel cannot merge the write's partial head page.
+  await umount(fx.volume);
+  primary = await fx.mountPrimary();
+  const startLsn = (await fx.status()).tailLsn;
+  const offset = 2 * PAGE + 1000;
+  const change = fillBytes(SEED + 9, 10_000);
+  const handle = await fsp.open(path.join(primary, 'split'), 'r+');
+  try {
+    await handle.write(change, 0, change.length, offset);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+  const after = Buffer.from(before);
+  change.copy(after, offset);
+  const records = JSON.parse(await lsnfsOk(['inspect', '--device', fx.volume.device, '--json', '--from', String(startLsn), '--limit', '1000'], fx.volume.env)) as
+    Array<{ lsn: number; type: string; page?: number; offset?: number; length?: number; continues?: true }>;
+  const data = records.filter((r) => r.type === 'Data');
+  t.diagnostic(`one write(2) of ${change.length} bytes at ${offset} became records ` +
+    data.map((r) => `page ${r.page} [${r.offset}, +${r.length})${r.continues ? ' +' : ''}`).join(', '));
+  assert.equal(data.reduce((sum, r) => sum + r.length!, 0), change.length, 'the records hold exactly the written bytes');
+  assert.equal(data[data.length - 1]!.continues, undefined, 'the last record of the write ends an operation');
+  const recent: RecentVersion[] = [{ data: before }, { data: after, writeOffset: offset }];
+  const boundaries = data.filter((_, i) => i > 0 && !data[i - 1]!.continues);
+  t.diagnostic(`operation boundaries inside the write: ${boundaries.length}`);
+  for (const record of boundaries) {
+    const snap = await fx.mountReader(`snap-${record.lsn}`, 'snapshot', `split-snap-${record.lsn}`, ['--at-lsn', String(record.lsn)]);
+    const got = await fsp.readFile(path.join(snap, 'split'));
+    assert.ok(got.equals(before) || got.equals(after) || betweenWriteRequests(got, recent),
+      `at LSN ${record.lsn} the file is neither before, after, nor the write's head applied: ${explainRead(got, [{ recent } as MFile])}`);
+    await fx.unmount(snap);
+  }
+  assert.ok((await fsp.readFile(path.join(primary, 'split'))).equals(after), 'the primary shows the whole write');
 });
 
 // ---------------------------------------------------------------------------

@@ -1,0 +1,109 @@
+/**
+ * The replica tailer's device reads: an idle round is one small read, a
+ * round that catches up grows its reads instead of reading the backlog in
+ * small pieces, and what it applies is what the primary wrote. A primary and
+ * a replica Volume in this process, on two handles of one device file; the
+ * replica's device counts the reads it serves (the bytes come from the file).
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+
+import { BlockDevice } from '../../src/device/device';
+import { FileDevice } from '../../src/device/file-device';
+import { readDurableMarker } from '../../src/log/durable-marker';
+import { DURABLE_MARKER_OFFSET, LOG_OFFSET } from '../../src/log/format';
+import { mkfs } from '../../src/volume/mkfs';
+import { S_IFREG } from '../../src/volume/state';
+import { Volume } from '../../src/volume/volume';
+import { makeRng, seedFrom, tempDevice, tempDir } from '../support/core';
+
+const SEED = seedFrom('TAILER_TEST_SEED');
+const ctx = `(TAILER_TEST_SEED=${SEED})`;
+const MiB = 1024 * 1024;
+const PAGE = 8192;
+/** The tailer's first read after an idle round (src/replica/tailer.ts IDLE_READ_BYTES). */
+const IDLE_READ_BYTES = 8 * 1024;
+
+/** A device that notes the size of every log read and counts durable-marker reads. */
+class ReadCountingDevice implements BlockDevice {
+  logReads: number[] = [];
+  markerReads = 0;
+  constructor(private readonly inner: BlockDevice) {}
+  get name(): string { return this.inner.name; }
+  get sizeBytes(): number { return this.inner.sizeBytes; }
+  get readOnly(): boolean { return this.inner.readOnly; }
+  read(offset: number, length: number): Promise<Buffer> {
+    if (offset >= LOG_OFFSET) this.logReads.push(length);
+    else if (offset === DURABLE_MARKER_OFFSET) this.markerReads++;
+    return this.inner.read(offset, length);
+  }
+  write(offset: number, data: Uint8Array): Promise<void> { return this.inner.write(offset, data); }
+  flush(): Promise<void> { return this.inner.flush(); }
+  close(): Promise<void> { return this.inner.close(); }
+  reset(): void { this.logReads = []; this.markerReads = 0; }
+}
+
+/** Waits until the primary's durable marker on the device covers `lsn` (it is written just after the flush). */
+async function markerCovers(device: BlockDevice, lsn: number): Promise<void> {
+  for (let i = 0; i < 5000; i++) {
+    const marker = await readDurableMarker(device);
+    if (marker && marker.durableLsn >= lsn) return;
+    await new Promise((resolve) => setTimeout(resolve, 1));
+  }
+  assert.fail(`the durable marker never reached LSN ${lsn}`);
+}
+
+test('tailer: an idle round reads one small chunk and no marker; catching up grows the reads and applies everything', async (t) => {
+  const tmp = tempDir('tailer');
+  try {
+    const { path, device } = await tempDevice(tmp.dir, 64 * MiB);
+    await mkfs(device);
+    const primary = await Volume.openPrimary(device, { host: 'tailer-primary' });
+    const rng = makeRng(SEED);
+    const inode = await primary.create('/f', S_IFREG | 0o644, 0, 0);
+    await primary.write(inode.ino, 0, rng.bytes(4 * PAGE));
+    await primary.sync();
+    await markerCovers(device, primary.durableLsn);
+
+    const counting = new ReadCountingDevice(await FileDevice.open(path, { readOnly: false }));
+    // Rounds run only when the test calls poll().
+    const replica = await Volume.openReader(counting, { host: 'tailer-replica', role: 'replica', pollIntervalMs: 3_600_000 });
+    try {
+      assert.equal(replica.tailLsn, primary.durableLsn, `the replica caught up at mount ${ctx}`);
+
+      counting.reset();
+      for (let i = 0; i < 5; i++) assert.equal(await replica.tailer!.poll(), 0, 'nothing new');
+      assert.equal(counting.markerReads, 0, 'idle rounds read the durable marker');
+      assert.ok(counting.logReads.length === 5 && counting.logReads.every((bytes) => bytes <= IDLE_READ_BYTES),
+        `idle rounds read ${JSON.stringify(counting.logReads)} log bytes`);
+
+      // A backlog of 3 MiB in 8 KiB page records: one round reads it in a few growing reads.
+      const backlog = rng.bytes(3 * MiB);
+      for (let at = 0; at < backlog.length; at += 16 * PAGE) await primary.write(inode.ino, at, backlog.subarray(at, at + 16 * PAGE));
+      await primary.sync();
+      const written = primary.durableLsn - replica.tailLsn;
+      await markerCovers(device, primary.durableLsn);
+      counting.reset();
+      assert.ok(await replica.tailer!.poll() > 0, 'the round applied the backlog');
+      assert.equal(replica.tailLsn, primary.durableLsn, 'one round caught up');
+      const readBytes = counting.logReads.reduce((a, b) => a + b, 0);
+      assert.ok(counting.logReads.length <= 12 && readBytes <= 3 * written,
+        `catching up ${written} bytes took ${counting.logReads.length} reads of ${readBytes} bytes: ${JSON.stringify(counting.logReads)}`);
+      t.diagnostic(`catching up ${written} bytes: ${counting.logReads.length} reads, ${readBytes} bytes`);
+      assert.equal(counting.markerReads, 1, 'one marker read for the round that found records');
+      const got = await replica.read(replica.resolve('/f').ino, 0, backlog.length);
+      assert.ok(got.equals(backlog), `the replica reads what the primary wrote ${ctx}`);
+
+      // Idle again: one round may start as large as the backlog was; the one after is small again.
+      await replica.tailer!.poll();
+      counting.reset();
+      assert.equal(await replica.tailer!.poll(), 0);
+      assert.ok(counting.logReads.every((bytes) => bytes <= IDLE_READ_BYTES), `idle again: ${JSON.stringify(counting.logReads)}`);
+    } finally {
+      await replica.close();
+      await primary.close();
+    }
+  } finally {
+    tmp.remove();
+  }
+});
