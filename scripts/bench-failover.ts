@@ -107,7 +107,9 @@ async function bench(options: BenchOptions): Promise<void> {
           size: '4G', rounds: count, scale: options.scale, clients: 4, killAfter: '3-10', port: 25000 + (process.pid % 5000),
           failure: 'alternate', fullPageWrites: 'off', keep: false, json: true,
         }, (message) => log(`  ${message}`));
-        for (const r of report.rounds) log(`bench: ${kind} round: ${r.failure} RTO ${r.rtoMs} ms, lost ${r.lost}, fenced ${r.fenced}`);
+        for (const r of report.rounds) {
+          log(`bench: ${kind} round: ${r.failure} RTO ${r.rtoMs} ms (${r.phases.map((p) => `${p.name} ${p.ms}`).join(', ')}), lost ${r.lost}, fenced ${r.fenced}`);
+        }
         rounds[kind].push(...report.rounds);
         if (!options.keep) await fsp.rm(report.dir, { recursive: true, force: true });
       }
