@@ -133,7 +133,7 @@ export function buildProgram(): Command {
         ['device', status.device], ['uuid', status.uuid], ['format version', String(status.formatVersion)],
         ['page size', String(status.pageSize)], ['size', formatBytes(status.sizeBytes)],
         ['log used', `${formatBytes(status.usedBytes)} of ${formatBytes(status.logBytes)} (live data ${formatBytes(status.liveBytes)})`],
-        ['epoch', String(status.epoch)], ['head LSN', String(status.headLsn)], ['tail LSN', String(status.tailLsn)],
+        ['epoch', String(status.epoch)], ['head LSN', String(status.headLsn)], ['tail LSN', `${status.tailLsn} (database LSN ${status.walLsnText})`],
         ['checkpoint LSN', String(status.checkpointLsn)], ['files', String(status.files)],
         ['holder', status.holder ? `${status.holder.host} (pid ${status.holder.pid}, epoch ${status.holder.epoch})` : 'none'],
         ['retention', status.retainMs > 0 ? `${status.retainMs / 1000} s (oldest LSN ${status.oldestLsn})` : `none (oldest LSN ${status.oldestLsn})`],

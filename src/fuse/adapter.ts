@@ -99,7 +99,7 @@ export function fuseOps(volume: Volume): FuseOps {
         cb(errnoOf(error, 'write', path));
         return;
       }
-      volume.write(ino, pos, buf.subarray(0, len)).then(cb, (error) => cb(errnoOf(error, 'write', path)));
+      volume.write(ino, pos, buf.subarray(0, len), path).then(cb, (error) => cb(errnoOf(error, 'write', path)));
     },
     flush: (_path, _fd, cb) => cb(0),
     fsync: (path, _datasync, _fd, cb) => run('fsync', path, cb, () => volume.sync()),

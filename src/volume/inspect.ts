@@ -13,6 +13,7 @@ import { liveSlots, readSlots } from '../replica/slots';
 import { retentionFloorLsn } from './snapshot';
 import { DEFAULT_READER_TIMEOUT_MS } from './horizon';
 import { decodeMetaOp } from './meta-ops';
+import { formatPgLsn } from '../pg/control';
 
 export interface VolumeStatus {
   device: string;
@@ -26,6 +27,10 @@ export interface VolumeStatus {
   epoch: number;
   headLsn: number;
   tailLsn: number;
+  /** The database LSN: highest PostgreSQL WAL position written to the volume (0 = no PostgreSQL WAL seen). */
+  walLsn: number;
+  /** The same in PostgreSQL's notation ("0/1A2B3C8"). */
+  walLsnText: string;
   checkpointLsn: number;
   files: number;
   holder: Holder | null;
@@ -99,6 +104,8 @@ export async function volumeStatus(device: BlockDevice, replicaTimeoutMs = DEFAU
     epoch: superblock.epoch,
     headLsn: superblock.headLsn,
     tailLsn: recovered.tailLsn,
+    walLsn: recovered.walLsn,
+    walLsnText: formatPgLsn(recovered.walLsn),
     checkpointLsn: superblock.checkpointLsn,
     files: recovered.state.inodes.size,
     holder: await readHolder(device),

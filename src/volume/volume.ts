@@ -30,6 +30,7 @@ import { DEFAULT_READER_TIMEOUT_MS, readHorizonLsn } from './horizon';
 import { writeDurableMarker } from '../log/durable-marker';
 import { ReplicaSlot, claimSlot, liveSlots, readSlots, writeSlot } from '../replica/slots';
 import { Tailer } from '../replica/tailer';
+import { WalPositionTracker } from './wal-position';
 import pino from 'pino';
 
 const log = pino({ name: 'lsnfs-volume' }, pino.destination(2));
@@ -47,6 +48,8 @@ const HEARTBEAT_INTERVAL_MS = 1000;
 /** How often a replica checks whether the primary's cleaner passed it. */
 const HEAD_CHECK_INTERVAL_MS = 500;
 const NAME_MAX_BYTES = 255;
+/** How deep below the root a primary looks for PostgreSQL data directories at mount. */
+const DATA_DIR_SEARCH_DEPTH = 4;
 
 export interface Stat {
   ino: number; mode: number; uid: number; gid: number; nlink: number; size: number;
@@ -94,6 +97,8 @@ export class Volume {
   /** A replica's or snapshot's reader of the primary's log. */
   tailer: Tailer | null = null;
   replicaTimeoutMs = DEFAULT_READER_TIMEOUT_MS;
+  /** Primary: follows PostgreSQL's WAL position from writes to pg_wal (stamped on every record). */
+  private readonly walPosition = new WalPositionTracker();
 
   private constructor(
     readonly device: BlockDevice,
@@ -150,6 +155,9 @@ export class Volume {
     const checkpoints = [...recovered.history, { lsn: before.checkpointLsn, timeMs: recovered.checkpointTimeMs }];
     volume = new Volume(device, superblock, recovered.state, new LogReader(space), 'primary', writer, reservation, null, recovered.checkpointBytes, checkpoints);
     if (options.replicaTimeoutMs !== undefined) volume.replicaTimeoutMs = options.replicaTimeoutMs;
+    // Tags never go back: a remount resumes from the highest WAL position the log already carries.
+    writer.walLsn = recovered.walLsn;
+    await volume.learnDataDirectories();
     writer.append(RecordType.Epoch, Buffer.from(JSON.stringify({ host: options.host, pid: process.pid, epoch: superblock.epoch })));
     await writer.sync();
     await volume.updateHorizon();
@@ -211,6 +219,29 @@ export class Volume {
       volume.every(HEAD_CHECK_INTERVAL_MS, () => volume.reloadIfBehind());
     }
     return volume;
+  }
+
+  /** The database LSN: the highest PostgreSQL WAL position written through this mount (0 = none seen). */
+  get walLsn(): number { return this.writer?.walLsn ?? 0; }
+
+  /** Reads pg_control of every PostgreSQL data directory on the volume (a directory holding pg_wal/ and global/pg_control). */
+  private async learnDataDirectories(): Promise<void> {
+    const visit = async (dirPath: string, dir: Inode, depth: number): Promise<void> => {
+      const entries = dir.entries!;
+      const globalIno = entries.get('global');
+      const controlIno = globalIno !== undefined ? this.state.inodes.get(globalIno)?.entries?.get('pg_control') : undefined;
+      if (entries.has('pg_wal') && controlIno !== undefined) {
+        this.walPosition.learnControlFile(dirPath, await this.read(controlIno, 0, this.pageBytes));
+        return;
+      }
+      // Data directories sit near the root of a volume; do not walk a whole tree of files.
+      if (depth >= DATA_DIR_SEARCH_DEPTH) return;
+      for (const [name, ino] of entries) {
+        const child = this.state.inodes.get(ino);
+        if (child && isDir(child)) await visit(`${dirPath === '/' ? '' : dirPath}/${name}`, child, depth + 1);
+      }
+    };
+    await visit('/', this.state.inode(ROOT_INO), 0);
   }
 
   /** Runs `task` every `intervalMs` (never overlapping itself) until close; a failure fences a primary. */
@@ -444,7 +475,8 @@ export class Volume {
   // -------------------------------------------------------------------------
   // File data
 
-  async write(ino: number, position: number, data: Buffer): Promise<number> {
+  /** `path`: the file's path, by which a primary recognises PostgreSQL's WAL segments and pg_control. */
+  async write(ino: number, position: number, data: Buffer, path?: string): Promise<number> {
     const pageBytes = this.pageBytes;
     const firstPage = Math.floor(position / pageBytes);
     const lastPage = Math.floor((position + data.length - 1) / pageBytes);
@@ -453,6 +485,11 @@ export class Volume {
     this.writable();
     const inode = this.state.inode(ino);
     if (!isRegular(inode)) throw new FsError('EISDIR', `inode ${ino}`);
+    if (path !== undefined && this.role === 'primary') {
+      // Before appending: a WAL write's own records carry the position it reaches.
+      const walEnd = this.walPosition.observeWrite(path, position, data);
+      if (walEnd !== null && walEnd > this.writer!.walLsn) this.writer!.walLsn = walEnd;
+    }
     for (let pageNo = firstPage; pageNo <= lastPage; pageNo++) {
       const start = Math.max(position, pageNo * pageBytes);
       const end = Math.min(position + data.length, (pageNo + 1) * pageBytes);
