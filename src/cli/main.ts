@@ -14,6 +14,7 @@ import { fsck, listRecords, pageVersions, pathHistory, volumeStatus } from '../v
 import { mountInBackground, runMountDaemon, umount } from './mount';
 import type { MountRole } from '../volume/volume';
 import { registerDrill } from './drill';
+import { formatPgLsn } from '../pg/control';
 
 async function withDevice<T>(spec: string, readOnly: boolean, body: (device: BlockDevice) => Promise<T>): Promise<T> {
   const device = await openDevice(spec, { readOnly });
@@ -73,7 +74,7 @@ export function buildProgram(): Command {
     .addOption(new Option('--role <role>', 'mount role').choices(['primary', 'replica', 'snapshot']).default('primary'))
     .option('--at-lsn <lsn>', 'snapshot: serve the state at this LSN (as status prints tailLsn)', parseInteger('--at-lsn'))
     .option('--at-time <iso>', 'snapshot: serve the state at this time (ISO 8601)')
-    .option('--overlay <dir>', 'snapshot: make it writable; its changes stay in this local directory (a branch)')
+    .option('--overlay <dir>', 'snapshot: make it writable; its changes stay in this local directory (a branch). replica: a PostgreSQL standby\'s mount; its own writes stay in this local directory')
     .option('--poll-interval-ms <ms>', 'replica: how often to look for new records', parseInteger('--poll-interval-ms'), 5)
     .option('--replica-timeout <duration>', 'primary: a replica or snapshot whose heartbeat is older than this no longer holds back space reclaim, e.g. 2s (default 10s)')
     .option('--allow-other', 'let users other than root use the mount (needed for PostgreSQL)', false)
@@ -91,6 +92,9 @@ export function buildProgram(): Command {
       if (options.role === 'snapshot' && options.atLsn === undefined && atTimeMs === undefined && options.overlay === undefined) {
         throw new UserError('--role snapshot needs --at-lsn or --at-time (or --overlay naming an existing branch)');
       }
+      if (options.role === 'primary' && options.overlay !== undefined) {
+        throw new UserError('--overlay applies to --role snapshot (a branch) or --role replica (a PostgreSQL standby\'s mount), not to a primary');
+      }
       if (options.role !== 'snapshot' && (options.atLsn !== undefined || atTimeMs !== undefined)) {
         throw new UserError('--at-lsn and --at-time apply to --role snapshot only');
       }
@@ -107,7 +111,8 @@ export function buildProgram(): Command {
       if (options.replicaTimeout !== undefined) args.push('--replica-timeout', options.replicaTimeout);
       if (options.allowOther) args.push('--allow-other');
       const { pid, logFile } = await mountInBackground(mountOptions, args);
-      const what = options.role === 'primary' ? 'read-write' : options.role === 'replica' ? 'as a read-only replica'
+      const what = options.role === 'primary' ? 'read-write'
+        : options.role === 'replica' ? (options.overlay !== undefined ? `as a standby's replica (own writes in ${options.overlay})` : 'as a read-only replica')
         : options.overlay !== undefined ? `as a writable branch (changes in ${options.overlay})` : 'as a read-only snapshot';
       process.stdout.write(`mounted ${options.device} ${what} at ${options.mountpoint} (pid ${pid}, log ${logFile})\n`);
     });
@@ -143,6 +148,9 @@ export function buildProgram(): Command {
       process.stdout.write(`replicas        ${status.replicas.length === 0 ? 'none' : ''}\n`);
       for (const r of status.replicas) {
         process.stdout.write(`  ${r.host.padEnd(14)} view LSN ${r.viewLsn}, lag ${formatBytes(r.lagBytes)} / ${r.lagMs} ms, heartbeat ${r.heartbeatAt}${r.live ? '' : ' (timed out)'}\n`);
+        if (r.viewWalLsn > 0 || r.overlayBytes > 0) {
+          process.stdout.write(`  ${''.padEnd(14)} PostgreSQL standby: database LSN ${formatPgLsn(r.viewWalLsn)}, overlay ${formatBytes(r.overlayBytes)}\n`);
+        }
       }
       process.stdout.write(`tombstones      ${status.tombstones.length === 0 ? 'none' : ''}\n`);
       for (const t of status.tombstones) {

@@ -13,6 +13,8 @@ import { fuseOps } from '../fuse/adapter';
 import { UserError } from '../util/errors';
 import { processAlive } from '../util/process';
 import { MountRole, Volume } from '../volume/volume';
+import { FileSystem } from '../volume/file-system';
+import { openStandby } from '../volume/standby';
 import { isMounted, mountLogPath, readMountRecord, removeMountRecord, runtimeDir, writeMountRecord } from './runtime';
 
 export interface MountOptions {
@@ -29,7 +31,10 @@ export interface MountOptions {
   /** Snapshot: the LSN or the time to serve. */
   atLsn?: number;
   atTimeMs?: number;
-  /** Snapshot: make it writable with a private overlay in this directory (a branch). */
+  /**
+   * Snapshot: make it writable with a private overlay in this directory (a branch).
+   * Replica: a PostgreSQL standby's mount; its own writes go to this directory.
+   */
   overlay?: string;
 }
 
@@ -78,10 +83,15 @@ export async function runMountDaemon(options: MountOptions): Promise<void> {
   const log = pino({ name: 'lsnfs-mount' }, pino.destination(2));
   const notify = (message: object): void => { if (process.send) process.send(message); };
   let volume: Volume;
+  let served: FileSystem & { close(): Promise<void> };
   try {
     await checkMountpoint(options.mountpoint);
     const device = await openDevice(options.device, { readOnly: false });
-    volume = options.role === 'primary'
+    if (options.role === 'replica' && options.overlay !== undefined) {
+      const standby = await openStandby(device, { host: options.host, overlayDir: path.resolve(options.overlay), pollIntervalMs: options.pollIntervalMs });
+      volume = standby.shared;
+      served = standby;
+    } else served = volume = options.role === 'primary'
       ? await Volume.openPrimary(device, { host: options.host, ...(options.replicaTimeoutMs !== undefined ? { replicaTimeoutMs: options.replicaTimeoutMs } : {}) })
       : await Volume.openReader(device, {
         host: options.host, role: options.role, pollIntervalMs: options.pollIntervalMs,
@@ -89,7 +99,7 @@ export async function runMountDaemon(options: MountOptions): Promise<void> {
         ...(options.atTimeMs !== undefined ? { atTimeMs: options.atTimeMs } : {}),
         ...(options.overlay !== undefined ? { overlayDir: path.resolve(options.overlay) } : {}),
       });
-    await mountFuse(volume, options);
+    await mountFuse(served, options);
   } catch (error) {
     notify({ error: error instanceof UserError ? error.message : String(error) });
     throw error;
@@ -110,7 +120,7 @@ export async function runMountDaemon(options: MountOptions): Promise<void> {
     log.info({ signal }, 'unmounting');
     try {
       if (await isMounted(mountpoint)) await runUmount(mountpoint);
-      await volume.close();
+      await served.close();
       await removeMountRecord(mountpoint);
       log.info({ tailLsn: volume.tailLsn }, 'unmounted cleanly');
       clearInterval(keepAlive);
@@ -124,7 +134,7 @@ export async function runMountDaemon(options: MountOptions): Promise<void> {
   process.on('SIGINT', () => void stop('SIGINT'));
 }
 
-function mountFuse(volume: Volume, options: MountOptions): Promise<void> {
+function mountFuse(volume: FileSystem, options: MountOptions): Promise<void> {
   // fuse-native drops big_writes/max_write/direct_io and cannot set a timeout of
   // 0; fsname is passed through unescaped, so those ride along in it.
   // use_ino: st_ino is the volume's inode number (else libfuse numbers each

@@ -52,6 +52,10 @@ export interface ReplicaStatus {
   lagBytes: number;
   lagMs: number;
   heartbeatAt: string;
+  /** A PostgreSQL standby's mount: the database LSN its non-WAL tree is served at (0 for other readers). */
+  viewWalLsn: number;
+  /** A PostgreSQL standby's mount: bytes held in its private overlay. */
+  overlayBytes: number;
   /** False once its heartbeat is older than the timeout: it no longer holds the horizon. */
   live: boolean;
 }
@@ -77,6 +81,7 @@ export async function volumeStatus(device: BlockDevice, replicaTimeoutMs = DEFAU
     lagBytes: Math.max(0, recovered.tailLsn - slot.viewLsn),
     lagMs: slot.viewLsn >= recovered.tailLsn ? 0 : Math.max(0, recovered.lastRecordTimeMs - slot.viewTimeMs),
     heartbeatAt: new Date(slot.heartbeatAtMs).toISOString(), live: live.has(slot.index),
+    viewWalLsn: slot.viewWalLsn ?? 0, overlayBytes: slot.overlayBytes ?? 0,
   }));
   const retentionFloor = retentionFloorLsn(checkpoints, superblock.retainMs, nowMs);
   const horizon = Math.min(retentionFloor, ...replicas.filter((r) => r.live).map((r) => r.viewLsn));

@@ -31,6 +31,7 @@ import { writeDurableMarker } from '../log/durable-marker';
 import { ReplicaSlot, claimSlot, liveSlots, readSlots, writeSlot } from '../replica/slots';
 import { Tailer } from '../replica/tailer';
 import { WalPositionTracker } from './wal-position';
+import type { AttrChange, FileSystem } from './file-system';
 import pino from 'pino';
 
 const log = pino({ name: 'lsnfs-volume' }, pino.destination(2));
@@ -85,7 +86,7 @@ const HORIZON_POLL_MS = 100;
 /** Unflushed writes become durable (and visible to replicas) within this time even without fsync. */
 const BACKGROUND_FLUSH_MS = 200;
 
-export class Volume {
+export class Volume implements FileSystem {
   private timers: NodeJS.Timeout[] = [];
   private checkpointInFlight: Promise<void> | null = null;
   private superblockLock: Promise<void> = Promise.resolve();
@@ -311,6 +312,9 @@ export class Volume {
   // Lookups
 
   resolve(path: string): Inode { return this.state.resolve(path); }
+  getattr(path: string): Stat { return this.stat(this.resolve(path)); }
+  fgetattr(ino: number, path: string): Stat { return this.stat(this.state.inodes.get(ino) ?? this.resolve(path)); }
+  lookupIno(path: string): number { return this.resolve(path).ino; }
 
   stat(inode: Inode): Stat {
     return {
@@ -418,7 +422,7 @@ export class Volume {
     });
   }
 
-  async setattr(path: string, change: { mode?: number; uid?: number; gid?: number; atimeMs?: number; mtimeMs?: number }): Promise<void> {
+  async setattr(path: string, change: AttrChange): Promise<void> {
     await this.metaChange(() => {
       const inode = this.resolve(path);
       this.appendMeta({ op: 'setattr', ino: inode.ino, ...change });
