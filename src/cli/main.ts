@@ -14,6 +14,7 @@ import { fsck, listRecords, pageVersions, pathHistory, volumeStatus } from '../v
 import { mountInBackground, runMountDaemon, umount } from './mount';
 import type { MountRole } from '../volume/volume';
 import { registerDrill } from './drill';
+import { registerPg } from './pg';
 import { formatPgLsn } from '../pg/control';
 
 async function withDevice<T>(spec: string, readOnly: boolean, body: (device: BlockDevice) => Promise<T>): Promise<T> {
@@ -210,6 +211,7 @@ export function buildProgram(): Command {
     });
 
   registerDrill(program);
+  registerPg(program);
   return program;
 }
 
