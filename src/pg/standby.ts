@@ -39,10 +39,8 @@ export const STANDBY_SETTINGS: Readonly<Settings> = {
   wal_retrieve_retry_interval: '5ms',
   checkpoint_timeout: '30s',
   recovery_init_sync_method: 'syncfs',
-  // The standby answers queries while replaying: cancel a query that blocks replay soon, never replay late.
-  max_standby_streaming_delay: '1s',
-  max_standby_archive_delay: '1s',
-  hot_standby_feedback: false,
+  // Without a WAL source but pg_wal/, PostgreSQL 15 logs "waiting for WAL to become available" at every retry.
+  log_min_messages: 'warning',
 };
 
 /** Major version of this host's PostgreSQL binaries (from `postgres --version`). */
@@ -171,4 +169,30 @@ export async function replayLsn(cluster: PgCluster): Promise<number> {
 /** The primary's current WAL flush position as a number. */
 export async function flushLsn(cluster: PgCluster): Promise<number> {
   return parsePgLsn(await cluster.psql('SELECT pg_current_wal_flush_lsn()'));
+}
+
+/** md5 of every row of each table, in primary-key order: equal on two servers when the tables hold the same rows. */
+export async function tableChecksums(cluster: PgCluster, tables: Record<string, string>, db = 'postgres'): Promise<Record<string, string>> {
+  const sums: Record<string, string> = {};
+  for (const [table, orderBy] of Object.entries(tables)) {
+    sums[table] = await cluster.psql(`SELECT count(*) || ':' || coalesce(md5(string_agg(t::text, ',' ORDER BY ${orderBy})), '') FROM ${table} t`, { db });
+  }
+  return sums;
+}
+
+/** pgbench's tables and the order that makes their rows comparable. */
+export const PGBENCH_TABLES: Readonly<Record<string, string>> = {
+  pgbench_accounts: 'aid', pgbench_branches: 'bid', pgbench_tellers: 'tid', pgbench_history: 't::text',
+};
+
+/** Waits until the standby has replayed up to `lsn`; returns the milliseconds it took. */
+export async function waitForReplay(standby: PgCluster, lsn: number, timeoutMs: number, pollIntervalMs = 20): Promise<number> {
+  const started = Date.now();
+  for (;;) {
+    if ((await replayLsn(standby)) >= lsn) return Date.now() - started;
+    if (Date.now() - started > timeoutMs) {
+      throw new Error(`standby on port ${standby.port} did not replay to ${formatPgLsn(lsn)} within ${timeoutMs} ms (at ${formatPgLsn(await replayLsn(standby))})`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, pollIntervalMs));
+  }
 }
