@@ -39,8 +39,11 @@ export const STANDBY_SETTINGS: Readonly<Settings> = {
   wal_retrieve_retry_interval: '5ms',
   checkpoint_timeout: '30s',
   recovery_init_sync_method: 'syncfs',
-  // Without a WAL source but pg_wal/, PostgreSQL 15 logs "waiting for WAL to become available" at every retry.
-  log_min_messages: 'warning',
+  // No connection to the primary means no hot_standby_feedback: the primary prunes row versions a
+  // standby query may still see. Rather than cancel such queries, replay waits for them to finish
+  // (replay lag grows with the longest conflicting query; set a limit where lag matters more).
+  max_standby_archive_delay: -1,
+  max_standby_streaming_delay: -1,
 };
 
 /** Major version of this host's PostgreSQL binaries (from `postgres --version`). */

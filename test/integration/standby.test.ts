@@ -64,6 +64,21 @@ test('PostgreSQL hot standbys on replica mounts: consistent reads under pgbench,
     await destroyVolume(volume);
   });
 
+  try {
+    await scenario();
+  } catch (error) {
+    // What the daemons and servers said, before the after hook removes their directory.
+    for (const file of (await fsp.readdir(path.join(volume.dir, 'run')).catch(() => [])).filter((f) => f.endsWith('.log'))) {
+      const text = await fsp.readFile(path.join(volume.dir, 'run', file), 'utf8');
+      t.diagnostic(`${file}:\n${text.split('\n').filter((l) => !/"level":30/.test(l)).slice(-15).join('\n')}`);
+    }
+    for (const standby of [primary, ...standbys.map((s) => s.cluster)]) {
+      t.diagnostic(`server log of port ${standby.port}:\n${(await standby.logTail(400)).split('\n').filter((l) => !/waiting for WAL|invalid record length/.test(l)).slice(-15).join('\n')}`);
+    }
+    throw error;
+  }
+
+  async function scenario(): Promise<void> {
   // The primary, through the one command a user types.
   await lsnfsOk(['pg', 'primary', '--device', volume.device, '--mountpoint', volume.mountpoint, '--port', String(PRIMARY_PORT),
     '--run-dir', runDir('primary')], volume.env);
@@ -189,4 +204,5 @@ test('PostgreSQL hot standbys on replica mounts: consistent reads under pgbench,
   await lsnfsOk(['umount', '--mountpoint', volume.mountpoint], volume.env);
   const fsck = JSON.parse(await lsnfsOk(['fsck', '--device', volume.device, '--json'], volume.env)) as { ok: boolean; problems: unknown[] };
   assert.ok(fsck.ok, `fsck: ${JSON.stringify(fsck.problems)}`);
+  }
 });
