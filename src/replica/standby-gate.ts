@@ -32,7 +32,8 @@ const WAL_DIR_NAME = 'pg_wal';
 const WAL_DIR_SEARCH_DEPTH = 5;
 
 interface HeldRecord { header: RecordHeader; payload: Buffer }
-interface DeferredUnlink { header: RecordHeader; op: MetaOp; segment: string }
+/** `segment`: the WAL segment whose name the op removes (applied once the standby passed it); null: an op queued behind one. */
+interface DeferredUnlink { header: RecordHeader; op: MetaOp; segment: string | null }
 
 export class StandbyGate {
   /** Directories of the WAL subtree (pg_wal and its subdirectories). */
@@ -43,6 +44,8 @@ export class StandbyGate {
   private readonly held: HeldRecord[] = [];
   /** WAL segment unlinks waiting for the standby to pass the segment, in log order. */
   private readonly deferred: DeferredUnlink[] = [];
+  /** Names in pg_wal/ that deferred ops touch: later ops on them wait behind (libfuse renames an open file to .fuse_hidden* before unlinking it). */
+  private readonly deferredNames = new Set<string>();
   /** View L: non-WAL records tagged at or below it are applied. */
   viewWalLsn: number;
   /** The standby no longer reads WAL below this (min of its restart point and L). */
@@ -78,6 +81,7 @@ export class StandbyGate {
     this.state = state;
     this.held.length = 0;
     this.deferred.length = 0;
+    this.deferredNames.clear();
     this.indexWalSubtree();
   }
 
@@ -127,8 +131,11 @@ export class StandbyGate {
       this.hold({ header, payload });
       return;
     }
-    if (op.op === 'unlink' && isWalSegmentName(op.name) && (this.deferred.length > 0 || this.segmentEnd(op.name) > this.passedWalLsn)) {
-      this.deferred.push({ header, op, segment: op.name });
+    const segment = this.removedSegment(op);
+    const behind = this.opNames(op).some((name) => this.deferredNames.has(name));
+    if ((segment !== null && (this.deferred.length > 0 || this.segmentEnd(segment) > this.passedWalLsn)) || behind) {
+      this.deferred.push({ header, op, segment });
+      for (const name of this.opNames(op)) this.deferredNames.add(name);
       return;
     }
     this.applyWalOp(header, op);
@@ -154,6 +161,25 @@ export class StandbyGate {
         return from && this.walDirs.has(op.newParent);
       }
       case 'setattr': case 'truncate': return this.walFiles.has(op.ino) || this.walDirs.has(op.ino);
+    }
+  }
+
+  /**
+   * The WAL segment name `op` makes disappear: an unlink, or a rename away
+   * from it (libfuse hides a file that is still open by renaming it to
+   * .fuse_hidden*; PostgreSQL's own renames within pg_wal/ go *to* segment names).
+   */
+  private removedSegment(op: MetaOp): string | null {
+    if (op.op === 'unlink' && isWalSegmentName(op.name)) return op.name;
+    if (op.op === 'rename' && isWalSegmentName(op.name) && op.newName !== op.name) return op.name;
+    return null;
+  }
+
+  private opNames(op: MetaOp): string[] {
+    switch (op.op) {
+      case 'create': case 'link': case 'unlink': return [op.name];
+      case 'rename': return [op.name, op.newName];
+      default: return [];
     }
   }
 
@@ -187,11 +213,13 @@ export class StandbyGate {
     while (applied < this.held.length && this.held[applied]!.header.walLsn <= this.viewWalLsn) this.applyHeld(this.held[applied++]!);
     this.held.splice(0, applied);
     let unlinked = 0;
-    while (unlinked < this.deferred.length && this.segmentEnd(this.deferred[unlinked]!.segment) <= this.passedWalLsn) {
-      const { header, op } = this.deferred[unlinked++]!;
+    for (; unlinked < this.deferred.length; unlinked++) {
+      const { header, op, segment } = this.deferred[unlinked]!;
+      if (segment !== null && this.segmentEnd(segment) > this.passedWalLsn) break;
       this.applyWalOp(header, op);
     }
     this.deferred.splice(0, unlinked);
+    if (this.deferred.length === 0) this.deferredNames.clear();
   }
 
   /** Log position consumed so far (for reports). */

@@ -18,7 +18,8 @@ import {
   PGBENCH_TABLES, PgCluster, flushLsn, formatPgLsn, parsePgLsn, pgbenchInit, startPgbench, tableChecksums, tpcbBalances, waitForReplay,
 } from '../../src/pg';
 
-const SCALE = 5;
+/** Small enough that the oracle's scans stay in shared_buffers (a bigger table is read through a ring buffer, from FUSE, every time). */
+const SCALE = 2;
 const LOAD_S = 60;
 const PRIMARY_PORT = 20000 + (process.pid % 10000) * 2;
 const CATCH_UP_TIMEOUT_MS = 60_000;
@@ -55,7 +56,10 @@ test('PostgreSQL hot standbys on replica mounts: consistent reads under pgbench,
     return JSON.parse(await lsnfsOk(['status', '--device', volume.device, '--json'], volume.env)) as StatusJson;
   }
 
+  let failed = false;
   t.after(async () => {
+    // LSNFS_TEST_KEEP=1 leaves a failed run's servers, mounts and logs in place for a look.
+    if (failed && process.env.LSNFS_TEST_KEEP) { t.diagnostic(`kept ${volume.dir}`); return; }
     for (const standby of standbys) {
       await standby.cluster.stopQuietly('immediate');
       await destroyVolume({ ...withMountpoint(standby.mountpoint), dir: path.join(volume.dir, 'nonexistent') });
@@ -67,6 +71,7 @@ test('PostgreSQL hot standbys on replica mounts: consistent reads under pgbench,
   try {
     await scenario();
   } catch (error) {
+    failed = true;
     // What the daemons and servers said, before the after hook removes their directory.
     for (const file of (await fsp.readdir(path.join(volume.dir, 'run')).catch(() => [])).filter((f) => f.endsWith('.log'))) {
       const text = await fsp.readFile(path.join(volume.dir, 'run', file), 'utf8');
