@@ -162,7 +162,7 @@ test('PostgreSQL hot standbys on replica mounts: consistent reads under pgbench,
     assert.equal(await standby.cluster.psql("SELECT count(*) FROM pg_class WHERE relname = 'ddl_dropped'"), '0');
     assert.equal(await standby.cluster.psql("SELECT count(*) FROM ddl_kept WHERE v = md5('3')"), '1', 'the index built on the primary answers on the standby');
   }
-  const check = await a.cluster.amcheck();
+  const check = await a.cluster.amcheck('postgres', { readOnly: true });
   assert.ok(check.clean, `pg_amcheck on standby-a:\n${check.output}`);
 
   // Status: each standby reports the database LSN it is served at and its overlay's size.
