@@ -107,6 +107,7 @@ export async function runMountDaemon(options: MountOptions): Promise<void> {
   const mountpoint = path.resolve(options.mountpoint);
   await writeMountRecord({
     pid: process.pid, device: options.device, mountpoint, host: options.host, role: options.role,
+    ...(options.overlay !== undefined ? { overlay: path.resolve(options.overlay) } : {}),
     logFile: mountLogPath(mountpoint), startedAtMs: Date.now(),
   });
   log.info({ device: options.device, mountpoint, role: options.role, epoch: volume.epoch, lsn: volume.tailLsn }, 'mounted');
