@@ -1,4 +1,31 @@
 /** Small helpers shared by the benchmarks in scripts/. */
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { execOk } from '../src/pg';
+
+const REPO_ROOT = path.resolve(__dirname, '..', '..');
+export const LSNFS_BIN = path.join(REPO_ROOT, 'bin', 'lsnfs');
+
+/** An lsnfs file device with its mountpoint and private runtime directory, driven through the CLI. */
+export class LsnfsVolume {
+  readonly device: string;
+  readonly mountpoint: string;
+  readonly env: NodeJS.ProcessEnv;
+  constructor(dir: string) {
+    this.device = path.join(dir, 'device.img');
+    this.mountpoint = path.join(dir, 'mnt');
+    this.env = { LSNFS_RUNTIME_DIR: path.join(dir, 'run') };
+  }
+  cli(args: string[]): Promise<string> {
+    return execOk(process.execPath, [LSNFS_BIN, ...args], { env: this.env });
+  }
+  async create(size: string): Promise<void> {
+    await fsp.mkdir(this.mountpoint, { recursive: true });
+    await this.cli(['mkfs', '--device', this.device, '--size', size]);
+  }
+  mount(): Promise<string> { return this.cli(['mount', '--device', this.device, '--mountpoint', this.mountpoint, '--allow-other']); }
+  umount(mountpoint = this.mountpoint): Promise<string> { return this.cli(['umount', '--mountpoint', mountpoint]); }
+}
 
 /** Progress and per-run figures go to stderr; stdout is kept for the report (--json). */
 export function log(message: string): void {

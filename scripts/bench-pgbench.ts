@@ -18,40 +18,13 @@ import { mkdtempSync, promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Command } from 'commander';
-import { log, median, round1, round3, positiveInt } from './bench-common';
+import { LsnfsVolume, log, median, round1, round3, positiveInt } from './bench-common';
 import { BuiltinScript, LSNFS_SETTINGS, PgCluster, execOk, pgbenchInit, runPgbench } from '../src/pg';
-
-const REPO_ROOT = path.resolve(__dirname, '..', '..');
-const LSNFS_BIN = path.join(REPO_ROOT, 'bin', 'lsnfs');
 
 interface BenchOptions { duration: number; runs: number; scale: number; clients: number; dir?: string; keep: boolean; json: boolean }
 
 type Target = 'local' | 'lsnfs' | 'lsnfs-fpw-off';
 interface RunRecord { round: number; target: Target; script: BuiltinScript; tps: number }
-
-
-
-
-
-class LsnfsVolume {
-  readonly device: string;
-  readonly mountpoint: string;
-  readonly env: NodeJS.ProcessEnv;
-  constructor(dir: string) {
-    this.device = path.join(dir, 'device.img');
-    this.mountpoint = path.join(dir, 'mnt');
-    this.env = { LSNFS_RUNTIME_DIR: path.join(dir, 'run') };
-  }
-  private cli(args: string[]): Promise<string> {
-    return execOk(process.execPath, [LSNFS_BIN, ...args], { env: this.env });
-  }
-  async create(size: string): Promise<void> {
-    await fsp.mkdir(this.mountpoint, { recursive: true });
-    await this.cli(['mkfs', '--device', this.device, '--size', size]);
-  }
-  mount(): Promise<string> { return this.cli(['mount', '--device', this.device, '--mountpoint', this.mountpoint, '--allow-other']); }
-  umount(): Promise<string> { return this.cli(['umount', '--mountpoint', this.mountpoint]); }
-}
 
 async function bench(options: BenchOptions): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('bench-pgbench mounts lsnfs and runs PostgreSQL as user postgres: run it as root');
