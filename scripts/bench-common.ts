@@ -1,6 +1,8 @@
 /** Small helpers shared by the benchmarks in scripts/. */
-import { promises as fsp } from 'node:fs';
+import { mkdtempSync, promises as fsp } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
+import { Command } from 'commander';
 import { execOk } from '../src/pg';
 
 const REPO_ROOT = path.resolve(__dirname, '..', '..');
@@ -49,4 +51,32 @@ export function positiveInt(what: string) {
     if (!Number.isSafeInteger(value) || value < 1) throw new Error(`${what}: "${text}" is not a positive integer`);
     return value;
   };
+}
+
+export interface WorkDirOptions { dir?: string; keep: boolean }
+
+/** The benchmark's working directory (--dir, else a new temp dir), readable by the PostgreSQL OS user. */
+export async function makeWorkDir(options: WorkDirOptions, prefix: string): Promise<string> {
+  const dir = options.dir ? path.resolve(options.dir) : mkdtempSync(path.join(os.tmpdir(), prefix));
+  await fsp.mkdir(dir, { recursive: true });
+  await fsp.chmod(dir, 0o755);
+  return dir;
+}
+
+/** Removes a temp working directory unless --keep or --dir was given. */
+export async function removeWorkDir(options: WorkDirOptions, dir: string): Promise<void> {
+  if (!options.keep && !options.dir) await fsp.rm(dir, { recursive: true, force: true });
+}
+
+/** Adds --dir/--keep/--json to a benchmark's command, runs it, and prints a failure as one line. */
+export function runBenchProgram<T>(program: Command, action: (options: T) => Promise<void>): void {
+  program
+    .option('--dir <dir>', 'working directory (default: a temp dir)')
+    .option('--keep', 'keep the working directory', false)
+    .option('--json', 'print only the summary, as one JSON object', false)
+    .action(action);
+  program.parseAsync(process.argv).catch((error: Error) => {
+    process.stderr.write(`${program.name()}: ${error.message}\n`);
+    process.exitCode = 1;
+  });
 }

@@ -19,11 +19,10 @@
  *    "create_s":{"lsnfs":N,"basebackup":N,"ratio":R},"storage_ratio_3_standbys":R}
  * (ratio = basebackup / lsnfs: how many times faster lsnfs creates a standby).
  */
-import { mkdtempSync, promises as fsp } from 'node:fs';
-import os from 'node:os';
+import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { Command } from 'commander';
-import { LsnfsVolume, log, median, positiveInt, round1, round2, round3 } from './bench-common';
+import { LsnfsVolume, log, makeWorkDir, removeWorkDir, runBenchProgram, median, positiveInt, round1, round2, round3 } from './bench-common';
 import {
   PgCluster, RunningCommand, execOk, parsePgLsn, pgProgram, pgbenchInit, prepareRunDirectory, startCommand, startPgbench,
 } from '../src/pg';
@@ -83,9 +82,7 @@ async function duBytes(dir: string): Promise<number> {
 
 async function bench(options: BenchOptions): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('bench-standby mounts lsnfs and runs PostgreSQL as user postgres: run it as root');
-  const dir = options.dir ? path.resolve(options.dir) : mkdtempSync(path.join(os.tmpdir(), 'lsnfs-bench-standby-'));
-  await fsp.mkdir(dir, { recursive: true });
-  await fsp.chmod(dir, 0o755);
+  const dir = await makeWorkDir(options, 'lsnfs-bench-standby-');
   const volume = new LsnfsVolume(path.join(dir, 'lsnfs'));
   const portBase = 22000 + (process.pid % 5000) * 2;
   const runDir = (name: string): string => path.join(dir, `run-${name}`);
@@ -175,7 +172,7 @@ async function bench(options: BenchOptions): Promise<void> {
     }
     await primary.stopQuietly('fast');
     if (primaryMounted) await volume.umount().catch((error: Error) => log(`bench: umount failed: ${error.message}`));
-    if (!options.keep && !options.dir) await fsp.rm(dir, { recursive: true, force: true });
+    await removeWorkDir(options, dir);
   }
 }
 
@@ -183,13 +180,5 @@ const program = new Command('bench-standby')
   .description('PostgreSQL hot standbys on lsnfs vs a streaming standby on local disk: replay lag, creation time, storage')
   .option('--scale <n>', 'pgbench scale factor (67 is about 1 GB)', positiveInt('--scale'), 67)
   .option('--duration <seconds>', 'seconds of pgbench load while lag is sampled', positiveInt('--duration'), 30)
-  .option('--clients <n>', 'pgbench clients', positiveInt('--clients'), 4)
-  .option('--dir <dir>', 'working directory (default: a temp dir)')
-  .option('--keep', 'keep the working directory', false)
-  .option('--json', 'print only the summary, as one JSON object', false)
-  .action(bench);
-
-program.parseAsync(process.argv).catch((error: Error) => {
-  process.stderr.write(`bench-standby: ${error.message}\n`);
-  process.exitCode = 1;
-});
+  .option('--clients <n>', 'pgbench clients', positiveInt('--clients'), 4);
+runBenchProgram(program, bench);
