@@ -31,7 +31,8 @@ interface BenchOptions { scale: number; duration: number; clients: number; dir?:
 
 interface Sample { lsn: number; timeMs: number }
 
-const SAMPLE_INTERVAL_S = 0.005;
+/** psql \\watch interval: every sampler is a query stream, and the machine running the bench also runs every server. */
+const SAMPLE_INTERVAL_S = 0.02;
 const LSNFS_STANDBYS = 3;
 
 /** psql \watch of `sql` (returning an LSN and an epoch in seconds) on `cluster`; samples accumulate until stop(). */
