@@ -54,6 +54,8 @@ export class StandbyGate {
   private consumedLsn = 0;
   /** Record time of the last non-WAL record applied (the view's time). */
   viewTimeMs = 0;
+  /** Set when the view can no longer be kept (the primary reclaimed log it needed): reads fail with this. */
+  failure: string | null = null;
 
   /** From the standby's pg_control (PostgreSQL's default until it has written one). */
   walSegmentBytes = DEFAULT_WAL_SEGMENT_BYTES;

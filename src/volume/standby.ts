@@ -360,6 +360,7 @@ export class StandbyVolume implements FileSystem {
   }
 
   async read(ino: number, position: number, length: number): Promise<Buffer> {
+    if (this.gate.failure) throw new FsError('EIO', this.gate.failure);
     const node = this.nodesByIno.get(ino);
     if (!node) {
       if (this.hidden.has(ino)) throw new FsError('ENOENT', `inode ${ino}`);

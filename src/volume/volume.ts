@@ -264,6 +264,12 @@ export class Volume implements FileSystem {
   private async reloadIfBehind(): Promise<void> {
     const tailer = this.tailer!;
     if (!tailer.fellBehind) return;
+    if (tailer.gate) {
+      // A standby's tree must stay at its view L; a checkpoint's state is newer than that. Stop serving instead.
+      if (!tailer.gate.failure) log.error({ reason: tailer.fellBehind }, 'standby fell behind the log head; restart it on a fresh overlay');
+      tailer.gate.failure = `the standby's replica fell behind the primary's log head (${tailer.fellBehind}); restart the standby with a fresh overlay`;
+      return;
+    }
     // Between polls: a round in flight would apply records read before the reload onto the reloaded
     // state. And a replica that has since caught up past the newest checkpoint keeps going: reloading
     // would take its view back to an older state than it has already served.
