@@ -176,6 +176,21 @@ test('PostgreSQL hot standbys on replica mounts: consistent reads under pgbench,
       t.diagnostic(`${standby.name}: served at ${formatPgLsn(slot.viewWalLsn)}, overlay ${slot.overlayBytes} bytes`);
     }
 
+    // The overlay stays bounded: once the primary's checkpoint has put newer pages on the shared store and the
+    // standby's restart point has moved its view past them, the pages it had evicted leave its overlay.
+    const overlayOf = async (standby: Standby): Promise<number> => (await status()).replicas.find((r) => r.host === standby.name)!.overlayBytes;
+    const overlayBefore = await overlayOf(a);
+    await primary.psql('CHECKPOINT');
+    await waitForReplay(a.cluster, await flushLsn(primary), CATCH_UP_TIMEOUT_MS);
+    await a.cluster.psql('CHECKPOINT');
+    let overlayAfter = await overlayOf(a);
+    for (let polls = 0; overlayAfter >= overlayBefore && polls < 100; polls++) {
+      await sleep(200);
+      overlayAfter = await overlayOf(a);
+    }
+    t.diagnostic(`standby-a overlay: ${overlayBefore} bytes after the load, ${overlayAfter} after a checkpoint and a restart point`);
+    assert.ok(overlayAfter < overlayBefore, `standby-a's overlay did not shrink (${overlayBefore} -> ${overlayAfter} bytes)`);
+
     // Restart: kill -9 standby b's PostgreSQL and its mount, come back on a fresh overlay, catch up.
     const crashed = await b.cluster.crash({ killChildren: true });
     await crashDaemon(withMountpoint(b.mountpoint));
