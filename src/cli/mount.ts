@@ -141,6 +141,7 @@ function mountFuse(volume: FileSystem, options: MountOptions): Promise<void> {
   // use_ino: st_ino is the volume's inode number (else libfuse numbers each
   // path, and two hard links of one file show different inode numbers).
   const common = `lsnfs,big_writes,max_write=${LARGEST_WRITE_BYTES},use_ino`;
+  const standby = options.role === 'replica' && options.overlay !== undefined;
   const fuse = new Fuse(options.mountpoint, fuseOps(volume), options.role === 'primary'
     ? {
       // Only this mount changes the tree: the kernel may cache pages and attributes.
@@ -148,9 +149,13 @@ function mountFuse(volume: FileSystem, options: MountOptions): Promise<void> {
       attrTimeout: 60, entryTimeout: 60, maxRead: LARGEST_WRITE_BYTES, fsname: common,
     }
     : {
-      // Another host changes the tree: every read and lookup must come to us.
+      // Another host changes the tree: every lookup must come to us, and a plain replica's reads too.
+      // A standby's mount may use the page cache: outside pg_wal/ its view only moves forward with
+      // the standby's own replay (an older cached page is one it could be served anyway), and
+      // PostgreSQL reopens a WAL segment after every read that found no new record (each open
+      // drops the file's cached pages: no kernel_cache).
       timeout: false, allowOther: options.allowOther, defaultPermissions: true, maxRead: LARGEST_WRITE_BYTES,
-      fsname: `${common},direct_io,attr_timeout=0,entry_timeout=0,negative_timeout=0`,
+      fsname: `${common}${standby ? '' : ',direct_io'},attr_timeout=0,entry_timeout=0,negative_timeout=0`,
     });
   return new Promise((resolve, reject) => {
     fuse.mount((error) => (error ? reject(new UserError(`mountpoint ${options.mountpoint}: FUSE mount failed: ${error.message}`)) : resolve()));
