@@ -50,8 +50,6 @@ export class StandbyGate {
   viewWalLsn: number;
   /** The standby no longer reads WAL below this (min of its restart point and L). */
   private passedWalLsn = 0;
-  /** The log LSN after the last record offered (the tailer's applied position). */
-  private consumedLsn = 0;
   /** Record time of the last non-WAL record applied (the view's time). */
   viewTimeMs = 0;
   /** Set when the view can no longer be kept (the primary reclaimed log it needed): reads fail with this. */
@@ -64,10 +62,6 @@ export class StandbyGate {
     this.viewWalLsn = viewWalLsn;
     this.indexWalSubtree();
   }
-
-  /** Non-WAL records waiting for the view. */
-  get heldRecords(): number { return this.held.length; }
-  get deferredUnlinks(): number { return this.deferred.length; }
 
   /**
    * The log LSN at which the non-WAL tree is served (state after every record
@@ -111,8 +105,7 @@ export class StandbyGate {
   }
 
   /** Takes one durable record from the tailer, in log order: applies, holds or defers it. */
-  offer(header: RecordHeader, payload: Buffer, endLsn: number): void {
-    this.consumedLsn = endLsn;
+  offer(header: RecordHeader, payload: Buffer): void {
     if (header.type === RecordType.Data) {
       const head = decodeDataHead(payload);
       if (head.versionLsn !== 0) {
@@ -224,6 +217,4 @@ export class StandbyGate {
     if (this.deferred.length === 0) this.deferredNames.clear();
   }
 
-  /** Log position consumed so far (for reports). */
-  get consumed(): number { return this.consumedLsn; }
 }

@@ -129,7 +129,7 @@ export class Tailer {
     }
     for (const { header, payload } of pending.slice(0, usable)) {
       const end = header.lsn + recordBytes(header.payloadBytes);
-      if (this.gate) this.gate.offer(header, payload, end);
+      if (this.gate) this.gate.offer(header, payload);
       else if (mode === 'replica') applyRecord(this.state, header, payload);
       else if (header.type === RecordType.Data && decodeDataHead(payload).versionLsn !== 0) this.state.applyData(header, payload);
       this.appliedLsn = end;

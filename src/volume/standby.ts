@@ -99,8 +99,8 @@ export class StandbyVolume implements FileSystem {
   private nextIno = OVERLAY_INO_BASE;
   private sweepTimer: NodeJS.Timeout | null = null;
   private sweeping = false;
-  /** Overlay pages dropped because the shared store caught up (for reports and tests). */
-  droppedPages = 0;
+  /** Overlay pages dropped because the shared store caught up (logged). */
+  private droppedPages = 0;
 
   constructor(readonly shared: Volume, readonly gate: StandbyGate, private readonly store: PageStore) {
     const tailer = shared.tailer!;
@@ -115,7 +115,6 @@ export class StandbyVolume implements FileSystem {
   }
 
   get overlayBytes(): number { return this.store.usedBytes; }
-  get overlayFiles(): number { return this.nodes.size; }
 
   // -------------------------------------------------------------------------
   // Lookups
@@ -472,6 +471,17 @@ export class StandbyVolume implements FileSystem {
    * file's chain, so it never races the standby's own writes of that page.
    */
   async dropCaughtUpPages(): Promise<void> {
+    const droppedBefore = this.droppedPages;
+    try {
+      await this.sweep();
+    } finally {
+      if (this.droppedPages > droppedBefore) {
+        log.debug({ dropped: this.droppedPages - droppedBefore, overlayBytes: this.overlayBytes }, 'overlay pages dropped: the shared store caught up');
+      }
+    }
+  }
+
+  private async sweep(): Promise<void> {
     let reads = 0;
     for (const node of [...this.nodes.values()]) {
       if (!RELATION_FILE.test(node.path)) continue;

@@ -21,13 +21,13 @@ class Feed {
   meta(op: MetaOp, walLsn: number): void {
     const payload = encodeMetaOp(op);
     const header = this.header(RecordType.Meta, payload.length, walLsn);
-    if (this.gate) this.gate.offer(header, payload, this.lsn);
+    if (this.gate) this.gate.offer(header, payload);
     else this.state.applyMeta(header, op);
   }
   data(ino: number, pageNo: number, walLsn: number): void {
     const payload = encodeDataPayload({ ino, pageNo, offsetInPage: 0, length: PAGE, versionLsn: 0 }, Buffer.alloc(PAGE, 7));
     const header = this.header(RecordType.Data, payload.length, walLsn);
-    if (this.gate) this.gate.offer(header, payload, this.lsn);
+    if (this.gate) this.gate.offer(header, payload);
     else this.state.applyData(header, payload);
   }
 }
