@@ -41,6 +41,11 @@ export interface MountOptions {
 const READY_TIMEOUT_MS = 120_000;
 const UMOUNT_WAIT_MS = 120_000;
 const LARGEST_WRITE_BYTES = 128 * 1024;
+/**
+ * Kernel readahead on a standby's mount: PostgreSQL's replay reads pages at random, and each
+ * readahead page is a page lsnfs reconstructs for nothing.
+ */
+const STANDBY_READAHEAD_BYTES = 8192;
 
 /** Starts the daemon in the background and resolves once the mount is live. */
 export async function mountInBackground(options: MountOptions, cliArgs: string[]): Promise<{ pid: number; logFile: string }> {
@@ -155,7 +160,7 @@ function mountFuse(volume: FileSystem, options: MountOptions): Promise<void> {
       // PostgreSQL reopens a WAL segment after every read that found no new record (each open
       // drops the file's cached pages: no kernel_cache).
       timeout: false, allowOther: options.allowOther, defaultPermissions: true, maxRead: LARGEST_WRITE_BYTES,
-      fsname: `${common}${standby ? '' : ',direct_io'},attr_timeout=0,entry_timeout=0,negative_timeout=0`,
+      fsname: `${common}${standby ? `,max_readahead=${STANDBY_READAHEAD_BYTES}` : ',direct_io'},attr_timeout=0,entry_timeout=0,negative_timeout=0`,
     });
   return new Promise((resolve, reject) => {
     fuse.mount((error) => (error ? reject(new UserError(`mountpoint ${options.mountpoint}: FUSE mount failed: ${error.message}`)) : resolve()));
