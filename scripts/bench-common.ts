@@ -1,4 +1,33 @@
 /** Small helpers shared by the benchmarks in scripts/. */
+import { mkdtempSync, promises as fsp } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { Command } from 'commander';
+import { execOk } from '../src/pg';
+
+const REPO_ROOT = path.resolve(__dirname, '..', '..');
+export const LSNFS_BIN = path.join(REPO_ROOT, 'bin', 'lsnfs');
+
+/** An lsnfs file device with its mountpoint and private runtime directory, driven through the CLI. */
+export class LsnfsVolume {
+  readonly device: string;
+  readonly mountpoint: string;
+  readonly env: NodeJS.ProcessEnv;
+  constructor(dir: string) {
+    this.device = path.join(dir, 'device.img');
+    this.mountpoint = path.join(dir, 'mnt');
+    this.env = { LSNFS_RUNTIME_DIR: path.join(dir, 'run') };
+  }
+  cli(args: string[]): Promise<string> {
+    return execOk(process.execPath, [LSNFS_BIN, ...args], { env: this.env });
+  }
+  async create(size: string): Promise<void> {
+    await fsp.mkdir(this.mountpoint, { recursive: true });
+    await this.cli(['mkfs', '--device', this.device, '--size', size]);
+  }
+  mount(): Promise<string> { return this.cli(['mount', '--device', this.device, '--mountpoint', this.mountpoint, '--allow-other']); }
+  umount(mountpoint = this.mountpoint): Promise<string> { return this.cli(['umount', '--mountpoint', mountpoint]); }
+}
 
 /** Progress and per-run figures go to stderr; stdout is kept for the report (--json). */
 export function log(message: string): void {
@@ -22,4 +51,32 @@ export function positiveInt(what: string) {
     if (!Number.isSafeInteger(value) || value < 1) throw new Error(`${what}: "${text}" is not a positive integer`);
     return value;
   };
+}
+
+export interface WorkDirOptions { dir?: string; keep: boolean }
+
+/** The benchmark's working directory (--dir, else a new temp dir), readable by the PostgreSQL OS user. */
+export async function makeWorkDir(options: WorkDirOptions, prefix: string): Promise<string> {
+  const dir = options.dir ? path.resolve(options.dir) : mkdtempSync(path.join(os.tmpdir(), prefix));
+  await fsp.mkdir(dir, { recursive: true });
+  await fsp.chmod(dir, 0o755);
+  return dir;
+}
+
+/** Removes a temp working directory unless --keep or --dir was given. */
+export async function removeWorkDir(options: WorkDirOptions, dir: string): Promise<void> {
+  if (!options.keep && !options.dir) await fsp.rm(dir, { recursive: true, force: true });
+}
+
+/** Adds --dir/--keep/--json to a benchmark's command, runs it, and prints a failure as one line. */
+export function runBenchProgram<T>(program: Command, action: (options: T) => Promise<void>): void {
+  program
+    .option('--dir <dir>', 'working directory (default: a temp dir)')
+    .option('--keep', 'keep the working directory', false)
+    .option('--json', 'print only the summary, as one JSON object', false)
+    .action(action);
+  program.parseAsync(process.argv).catch((error: Error) => {
+    process.stderr.write(`${program.name()}: ${error.message}\n`);
+    process.exitCode = 1;
+  });
 }

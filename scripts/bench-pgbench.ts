@@ -14,50 +14,20 @@
  *   {"tpcb":{"local":N,"lsnfs":N,"ratio":R},"select":{…},"tpcb_fpw_off":{"lsnfs":N,"ratio":R}}
  * Progress and per-run figures go to stderr.
  */
-import { mkdtempSync, promises as fsp } from 'node:fs';
-import os from 'node:os';
+import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { Command } from 'commander';
-import { log, median, round1, round3, positiveInt } from './bench-common';
+import { LsnfsVolume, log, makeWorkDir, removeWorkDir, runBenchProgram, median, round1, round3, positiveInt } from './bench-common';
 import { BuiltinScript, LSNFS_SETTINGS, PgCluster, execOk, pgbenchInit, runPgbench } from '../src/pg';
-
-const REPO_ROOT = path.resolve(__dirname, '..', '..');
-const LSNFS_BIN = path.join(REPO_ROOT, 'bin', 'lsnfs');
 
 interface BenchOptions { duration: number; runs: number; scale: number; clients: number; dir?: string; keep: boolean; json: boolean }
 
 type Target = 'local' | 'lsnfs' | 'lsnfs-fpw-off';
 interface RunRecord { round: number; target: Target; script: BuiltinScript; tps: number }
 
-
-
-
-
-class LsnfsVolume {
-  readonly device: string;
-  readonly mountpoint: string;
-  readonly env: NodeJS.ProcessEnv;
-  constructor(dir: string) {
-    this.device = path.join(dir, 'device.img');
-    this.mountpoint = path.join(dir, 'mnt');
-    this.env = { LSNFS_RUNTIME_DIR: path.join(dir, 'run') };
-  }
-  private cli(args: string[]): Promise<string> {
-    return execOk(process.execPath, [LSNFS_BIN, ...args], { env: this.env });
-  }
-  async create(size: string): Promise<void> {
-    await fsp.mkdir(this.mountpoint, { recursive: true });
-    await this.cli(['mkfs', '--device', this.device, '--size', size]);
-  }
-  mount(): Promise<string> { return this.cli(['mount', '--device', this.device, '--mountpoint', this.mountpoint, '--allow-other']); }
-  umount(): Promise<string> { return this.cli(['umount', '--mountpoint', this.mountpoint]); }
-}
-
 async function bench(options: BenchOptions): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('bench-pgbench mounts lsnfs and runs PostgreSQL as user postgres: run it as root');
-  const dir = options.dir ? path.resolve(options.dir) : mkdtempSync(path.join(os.tmpdir(), 'lsnfs-bench-'));
-  await fsp.mkdir(dir, { recursive: true });
-  await fsp.chmod(dir, 0o755);
+  const dir = await makeWorkDir(options, 'lsnfs-bench-');
   const volume = new LsnfsVolume(path.join(dir, 'lsnfs'));
   const settings = { ...LSNFS_SETTINGS, full_page_writes: true };
   const portBase = 21000 + (process.pid % 10000);
@@ -145,7 +115,7 @@ async function bench(options: BenchOptions): Promise<void> {
   } finally {
     for (const cluster of Object.values(clusters)) await cluster.stopQuietly('fast');
     if (mounted) await volume.umount().catch((error: Error) => log(`bench: umount failed: ${error.message}`));
-    if (!options.keep && !options.dir) await fsp.rm(dir, { recursive: true, force: true });
+    await removeWorkDir(options, dir);
   }
 }
 
@@ -154,13 +124,5 @@ const program = new Command('bench-pgbench')
   .option('--duration <seconds>', 'seconds per pgbench run', positiveInt('--duration'), 30)
   .option('--runs <n>', 'runs of each kind per target (alternated)', positiveInt('--runs'), 2)
   .option('--scale <n>', 'pgbench scale factor', positiveInt('--scale'), 20)
-  .option('--clients <n>', 'pgbench clients', positiveInt('--clients'), 4)
-  .option('--dir <dir>', 'working directory (default: a temp dir)')
-  .option('--keep', 'keep the working directory', false)
-  .option('--json', 'print only the summary, as one JSON object', false)
-  .action(bench);
-
-program.parseAsync(process.argv).catch((error: Error) => {
-  process.stderr.write(`bench-pgbench: ${error.message}\n`);
-  process.exitCode = 1;
-});
+  .option('--clients <n>', 'pgbench clients', positiveInt('--clients'), 4);
+runBenchProgram(program, bench);

@@ -15,6 +15,8 @@ import type { MountRole } from '../volume/volume';
 import { registerDrill } from './drill';
 import { failover } from './failover';
 import { fenceHost } from '../fence/fence';
+import { registerPg } from './pg';
+import { formatPgLsn } from '../pg/control';
 
 function printJson(value: unknown): void {
   process.stdout.write(JSON.stringify(value, null, 2) + '\n');
@@ -65,7 +67,7 @@ export function buildProgram(): Command {
     .addOption(new Option('--role <role>', 'mount role').choices(['primary', 'replica', 'snapshot']).default('primary'))
     .option('--at-lsn <lsn>', 'snapshot: serve the state at this LSN (as status prints tailLsn)', parseInteger('--at-lsn'))
     .option('--at-time <iso>', 'snapshot: serve the state at this time (ISO 8601)')
-    .option('--overlay <dir>', 'snapshot: make it writable; its changes stay in this local directory (a branch)')
+    .option('--overlay <dir>', 'snapshot: make it writable; its changes stay in this local directory (a branch). replica: a PostgreSQL standby\'s mount; its own writes stay in this local directory')
     .option('--poll-interval-ms <ms>', 'replica: how often to look for new records', parseInteger('--poll-interval-ms'), 5)
     .option('--replica-timeout <duration>', 'primary: a replica or snapshot whose heartbeat is older than this no longer holds back space reclaim, e.g. 2s (default 10s)')
     .option('--allow-other', 'let users other than root use the mount (needed for PostgreSQL)', false)
@@ -83,6 +85,9 @@ export function buildProgram(): Command {
       if (options.role === 'snapshot' && options.atLsn === undefined && atTimeMs === undefined && options.overlay === undefined) {
         throw new UserError('--role snapshot needs --at-lsn or --at-time (or --overlay naming an existing branch)');
       }
+      if (options.role === 'primary' && options.overlay !== undefined) {
+        throw new UserError('--overlay applies to --role snapshot (a branch) or --role replica (a PostgreSQL standby\'s mount), not to a primary');
+      }
       if (options.role !== 'snapshot' && (options.atLsn !== undefined || atTimeMs !== undefined)) {
         throw new UserError('--at-lsn and --at-time apply to --role snapshot only');
       }
@@ -92,7 +97,8 @@ export function buildProgram(): Command {
         return;
       }
       const { pid, logFile } = await mountInBackground(mountOptions);
-      const what = options.role === 'primary' ? 'read-write' : options.role === 'replica' ? 'as a read-only replica'
+      const what = options.role === 'primary' ? 'read-write'
+        : options.role === 'replica' ? (options.overlay !== undefined ? `as a standby's replica (own writes in ${options.overlay})` : 'as a read-only replica')
         : options.overlay !== undefined ? `as a writable branch (changes in ${options.overlay})` : 'as a read-only snapshot';
       process.stdout.write(`mounted ${options.device} ${what} at ${options.mountpoint} (pid ${pid}, log ${logFile})\n`);
     });
@@ -118,7 +124,7 @@ export function buildProgram(): Command {
         ['device', status.device], ['uuid', status.uuid], ['format version', String(status.formatVersion)],
         ['page size', String(status.pageSize)], ['size', formatBytes(status.sizeBytes)],
         ['log used', `${formatBytes(status.usedBytes)} of ${formatBytes(status.logBytes)} (live data ${formatBytes(status.liveBytes)})`],
-        ['epoch', String(status.epoch)], ['head LSN', String(status.headLsn)], ['tail LSN', String(status.tailLsn)],
+        ['epoch', String(status.epoch)], ['head LSN', String(status.headLsn)], ['tail LSN', `${status.tailLsn} (database LSN ${status.walLsnText})`],
         ['checkpoint LSN', String(status.checkpointLsn)], ['files', String(status.files)],
         ['holder', status.holder ? `${status.holder.host} (pid ${status.holder.pid}, epoch ${status.holder.epoch})` : 'none'],
         ['retention', status.retainMs > 0 ? `${status.retainMs / 1000} s (oldest LSN ${status.oldestLsn})` : `none (oldest LSN ${status.oldestLsn})`],
@@ -128,6 +134,9 @@ export function buildProgram(): Command {
       process.stdout.write(`replicas        ${status.replicas.length === 0 ? 'none' : ''}\n`);
       for (const r of status.replicas) {
         process.stdout.write(`  ${r.host.padEnd(14)} view LSN ${r.viewLsn}, lag ${formatBytes(r.lagBytes)} / ${r.lagMs} ms, heartbeat ${r.heartbeatAt}${r.live ? '' : ' (timed out)'}\n`);
+        if (r.viewWalLsn > 0 || r.overlayBytes > 0) {
+          process.stdout.write(`  ${''.padEnd(14)} PostgreSQL standby: database LSN ${formatPgLsn(r.viewWalLsn)}, overlay ${formatBytes(r.overlayBytes)}\n`);
+        }
       }
       process.stdout.write(`tombstones      ${status.tombstones.length === 0 ? 'none' : ''}\n`);
       for (const t of status.tombstones) {
@@ -224,6 +233,7 @@ export function buildProgram(): Command {
     });
 
   registerDrill(program);
+  registerPg(program);
   return program;
 }
 

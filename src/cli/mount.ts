@@ -13,6 +13,8 @@ import { fuseOps } from '../fuse/adapter';
 import { UserError } from '../util/errors';
 import { processAlive } from '../util/process';
 import { MountRole, Volume } from '../volume/volume';
+import { FileSystem } from '../volume/file-system';
+import { openStandby } from '../volume/standby';
 import { isMounted, mountLogPath, readMountRecord, removeMountRecord, runtimeDir, writeMountRecord } from './runtime';
 
 export interface MountOptions {
@@ -29,7 +31,10 @@ export interface MountOptions {
   /** Snapshot: the LSN or the time to serve. */
   atLsn?: number;
   atTimeMs?: number;
-  /** Snapshot: make it writable with a private overlay in this directory (a branch). */
+  /**
+   * Snapshot: make it writable with a private overlay in this directory (a branch).
+   * Replica: a PostgreSQL standby's mount; its own writes go to this directory.
+   */
   overlay?: string;
 }
 
@@ -38,6 +43,11 @@ const READY_TIMEOUT_MS = 120_000;
 const LSNFS_BIN = path.resolve(__dirname, '..', '..', '..', 'bin', 'lsnfs');
 const UMOUNT_WAIT_MS = 120_000;
 const LARGEST_WRITE_BYTES = 128 * 1024;
+/**
+ * Kernel readahead on a standby's mount: PostgreSQL's replay reads pages at random, and each
+ * readahead page is a page lsnfs reconstructs for nothing.
+ */
+const STANDBY_READAHEAD_BYTES = 8192;
 
 /** The `lsnfs mount` arguments that make the daemon serve `options`. */
 function daemonArgs(options: MountOptions): string[] {
@@ -92,10 +102,16 @@ export async function runMountDaemon(options: MountOptions): Promise<void> {
   const log = pino({ name: 'lsnfs-mount' }, pino.destination(2));
   const notify = (message: object): void => { if (process.send) process.send(message); };
   let volume: Volume;
+  let served: FileSystem & { close(): Promise<void> };
   try {
     await checkMountpoint(options.mountpoint);
-    const device = await openDevice(options.device, { readOnly: false });
-    volume = options.role === 'primary'
+    // The host's name is its iSCSI initiator name too: one nexus per host.
+    const device = await openDevice(options.device, { readOnly: false, host: options.host });
+    if (options.role === 'replica' && options.overlay !== undefined) {
+      const standby = await openStandby(device, { host: options.host, overlayDir: path.resolve(options.overlay), pollIntervalMs: options.pollIntervalMs });
+      volume = standby.shared;
+      served = standby;
+    } else served = volume = options.role === 'primary'
       ? await Volume.openPrimary(device, { host: options.host, ...(options.replicaTimeoutMs !== undefined ? { replicaTimeoutMs: options.replicaTimeoutMs } : {}) })
       : await Volume.openReader(device, {
         host: options.host, role: options.role, pollIntervalMs: options.pollIntervalMs,
@@ -103,7 +119,7 @@ export async function runMountDaemon(options: MountOptions): Promise<void> {
         ...(options.atTimeMs !== undefined ? { atTimeMs: options.atTimeMs } : {}),
         ...(options.overlay !== undefined ? { overlayDir: path.resolve(options.overlay) } : {}),
       });
-    await mountFuse(volume, options);
+    await mountFuse(served, options);
   } catch (error) {
     notify({ error: error instanceof UserError ? error.message : String(error) });
     throw error;
@@ -111,6 +127,7 @@ export async function runMountDaemon(options: MountOptions): Promise<void> {
   const mountpoint = path.resolve(options.mountpoint);
   await writeMountRecord({
     pid: process.pid, device: options.device, mountpoint, host: options.host, role: options.role,
+    ...(options.overlay !== undefined ? { overlay: path.resolve(options.overlay) } : {}),
     logFile: mountLogPath(mountpoint), startedAtMs: Date.now(),
   });
   log.info({ device: options.device, mountpoint, role: options.role, epoch: volume.epoch, lsn: volume.tailLsn }, 'mounted');
@@ -124,7 +141,7 @@ export async function runMountDaemon(options: MountOptions): Promise<void> {
     log.info({ signal }, 'unmounting');
     try {
       if (await isMounted(mountpoint)) await runUmount(mountpoint);
-      await volume.close();
+      await served.close();
       await removeMountRecord(mountpoint);
       log.info({ tailLsn: volume.tailLsn }, 'unmounted cleanly');
       clearInterval(keepAlive);
@@ -138,12 +155,13 @@ export async function runMountDaemon(options: MountOptions): Promise<void> {
   process.on('SIGINT', () => void stop('SIGINT'));
 }
 
-function mountFuse(volume: Volume, options: MountOptions): Promise<void> {
+function mountFuse(volume: FileSystem, options: MountOptions): Promise<void> {
   // fuse-native drops big_writes/max_write/direct_io and cannot set a timeout of
   // 0; fsname is passed through unescaped, so those ride along in it.
   // use_ino: st_ino is the volume's inode number (else libfuse numbers each
   // path, and two hard links of one file show different inode numbers).
   const common = `lsnfs,big_writes,max_write=${LARGEST_WRITE_BYTES},use_ino`;
+  const standby = options.role === 'replica' && options.overlay !== undefined;
   const fuse = new Fuse(options.mountpoint, fuseOps(volume), options.role === 'primary'
     ? {
       // Only this mount changes the tree: the kernel may cache pages and attributes.
@@ -151,9 +169,13 @@ function mountFuse(volume: Volume, options: MountOptions): Promise<void> {
       attrTimeout: 60, entryTimeout: 60, maxRead: LARGEST_WRITE_BYTES, fsname: common,
     }
     : {
-      // Another host changes the tree: every read and lookup must come to us.
+      // Another host changes the tree: every lookup must come to us, and a plain replica's reads too.
+      // A standby's mount may use the page cache: outside pg_wal/ its view only moves forward with
+      // the standby's own replay (an older cached page is one it could be served anyway), and
+      // PostgreSQL reopens a WAL segment after every read that found no new record (each open
+      // drops the file's cached pages: no kernel_cache).
       timeout: false, allowOther: options.allowOther, defaultPermissions: true, maxRead: LARGEST_WRITE_BYTES,
-      fsname: `${common},direct_io,attr_timeout=0,entry_timeout=0,negative_timeout=0`,
+      fsname: `${common}${standby ? `,max_readahead=${STANDBY_READAHEAD_BYTES}` : ',direct_io'},attr_timeout=0,entry_timeout=0,negative_timeout=0`,
     });
   return new Promise((resolve, reject) => {
     fuse.mount((error) => (error ? reject(new UserError(`mountpoint ${options.mountpoint}: FUSE mount failed: ${error.message}`)) : resolve()));

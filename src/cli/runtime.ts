@@ -12,6 +12,8 @@ export interface MountRecord {
   mountpoint: string;
   host: string;
   role: MountRole;
+  /** The private overlay directory of a branch or a standby's replica mount. */
+  overlay?: string;
   logFile: string;
   startedAtMs: number;
 }

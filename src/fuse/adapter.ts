@@ -10,7 +10,8 @@
 import Fuse, { FuseOps, FuseStat } from 'fuse-native';
 import pino from 'pino';
 import { FsError } from '../util/errors';
-import { Stat, Volume } from '../volume/volume';
+import { Stat } from '../volume/volume';
+import { FileSystem } from '../volume/file-system';
 import { S_IFREG } from '../volume/state';
 
 const log = pino({ name: 'lsnfs-fuse' }, pino.destination(2));
@@ -29,10 +30,10 @@ function errnoOf(error: unknown, op: string, path: string): number {
   return Fuse.EIO!;
 }
 
-export function fuseOps(volume: Volume): FuseOps {
+export function fuseOps(volume: FileSystem): FuseOps {
   const openFiles = new Map<number, number>(); // handle -> ino
   let nextHandle = 1;
-  const inoOf = (fd: number, path: string): number => openFiles.get(fd) ?? volume.resolve(path).ino;
+  const inoOf = (fd: number, path: string): number => openFiles.get(fd) ?? volume.lookupIno(path);
 
   /** Runs an op and answers the kernel: 0 or the value on success, a negative errno on failure. */
   function run<T>(op: string, path: string, cb: (errno: number, value?: T) => void, body: () => T | Promise<T>): void {
@@ -47,7 +48,7 @@ export function fuseOps(volume: Volume): FuseOps {
     else cb(0, result);
   }
   const ownerOfParent = (path: string): { uid: number; gid: number } => {
-    const parent = volume.resolve(path.slice(0, path.lastIndexOf('/')) || '/');
+    const parent = volume.getattr(path.slice(0, path.lastIndexOf('/')) || '/');
     return { uid: parent.uid, gid: parent.gid };
   };
   const openHandle = (ino: number): number => { const fd = nextHandle++; openFiles.set(fd, ino); return fd; };
@@ -61,9 +62,9 @@ export function fuseOps(volume: Volume): FuseOps {
         files: s.files, ffree: s.freeFiles, favail: s.freeFiles, fsid: 0, flag: 0, namemax: s.nameMax,
       };
     }),
-    getattr: (path, cb) => run('getattr', path, cb, () => toFuseStat(volume.stat(volume.resolve(path)))),
-    fgetattr: (path, fd, cb) => run('fgetattr', path, cb, () => toFuseStat(volume.stat(volume.state.inode(inoOf(fd, path))))),
-    access: (path, _mode, cb) => run('access', path, cb, () => { volume.resolve(path); }),
+    getattr: (path, cb) => run('getattr', path, cb, () => toFuseStat(volume.getattr(path))),
+    fgetattr: (path, fd, cb) => run('fgetattr', path, cb, () => toFuseStat(volume.fgetattr(inoOf(fd, path), path))),
+    access: (path, _mode, cb) => run('access', path, cb, () => { volume.lookupIno(path); }),
     readdir: (path, cb) => {
       try {
         cb(0, ['.', '..', ...volume.readdir(path)]);
@@ -71,9 +72,9 @@ export function fuseOps(volume: Volume): FuseOps {
         cb(errnoOf(error, 'readdir', path));
       }
     },
-    opendir: (path, _flags, cb) => run('opendir', path, cb, () => { volume.resolve(path); return 0; }),
+    opendir: (path, _flags, cb) => run('opendir', path, cb, () => { volume.lookupIno(path); return 0; }),
     releasedir: (_path, _fd, cb) => cb(0),
-    open: (path, _flags, cb) => run('open', path, cb, () => openHandle(volume.resolve(path).ino)),
+    open: (path, _flags, cb) => run('open', path, cb, () => openHandle(volume.lookupIno(path))),
     create: (path, mode, cb) => run('create', path, cb, async () => {
       const { uid, gid } = ownerOfParent(path);
       const inode = await volume.create(path, S_IFREG | (mode & 0o7777), uid, gid);
@@ -99,13 +100,13 @@ export function fuseOps(volume: Volume): FuseOps {
         cb(errnoOf(error, 'write', path));
         return;
       }
-      volume.write(ino, pos, buf.subarray(0, len)).then(cb, (error) => cb(errnoOf(error, 'write', path)));
+      volume.write(ino, pos, buf.subarray(0, len), path).then(cb, (error) => cb(errnoOf(error, 'write', path)));
     },
     flush: (_path, _fd, cb) => cb(0),
     fsync: (path, _datasync, _fd, cb) => run('fsync', path, cb, () => volume.sync()),
     fsyncdir: (path, _datasync, _fd, cb) => run('fsyncdir', path, cb, () => volume.sync()),
-    truncate: (path, size, cb) => run('truncate', path, cb, () => volume.truncate(volume.resolve(path).ino, size)),
-    ftruncate: (path, fd, size, cb) => run('ftruncate', path, cb, () => volume.truncate(inoOf(fd, path), size)),
+    truncate: (path, size, cb) => run('truncate', path, cb, () => volume.truncate(volume.lookupIno(path), size, path)),
+    ftruncate: (path, fd, size, cb) => run('ftruncate', path, cb, () => volume.truncate(inoOf(fd, path), size, path)),
     readlink: (path, cb) => run('readlink', path, cb, () => volume.readlink(path)),
     chown: (path, uid, gid, cb) => run('chown', path, cb, () => volume.setattr(path, {
       ...(uid !== UID_UNCHANGED ? { uid } : {}), ...(gid !== UID_UNCHANGED ? { gid } : {}),

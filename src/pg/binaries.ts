@@ -8,7 +8,7 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { exec } from './exec';
 
-export type PgProgram = 'initdb' | 'pg_ctl' | 'postgres' | 'psql' | 'pgbench' | 'pg_amcheck' | 'pg_controldata';
+export type PgProgram = 'initdb' | 'pg_ctl' | 'postgres' | 'psql' | 'pgbench' | 'pg_amcheck' | 'pg_controldata' | 'pg_waldump' | 'pg_basebackup';
 
 let cached: Promise<string> | null = null;
 

@@ -269,10 +269,13 @@ export class PgCluster {
     await new Promise((resolve) => setTimeout(resolve, 300));
   }
 
-  /** pg_amcheck --heapallindexed over every relation of `db` (installs amcheck if needed). */
-  async amcheck(db = 'postgres'): Promise<{ clean: boolean; output: string }> {
+  /**
+   * pg_amcheck --heapallindexed over every relation of `db`. It installs amcheck if needed, except
+   * with `readOnly` (a hot standby refuses even CREATE EXTENSION IF NOT EXISTS: create it on the primary).
+   */
+  async amcheck(db = 'postgres', options: { readOnly?: boolean } = {}): Promise<{ clean: boolean; output: string }> {
     const result = await exec(await pgProgram('pg_amcheck'),
-      [...this.connectionArgs(), '--heapallindexed', '--install-missing', '-d', db], { user: this.osUser });
+      [...this.connectionArgs(), '--heapallindexed', ...(options.readOnly ? [] : ['--install-missing']), '-d', db], { user: this.osUser });
     return { clean: result.code === 0 && result.stdout.trim() === '', output: (result.stdout + result.stderr).trim() };
   }
 

@@ -3,3 +3,5 @@ export * from './binaries';
 export * from './cluster';
 export * from './exec';
 export * from './pgbench';
+export * from './control';
+export * from './standby';

@@ -28,10 +28,14 @@ export interface ReplicaSlot {
   /** Record time (primary's clock) of the last record applied; lag in ms derives from it. */
   viewTimeMs: number;
   heartbeatAtMs: number;
+  /** A PostgreSQL standby's mount: the database LSN (its minRecoveryPoint) the non-WAL tree is served at; 0 otherwise. */
+  viewWalLsn?: number;
+  /** A PostgreSQL standby's mount: bytes in its private overlay; 0 otherwise. */
+  overlayBytes?: number;
 }
 
 // Field offsets in a slot.
-const RS = { magic: 0, viewLsn: 8, viewTimeMs: 16, heartbeatAtMs: 24, pid: 32, host: 40, appliedLsn: 104, crc: REPLICA_SLOT_BYTES - 4 } as const;
+const RS = { magic: 0, viewLsn: 8, viewTimeMs: 16, heartbeatAtMs: 24, pid: 32, host: 40, appliedLsn: 104, viewWalLsn: 112, overlayBytes: 120, crc: REPLICA_SLOT_BYTES - 4 } as const;
 
 function slotOffset(index: number): number {
   return REPLICA_SLOTS_OFFSET + index * REPLICA_SLOT_BYTES;
@@ -43,6 +47,8 @@ export function encodeSlot(slot: Omit<ReplicaSlot, 'index'> | null): Buffer {
     SLOT_MAGIC.copy(buf, RS.magic);
     writeU48(buf, RS.viewLsn, slot.viewLsn);
     writeU48(buf, RS.appliedLsn, slot.appliedLsn);
+    writeU48(buf, RS.viewWalLsn, slot.viewWalLsn ?? 0);
+    writeU48(buf, RS.overlayBytes, slot.overlayBytes ?? 0);
     writeU48(buf, RS.viewTimeMs, slot.viewTimeMs);
     writeU48(buf, RS.heartbeatAtMs, slot.heartbeatAtMs);
     buf.writeUInt32LE(slot.pid, RS.pid);
@@ -62,6 +68,8 @@ export function decodeSlot(buf: Buffer, index: number): ReplicaSlot | null {
     pid: buf.readUInt32LE(RS.pid),
     viewLsn: readU48(buf, RS.viewLsn),
     appliedLsn: readU48(buf, RS.appliedLsn),
+    viewWalLsn: readU48(buf, RS.viewWalLsn),
+    overlayBytes: readU48(buf, RS.overlayBytes),
     viewTimeMs: readU48(buf, RS.viewTimeMs),
     heartbeatAtMs: readU48(buf, RS.heartbeatAtMs),
   };

@@ -16,6 +16,7 @@ import { readSuperblock } from '../log/superblock';
 import { applyRecord } from '../volume/recovery';
 import { VolumeState } from '../volume/state';
 import { writeSlot } from './slots';
+import { StandbyGate } from './standby-gate';
 
 const log = pino({ name: 'lsnfs-tailer' }, pino.destination(2));
 
@@ -72,6 +73,13 @@ export class Tailer {
   private lastHeadCheckMs = Date.now();
   /** Set when the primary reclaimed log this reader still needed; the mount must reload. */
   fellBehind: string | null = null;
+  /**
+   * A PostgreSQL standby's mount: the gate decides which records apply now
+   * (pg_wal/) and which wait for the standby's view (everything else).
+   */
+  gate: StandbyGate | null = null;
+  /** A standby's own figures for its slot: the database LSN it serves at and its overlay's size. */
+  slotExtras: () => { viewWalLsn: number; overlayBytes: number } = () => ({ viewWalLsn: 0, overlayBytes: 0 });
 
   constructor(private state: VolumeState, private readonly options: TailerOptions) {
     this.appliedLsn = options.startLsn;
@@ -106,6 +114,7 @@ export class Tailer {
     this.lastEpoch = epoch;
     this.fellBehind = null;
     this.slotStale = true;
+    this.gate?.reset(state);
   }
 
   /** Runs `task` between two polling rounds: no round is reading or applying records meanwhile. */
@@ -156,14 +165,16 @@ export class Tailer {
     }
     for (const { header, payload } of pending.slice(0, usable)) {
       const end = header.lsn + recordBytes(header.payloadBytes);
-      if (mode === 'replica') applyRecord(this.state, header, payload);
+      if (this.gate) this.gate.offer(header, payload);
+      else if (mode === 'replica') applyRecord(this.state, header, payload);
       else if (header.type === RecordType.Data && decodeDataHead(payload).versionLsn !== 0) this.state.applyData(header, payload);
       this.appliedLsn = end;
       this.lastEpoch = header.epoch;
-      if (mode === 'replica') { this.viewLsn = end; this.viewTimeMs = header.timeMs; }
+      if (mode === 'replica' && !this.gate) { this.viewLsn = end; this.viewTimeMs = header.timeMs; }
       applied++;
     }
     if (applied > 0) this.slotStale = true;
+    this.followGate();
     const now = Date.now();
     const sinceSlotWriteMs = now - this.lastSlotWriteMs;
     if ((this.slotStale && sinceSlotWriteMs >= SLOT_PUBLISH_MIN_INTERVAL_MS) || sinceSlotWriteMs >= SLOT_HEARTBEAT_MS) await this.publish();
@@ -177,13 +188,20 @@ export class Tailer {
     return applied;
   }
 
+  /** A standby's view is where its gate holds the non-WAL tree (call after the gate applied held records). */
+  followGate(): void {
+    if (!this.gate) return;
+    this.viewLsn = this.gate.viewLsn(this.appliedLsn);
+    if (this.gate.viewTimeMs > 0) this.viewTimeMs = this.gate.viewTimeMs;
+  }
+
   private async publish(): Promise<void> {
     if (this.stopped) return;
     this.lastSlotWriteMs = Date.now();
     this.slotStale = false;
     await writeSlot(this.options.device, this.options.slotIndex, {
       host: this.options.host, pid: process.pid, viewLsn: this.viewLsn, appliedLsn: this.appliedLsn,
-      viewTimeMs: this.viewTimeMs, heartbeatAtMs: this.lastSlotWriteMs,
+      viewTimeMs: this.viewTimeMs, heartbeatAtMs: this.lastSlotWriteMs, ...this.slotExtras(),
     });
   }
 

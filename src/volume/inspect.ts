@@ -13,6 +13,7 @@ import { liveSlots, readSlots } from '../replica/slots';
 import { retentionFloorLsn } from './snapshot';
 import { DEFAULT_READER_TIMEOUT_MS } from './horizon';
 import { decodeMetaOp } from './meta-ops';
+import { formatPgLsn } from '../pg/control';
 
 export interface VolumeStatus {
   device: string;
@@ -26,6 +27,10 @@ export interface VolumeStatus {
   epoch: number;
   headLsn: number;
   tailLsn: number;
+  /** The database LSN: highest PostgreSQL WAL position written to the volume (0 = no PostgreSQL WAL seen). */
+  walLsn: number;
+  /** The same in PostgreSQL's notation ("0/1A2B3C8"). */
+  walLsnText: string;
   checkpointLsn: number;
   files: number;
   holder: Holder | null;
@@ -47,6 +52,10 @@ export interface ReplicaStatus {
   lagBytes: number;
   lagMs: number;
   heartbeatAt: string;
+  /** A PostgreSQL standby's mount: the database LSN its non-WAL tree is served at (0 for other readers). */
+  viewWalLsn: number;
+  /** A PostgreSQL standby's mount: bytes held in its private overlay. */
+  overlayBytes: number;
   /** False once its heartbeat is older than the timeout: it no longer holds the horizon. */
   live: boolean;
 }
@@ -72,6 +81,7 @@ export async function volumeStatus(device: BlockDevice, replicaTimeoutMs = DEFAU
     lagBytes: Math.max(0, recovered.tailLsn - slot.viewLsn),
     lagMs: slot.viewLsn >= recovered.tailLsn ? 0 : Math.max(0, recovered.lastRecordTimeMs - slot.viewTimeMs),
     heartbeatAt: new Date(slot.heartbeatAtMs).toISOString(), live: live.has(slot.index),
+    viewWalLsn: slot.viewWalLsn ?? 0, overlayBytes: slot.overlayBytes ?? 0,
   }));
   const retentionFloor = retentionFloorLsn(checkpoints, superblock.retainMs, nowMs);
   const horizon = Math.min(retentionFloor, ...replicas.filter((r) => r.live).map((r) => r.viewLsn));
@@ -99,6 +109,8 @@ export async function volumeStatus(device: BlockDevice, replicaTimeoutMs = DEFAU
     epoch: superblock.epoch,
     headLsn: superblock.headLsn,
     tailLsn: recovered.tailLsn,
+    walLsn: recovered.walLsn,
+    walLsnText: formatPgLsn(recovered.walLsn),
     checkpointLsn: superblock.checkpointLsn,
     files: recovered.state.inodes.size,
     holder: await readHolder(device),

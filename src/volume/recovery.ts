@@ -31,6 +31,8 @@ export interface Recovered {
   checkpointBytes: number;
   stop: ScanStop;
   replayedRecords: number;
+  /** The highest PostgreSQL WAL position any replayed record (or the checkpoint) carries: where a new primary's tags resume. */
+  walLsn: number;
 }
 
 export class CorruptLogError extends UserError {
@@ -61,6 +63,8 @@ export interface LoadedCheckpoint {
   endLsn: number;
   epoch: number;
   timeMs: number;
+  /** The walLsn tag of the checkpoint's last chunk. */
+  walLsn: number;
 }
 
 /** Reads the checkpoint whose first chunk is at `lsn`. */
@@ -77,7 +81,7 @@ export async function loadCheckpoint(reader: LogReader, deviceName: string, lsn:
     const { state, history } = deserializeState(bytes);
     loaded = {
       state, history, checkpointBytes: bytes.length, endLsn: header.lsn + recordBytes(header.payloadBytes),
-      epoch: header.epoch, timeMs: header.timeMs,
+      epoch: header.epoch, timeMs: header.timeMs, walLsn: header.walLsn,
     };
     return false;
   });
@@ -110,9 +114,11 @@ export async function recover(device: BlockDevice, superblock: Superblock, optio
   state.horizonLsn = await readHorizonLsn(device, [...checkpoint.history, { lsn: superblock.checkpointLsn, timeMs: checkpoint.timeMs }], superblock.retainMs);
   let replayedRecords = 0;
   let lastRecordTimeMs = checkpoint.timeMs;
+  let walLsn = checkpoint.walLsn;
   const scan = await reader.scan(checkpoint.endLsn, { maxEpoch: superblock.epoch, minEpoch: checkpoint.epoch }, ({ header, payload }: LogRecord) => {
     applyRecord(state, header, payload);
     lastRecordTimeMs = header.timeMs;
+    walLsn = Math.max(walLsn, header.walLsn);
     replayedRecords++;
   });
   if (scan.stop !== 'end-of-range') {
@@ -123,7 +129,7 @@ export async function recover(device: BlockDevice, superblock: Superblock, optio
   }
   return {
     state, history: checkpoint.history, tailLsn: scan.stopLsn, lastEpoch: scan.lastEpoch, lastRecordTimeMs,
-    checkpointBytes: checkpoint.checkpointBytes, checkpointTimeMs: checkpoint.timeMs, stop: scan.stop, replayedRecords,
+    checkpointBytes: checkpoint.checkpointBytes, checkpointTimeMs: checkpoint.timeMs, stop: scan.stop, replayedRecords, walLsn,
   };
 }
 

@@ -31,6 +31,8 @@ import { DEFAULT_READER_TIMEOUT_MS, readHorizonLsn } from './horizon';
 import { writeDurableMarker } from '../log/durable-marker';
 import { ReplicaSlot, claimSlot, liveSlots, readSlots, writeSlot } from '../replica/slots';
 import { Tailer } from '../replica/tailer';
+import { WalPositionTracker } from './wal-position';
+import type { AttrChange, FileSystem } from './file-system';
 import pino from 'pino';
 
 const log = pino({ name: 'lsnfs-volume' }, pino.destination(2));
@@ -47,6 +49,8 @@ const META_RECORD_ROOM_BYTES = 4096 + DEVICE_SECTOR_BYTES;
 /** How often a replica checks whether the primary's cleaner passed it. */
 const HEAD_CHECK_INTERVAL_MS = 500;
 const NAME_MAX_BYTES = 255;
+/** How deep below the root a primary looks for PostgreSQL data directories at mount. */
+const DATA_DIR_SEARCH_DEPTH = 4;
 
 export interface Stat {
   ino: number; mode: number; uid: number; gid: number; nlink: number; size: number;
@@ -82,7 +86,7 @@ const HORIZON_POLL_MS = 100;
 /** Unflushed writes become durable (and visible to replicas) within this time even without fsync. */
 const BACKGROUND_FLUSH_MS = 200;
 
-export class Volume {
+export class Volume implements FileSystem {
   private timers: NodeJS.Timeout[] = [];
   private checkpointInFlight: Promise<void> | null = null;
   private superblockLock: Promise<void> = Promise.resolve();
@@ -94,6 +98,8 @@ export class Volume {
   /** A replica's or snapshot's reader of the primary's log. */
   tailer: Tailer | null = null;
   replicaTimeoutMs = DEFAULT_READER_TIMEOUT_MS;
+  /** Primary: follows PostgreSQL's WAL position from writes to pg_wal (stamped on every record). */
+  private readonly walPosition = new WalPositionTracker();
 
   private constructor(
     readonly device: BlockDevice,
@@ -146,6 +152,9 @@ export class Volume {
     const checkpoints = [...recovered.history, { lsn: before.checkpointLsn, timeMs: recovered.checkpointTimeMs }];
     volume = new Volume(device, superblock, recovered.state, new LogReader(space), 'primary', writer, reservation, null, recovered.checkpointBytes, checkpoints);
     if (options.replicaTimeoutMs !== undefined) volume.replicaTimeoutMs = options.replicaTimeoutMs;
+    // Tags never go back: a remount resumes from the highest WAL position the log already carries.
+    writer.walLsn = recovered.walLsn;
+    await volume.learnDataDirectories();
     writer.append(RecordType.Epoch, Buffer.from(JSON.stringify({ host: options.host, pid: process.pid, epoch: superblock.epoch })));
     await writer.sync();
     await volume.updateHorizon();
@@ -211,6 +220,29 @@ export class Volume {
     return volume;
   }
 
+  /** The database LSN: the highest PostgreSQL WAL position written through this mount (0 = none seen). */
+  get walLsn(): number { return this.writer?.walLsn ?? 0; }
+
+  /** Reads pg_control of every PostgreSQL data directory on the volume (a directory holding pg_wal/ and global/pg_control). */
+  private async learnDataDirectories(): Promise<void> {
+    const visit = async (dirPath: string, dir: Inode, depth: number): Promise<void> => {
+      const entries = dir.entries!;
+      const globalIno = entries.get('global');
+      const controlIno = globalIno !== undefined ? this.state.inodes.get(globalIno)?.entries?.get('pg_control') : undefined;
+      if (entries.has('pg_wal') && controlIno !== undefined) {
+        this.walPosition.learnControlFile(dirPath, await this.read(controlIno, 0, this.pageBytes));
+        return;
+      }
+      // Data directories sit near the root of a volume; do not walk a whole tree of files.
+      if (depth >= DATA_DIR_SEARCH_DEPTH) return;
+      for (const [name, ino] of entries) {
+        const child = this.state.inodes.get(ino);
+        if (child && isDir(child)) await visit(`${dirPath === '/' ? '' : dirPath}/${name}`, child, depth + 1);
+      }
+    };
+    await visit('/', this.state.inode(ROOT_INO), 0);
+  }
+
   /** Runs `task` every `intervalMs` (never overlapping itself) until close; a failure fences a primary. */
   private every(intervalMs: number, task: () => Promise<void>): void {
     let running = false;
@@ -230,6 +262,12 @@ export class Volume {
   private async reloadIfBehind(): Promise<void> {
     const tailer = this.tailer!;
     if (!tailer.fellBehind) return;
+    if (tailer.gate) {
+      // A standby's tree must stay at its view L; a checkpoint's state is newer than that. Stop serving instead.
+      if (!tailer.gate.failure) log.error({ reason: tailer.fellBehind }, 'standby fell behind the log head; restart it on a fresh overlay');
+      tailer.gate.failure = `the standby's replica fell behind the primary's log head (${tailer.fellBehind}); restart the standby with a fresh overlay`;
+      return;
+    }
     // Between polls: a round in flight would apply records read before the reload onto the reloaded
     // state. And a replica that has since caught up past the newest checkpoint keeps going: reloading
     // would take its view back to an older state than it has already served.
@@ -278,6 +316,9 @@ export class Volume {
   // Lookups
 
   resolve(path: string): Inode { return this.state.resolve(path); }
+  getattr(path: string): Stat { return this.stat(this.resolve(path)); }
+  fgetattr(ino: number, path: string): Stat { return this.stat(this.state.inodes.get(ino) ?? this.resolve(path)); }
+  lookupIno(path: string): number { return this.resolve(path).ino; }
 
   stat(inode: Inode): Stat {
     return {
@@ -385,7 +426,7 @@ export class Volume {
     });
   }
 
-  async setattr(path: string, change: { mode?: number; uid?: number; gid?: number; atimeMs?: number; mtimeMs?: number }): Promise<void> {
+  async setattr(path: string, change: AttrChange): Promise<void> {
     await this.metaChange(() => {
       const inode = this.resolve(path);
       this.appendMeta({ op: 'setattr', ino: inode.ino, ...change });
@@ -442,7 +483,8 @@ export class Volume {
   // -------------------------------------------------------------------------
   // File data
 
-  async write(ino: number, position: number, data: Buffer): Promise<number> {
+  /** `path`: the file's path, by which a primary recognises PostgreSQL's WAL segments and pg_control. */
+  async write(ino: number, position: number, data: Buffer, path?: string): Promise<number> {
     const pageBytes = this.pageBytes;
     const firstPage = Math.floor(position / pageBytes);
     const lastPage = Math.floor((position + data.length - 1) / pageBytes);
@@ -451,6 +493,11 @@ export class Volume {
     this.writable();
     const inode = this.state.inode(ino);
     if (!isRegular(inode)) throw new FsError('EISDIR', `inode ${ino}`);
+    if (path !== undefined && this.role === 'primary') {
+      // Before appending: a WAL write's own records carry the position it reaches.
+      const walEnd = this.walPosition.observeWrite(path, position, data);
+      if (walEnd !== null && walEnd > this.writer!.walLsn) this.writer!.walLsn = walEnd;
+    }
     for (let pageNo = firstPage; pageNo <= lastPage; pageNo++) {
       const start = Math.max(position, pageNo * pageBytes);
       const end = Math.min(position + data.length, (pageNo + 1) * pageBytes);

@@ -80,7 +80,7 @@ test('a writable snapshot (branch) keeps its changes private and never writes th
   await assert.rejects(fsp.stat(mnt('moved.txt')), { code: 'ENOENT' });
   await umount(volume);
 
-  // Bad input: a branch at another LSN than its overlay's, an overlay on a replica.
+  // Bad input: a branch at another LSN than its overlay's, a branch's overlay given to a replica (a standby's mount).
   const wrongLsn = await lsnfs(['mount', '--role', 'snapshot', '--device', volume.device, '--mountpoint', branch, '--host', 'branch-a',
     '--overlay', branchDir, '--at-lsn', String(lsnOne + 512)], volume.env);
   assert.notEqual(wrongLsn.code, 0);
@@ -88,5 +88,5 @@ test('a writable snapshot (branch) keeps its changes private and never writes th
   const onReplica = await lsnfs(['mount', '--role', 'replica', '--device', volume.device, '--mountpoint', branch, '--host', 'r',
     '--overlay', branchDir], volume.env);
   assert.notEqual(onReplica.code, 0);
-  assert.match(onReplica.stderr, /--overlay applies to --role snapshot only/);
+  assert.match(onReplica.stderr, /holds a branch/);
 });

@@ -1,0 +1,185 @@
+/**
+ * PostgreSQL hot standbys on lsnfs against a vanilla streaming-replication
+ * standby on local disk, in the same run (issue 4).
+ *
+ * - Creation: `lsnfs pg standby` (mount + start, no copy) vs pg_basebackup
+ *   of the same database to local disk + start of a streaming standby.
+ * - Storage: the primary's live data on the device, then with 3 lsnfs
+ *   standbys (the device's live data, which now includes versions they hold,
+ *   plus their overlays) after a pgbench run.
+ * - Replay lag under pgbench (tpcb-like) on the primary: psql \watch samples
+ *   the primary's flush LSN (a commit's LSN is flushed when it is
+ *   acknowledged) and each standby's replay LSN with server timestamps (one
+ *   host, one clock); the lag of a primary sample is the time until a standby
+ *   sample shows replay at or past it.
+ *
+ * Usage (as root): scripts/bench-standby [--scale N] [--duration S] [--clients N] [--dir DIR] [--keep] [--json]
+ * --json prints one object on stdout:
+ *   {"replay_lag_ms":{"p50":N,"p99":N},"streaming_lag_ms":{"p50":N,"p99":N},
+ *    "create_s":{"lsnfs":N,"basebackup":N,"ratio":R},"storage_ratio_3_standbys":R}
+ * (ratio = basebackup / lsnfs: how many times faster lsnfs creates a standby).
+ */
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { Command } from 'commander';
+import { LsnfsVolume, log, makeWorkDir, removeWorkDir, runBenchProgram, median, positiveInt, round1, round2, round3 } from './bench-common';
+import {
+  PgCluster, RunningCommand, execOk, parsePgLsn, pgProgram, pgbenchInit, prepareRunDirectory, startCommand, startPgbench,
+} from '../src/pg';
+
+interface BenchOptions { scale: number; duration: number; clients: number; dir?: string; keep: boolean; json: boolean }
+
+interface Sample { lsn: number; timeMs: number }
+
+/** psql \\watch interval: every sampler is a query stream, and the machine running the bench also runs every server. */
+const SAMPLE_INTERVAL_S = 0.02;
+const LSNFS_STANDBYS = 3;
+
+/** psql \watch of `sql` (returning an LSN and an epoch in seconds) on `cluster`; samples accumulate until stop(). */
+async function sampler(cluster: PgCluster, dir: string, name: string, sql: string): Promise<{ samples: Sample[]; stop(): Promise<void> }> {
+  const file = path.join(dir, `watch-${name}.sql`);
+  await fsp.writeFile(file, `${sql}\n\\watch ${SAMPLE_INTERVAL_S}\n`);
+  await fsp.chmod(file, 0o644);
+  const samples: Sample[] = [];
+  const running: RunningCommand = startCommand(await pgProgram('psql'), ['-X', '-At', ...cluster.connectionArgs(), '-d', 'postgres', '-f', file],
+    { user: cluster.osUser });
+  let partial = '';
+  running.child.stdout!.on('data', (chunk: Buffer) => {
+    const lines = (partial + chunk.toString()).split('\n');
+    partial = lines.pop() ?? '';
+    for (const line of lines) {
+      const match = /^([0-9A-F]+\/[0-9A-F]+)\|([\d.]+)$/.exec(line.trim());
+      if (match) samples.push({ lsn: parsePgLsn(match[1]!), timeMs: Number(match[2]) * 1000 });
+    }
+  });
+  return {
+    samples,
+    stop: async () => { running.kill('SIGTERM'); await running.result; },
+  };
+}
+
+/** For each primary sample, the time until the standby showed replay at or past it (samples never reached are left out). */
+function lagsMs(primary: Sample[], standby: Sample[]): number[] {
+  const lags: number[] = [];
+  let j = 0;
+  // Both series only grow in time and LSN, so the answer to the next primary sample is never earlier.
+  for (const sample of primary) {
+    while (j < standby.length && (standby[j]!.timeMs < sample.timeMs || standby[j]!.lsn < sample.lsn)) j++;
+    if (j >= standby.length) break;
+    lags.push(standby[j]!.timeMs - sample.timeMs);
+  }
+  return lags;
+}
+
+function percentile(values: number[], p: number): number {
+  if (values.length === 0) return NaN;
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+}
+
+async function duBytes(dir: string): Promise<number> {
+  return Number((await execOk('du', ['-sb', dir])).split('\t')[0]);
+}
+
+async function bench(options: BenchOptions): Promise<void> {
+  if (process.getuid?.() !== 0) throw new Error('bench-standby mounts lsnfs and runs PostgreSQL as user postgres: run it as root');
+  const dir = await makeWorkDir(options, 'lsnfs-bench-standby-');
+  const volume = new LsnfsVolume(path.join(dir, 'lsnfs'));
+  const portBase = 22000 + (process.pid % 5000) * 2;
+  const runDir = (name: string): string => path.join(dir, `run-${name}`);
+  const primary = new PgCluster({ dataDir: path.join(volume.mountpoint, 'pgdata'), runDir: runDir('primary'), port: portBase });
+  const streaming = new PgCluster({ dataDir: path.join(dir, 'streaming', 'pgdata'), runDir: runDir('streaming'), port: portBase + 1, settings: { hot_standby: true } });
+  const standbys: Array<{ cluster: PgCluster; mountpoint: string; overlay: string }> = [];
+  const stoppers: Array<() => Promise<void>> = [];
+  let primaryMounted = false;
+  try {
+    await volume.create('16G');
+    await volume.cli(['pg', 'primary', '--device', volume.device, '--mountpoint', volume.mountpoint, '--port', String(primary.port), '--run-dir', primary.runDir]);
+    primaryMounted = true;
+    const initS = await pgbenchInit(primary, options.scale);
+    const dbBytes = Number(await primary.psql("SELECT pg_database_size('postgres')"));
+    log(`bench: pgbench -i -s ${options.scale} on lsnfs: ${initS.toFixed(1)} s, database ${(dbBytes / 1e9).toFixed(2)} GB`);
+    await primary.psql('CHECKPOINT');
+    const liveAlone = (JSON.parse(await volume.cli(['status', '--device', volume.device, '--json'])) as { liveBytes: number }).liveBytes;
+
+    // Creation: lsnfs standbys (mount + start), then pg_basebackup + start of a streaming standby.
+    const createLsnfs: number[] = [];
+    for (let i = 0; i < LSNFS_STANDBYS; i++) {
+      const mountpoint = path.join(dir, `mnt-standby-${i}`);
+      const overlay = path.join(dir, `overlay-${i}`);
+      await fsp.mkdir(mountpoint, { recursive: true });
+      const cluster = new PgCluster({ dataDir: path.join(mountpoint, 'pgdata'), runDir: runDir(`standby-${i}`), port: portBase + 2 + i });
+      const started = Date.now();
+      await volume.cli(['pg', 'standby', '--device', volume.device, '--mountpoint', mountpoint, '--overlay', overlay,
+        '--port', String(cluster.port), '--run-dir', cluster.runDir, '--host', `bench-standby-${i}`]);
+      createLsnfs.push((Date.now() - started) / 1000);
+      standbys.push({ cluster, mountpoint, overlay });
+      log(`bench: lsnfs standby ${i} created in ${createLsnfs[i]!.toFixed(2)} s`);
+    }
+    await prepareRunDirectory(streaming.runDir);
+    await fsp.mkdir(path.dirname(streaming.dataDir), { recursive: true });
+    await prepareRunDirectory(path.dirname(streaming.dataDir));
+    const basebackupStarted = Date.now();
+    await execOk(await pgProgram('pg_basebackup'), [...primary.connectionArgs(), '-D', streaming.dataDir, '-X', 'stream', '-R', '-c', 'fast'], { user: 'postgres' });
+    await streaming.writeSettings();
+    await streaming.start();
+    const createBasebackup = (Date.now() - basebackupStarted) / 1000;
+    log(`bench: pg_basebackup + start of a streaming standby: ${createBasebackup.toFixed(2)} s`);
+
+    // Replay lag under load.
+    const flushSql = "SELECT pg_current_wal_flush_lsn(), extract(epoch FROM clock_timestamp())";
+    const replaySql = "SELECT pg_last_wal_replay_lsn(), extract(epoch FROM clock_timestamp())";
+    const primarySampler = await sampler(primary, dir, 'primary', flushSql);
+    const standbySamplers = await Promise.all(standbys.map((s, i) => sampler(s.cluster, dir, `standby-${i}`, replaySql)));
+    const streamingSampler = await sampler(streaming, dir, 'streaming', replaySql);
+    stoppers.push(primarySampler.stop, streamingSampler.stop, ...standbySamplers.map((s) => s.stop));
+    const load = await (await startPgbench(primary, { clients: options.clients, threads: Math.min(options.clients, 2), durationS: options.duration, noVacuum: true })).result;
+    log(`bench: pgbench tpcb-like ${options.duration} s on the primary: ${load.tps} tps`);
+    await new Promise((resolve) => setTimeout(resolve, 2000)); // let every standby show the last LSNs
+    for (const stop of stoppers.splice(0)) await stop();
+    const lsnfsLags = standbySamplers.flatMap((s) => lagsMs(primarySampler.samples, s.samples));
+    const streamingLags = lagsMs(primarySampler.samples, streamingSampler.samples);
+    log(`bench: ${primarySampler.samples.length} primary samples; lags measured: lsnfs ${lsnfsLags.length}, streaming ${streamingLags.length}`);
+
+    // Storage with 3 standbys: the device's live data (including versions they hold) plus their overlays.
+    const status = JSON.parse(await volume.cli(['status', '--device', volume.device, '--json'])) as { liveBytes: number; replicas: Array<{ overlayBytes: number }> };
+    const overlays = (await Promise.all(standbys.map((s) => duBytes(s.overlay)))).reduce((a, b) => a + b, 0);
+    const liveWith = status.liveBytes + overlays;
+    log(`bench: live data alone ${(liveAlone / 1e6).toFixed(1)} MB; with 3 standbys after the run ${(status.liveBytes / 1e6).toFixed(1)} MB + overlays ${(overlays / 1e6).toFixed(1)} MB`);
+
+    const summary = {
+      replay_lag_ms: { p50: round1(percentile(lsnfsLags, 50)), p99: round1(percentile(lsnfsLags, 99)) },
+      streaming_lag_ms: { p50: round1(percentile(streamingLags, 50)), p99: round1(percentile(streamingLags, 99)) },
+      create_s: { lsnfs: round2(median(createLsnfs)), basebackup: round2(createBasebackup), ratio: round1(createBasebackup / median(createLsnfs)) },
+      storage_ratio_3_standbys: round3(liveWith / liveAlone),
+    };
+    if (options.json) process.stdout.write(JSON.stringify(summary) + '\n');
+    else {
+      process.stdout.write([
+        '',
+        `database ${(dbBytes / 1e9).toFixed(2)} GB (pgbench scale ${options.scale}); load: pgbench tpcb-like, ${options.clients} clients, ${options.duration} s, ${load.tps} tps`,
+        `replay lag, lsnfs standbys (x${LSNFS_STANDBYS}):  p50 ${summary.replay_lag_ms.p50} ms, p99 ${summary.replay_lag_ms.p99} ms`,
+        `replay lag, streaming standby (local):  p50 ${summary.streaming_lag_ms.p50} ms, p99 ${summary.streaming_lag_ms.p99} ms`,
+        `create a standby: lsnfs ${summary.create_s.lsnfs} s, pg_basebackup ${summary.create_s.basebackup} s (${summary.create_s.ratio}x)`,
+        `storage, primary + ${LSNFS_STANDBYS} standbys vs primary alone: ${summary.storage_ratio_3_standbys}x`,
+      ].join('\n') + '\n');
+    }
+  } finally {
+    for (const stop of stoppers) await stop().catch(() => undefined);
+    await streaming.stopQuietly('fast');
+    for (const standby of standbys) {
+      await standby.cluster.stopQuietly('fast');
+      await volume.umount(standby.mountpoint).catch((error: Error) => log(`bench: umount failed: ${error.message}`));
+    }
+    await primary.stopQuietly('fast');
+    if (primaryMounted) await volume.umount().catch((error: Error) => log(`bench: umount failed: ${error.message}`));
+    await removeWorkDir(options, dir);
+  }
+}
+
+const program = new Command('bench-standby')
+  .description('PostgreSQL hot standbys on lsnfs vs a streaming standby on local disk: replay lag, creation time, storage')
+  .option('--scale <n>', 'pgbench scale factor (67 is about 1 GB)', positiveInt('--scale'), 67)
+  .option('--duration <seconds>', 'seconds of pgbench load while lag is sampled', positiveInt('--duration'), 30)
+  .option('--clients <n>', 'pgbench clients', positiveInt('--clients'), 4);
+runBenchProgram(program, bench);

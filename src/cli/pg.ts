@@ -1,0 +1,91 @@
+/**
+ * `lsnfs pg primary` and `lsnfs pg standby`: PostgreSQL on lsnfs in one
+ * command each. The primary runs on the read-write mount; every standby runs
+ * on its own replica mount with a private overlay and reads WAL straight from
+ * the shared pg_wal/ (no replication connection, slot or WAL shipping, and no
+ * copy of the data).
+ */
+import os from 'node:os';
+import path from 'node:path';
+import { Command } from 'commander';
+import { UserError } from '../util/errors';
+import { formatPgLsn, startPrimary, startStandby } from '../pg';
+import { mountInBackground } from './mount';
+import { isMounted, readMountRecord } from './runtime';
+
+interface PgCommandOptions {
+  device: string;
+  mountpoint: string;
+  port: number;
+  pgdata: string;
+  runDir?: string;
+  host?: string;
+  overlay?: string;
+  pollIntervalMs: number;
+}
+
+function parsePort(text: string): number {
+  const port = Number(text);
+  if (!Number.isInteger(port) || port < 1 || port > 65535) throw new UserError(`--port: "${text}" is not a TCP port number`);
+  return port;
+}
+
+/** Mounts unless `mountpoint` already serves this device in the role wanted; refuses a mount that cannot host the server. */
+async function ensureMounted(options: PgCommandOptions, role: 'primary' | 'replica', host: string): Promise<void> {
+  if (await isMounted(options.mountpoint)) {
+    const record = await readMountRecord(options.mountpoint);
+    if (role === 'replica' && record?.role === 'replica' && record.overlay === undefined) {
+      throw new UserError(`mountpoint ${options.mountpoint} is a read-only replica mount (mounted without --overlay): a standby must write its ` +
+        'postmaster.pid, pg_control and pages somewhere; unmount it and run lsnfs pg standby with --overlay DIR');
+    }
+    if (record?.role !== role) {
+      throw new UserError(`mountpoint ${options.mountpoint} is mounted ${record ? `as a ${record.role}` : 'by something else'}, not as a ${role === 'primary' ? 'primary' : 'standby\'s replica'}`);
+    }
+    return;
+  }
+  if (role === 'replica' && options.overlay === undefined) {
+    throw new UserError('lsnfs pg standby needs --overlay DIR: a local directory for what the standby writes (the shared device is never written)');
+  }
+  await mountInBackground({
+    device: options.device, mountpoint: options.mountpoint, host, allowOther: true, foreground: false, role, pollIntervalMs: options.pollIntervalMs,
+    ...(role === 'replica' ? { overlay: path.resolve(options.overlay!) } : {}),
+  });
+}
+
+function commonOptions(command: Command): Command {
+  return command
+    .requiredOption('--device <path>', 'lsnfs device')
+    .requiredOption('--mountpoint <dir>', 'where to mount it (or where it is mounted already)')
+    .requiredOption('--port <port>', 'PostgreSQL port (it listens on a Unix socket in --run-dir)', parsePort)
+    .option('--pgdata <path>', 'the data directory, inside the volume', 'pgdata')
+    .option('--run-dir <dir>', 'local directory for the socket and the server log')
+    .option('--host <name>', 'this mount\'s name in the reader slots and logs')
+    .option('--poll-interval-ms <ms>', 'replica: how often to look for new records', (text) => Number(text), 5);
+}
+
+export function registerPg(program: Command): void {
+  const pg = program.command('pg').description('PostgreSQL on lsnfs: a primary on the read-write mount, hot standbys on replica mounts');
+
+  commonOptions(pg.command('primary'))
+    .description('mount read-write and start PostgreSQL (initdb first if the data directory does not exist); returns once it accepts connections')
+    .action(async (options: PgCommandOptions) => {
+      const host = options.host ?? os.hostname();
+      await ensureMounted(options, 'primary', host);
+      const runDir = path.resolve(options.runDir ?? path.join(os.tmpdir(), `lsnfs-pg-${options.port}`));
+      const { initialized } = await startPrimary({ dataDir: path.join(options.mountpoint, options.pgdata), runDir, port: options.port });
+      process.stdout.write(`PostgreSQL primary ${initialized ? 'initialized and ' : ''}running on ${path.join(options.mountpoint, options.pgdata)} ` +
+        `(port ${options.port}, socket and log in ${runDir})\n`);
+    });
+
+  commonOptions(pg.command('standby'))
+    .description('mount a replica with a private overlay and start a PostgreSQL hot standby reading WAL from the shared pg_wal/; returns once it accepts read-only connections')
+    .option('--overlay <dir>', 'local directory for what the standby writes (emptied at mount)')
+    .action(async (options: PgCommandOptions) => {
+      const host = options.host ?? `${os.hostname()}-standby-${options.port}`;
+      await ensureMounted(options, 'replica', host);
+      const runDir = path.resolve(options.runDir ?? path.join(os.tmpdir(), `lsnfs-pg-${options.port}`));
+      const { minRecoveryPoint } = await startStandby({ dataDir: path.join(options.mountpoint, options.pgdata), runDir, port: options.port });
+      process.stdout.write(`PostgreSQL hot standby running on ${path.join(options.mountpoint, options.pgdata)} (port ${options.port}, ` +
+        `socket and log in ${runDir}); consistent from WAL position ${formatPgLsn(minRecoveryPoint)}\n`);
+    });
+}

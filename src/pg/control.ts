@@ -1,0 +1,93 @@
+/**
+ * PostgreSQL's global/pg_control (ControlFileData of PostgreSQL 15,
+ * src/include/catalog/pg_control.h, pg_control_version 1300) and WAL segment
+ * file names. Pure functions on bytes: the volume uses them to follow the
+ * database LSN, `lsnfs pg standby` to set the standby's minRecoveryPoint.
+ *
+ * Offsets (x86-64 alignment, checked against pg_controldata of a PG 15 initdb):
+ * system_identifier 0, pg_control_version 8, state 16, checkPoint 32,
+ * checkPointCopy 40 (redo 40, ThisTimeLineID 48), minRecoveryPoint 136,
+ * minRecoveryPointTLI 144, xlog_seg_size 228, crc 288 (CRC-32C of bytes 0..287).
+ */
+import { crc32c } from '../util/crc32c';
+
+/** pg_control_version of PostgreSQL 13, 14 and 15 (the layout above). */
+export const PG_CONTROL_VERSION = 1300;
+/** PostgreSQL writes and reads pg_control as this many bytes. */
+export const PG_CONTROL_FILE_BYTES = 8192;
+
+const OFF = {
+  version: 8, state: 16, checkPoint: 32, redo: 40, timeline: 48,
+  minRecoveryPoint: 136, minRecoveryPointTli: 144, xlogSegSize: 228, crc: 288,
+} as const;
+
+export interface ControlFile {
+  pgControlVersion: number;
+  /** The newest checkpoint record's LSN and its REDO point: recovery starts at the REDO point. */
+  checkPointLsn: number;
+  redoLsn: number;
+  timeline: number;
+  /** A standby may serve reads (and crash-restart) only once replay has passed this. */
+  minRecoveryPoint: number;
+  walSegmentBytes: number;
+}
+
+function readLsn(bytes: Buffer, offset: number): number {
+  return Number(bytes.readBigUInt64LE(offset));
+}
+
+/** Parses pg_control; null when it is not a PostgreSQL 13-15 control file with a valid CRC. */
+export function parseControlFile(bytes: Buffer): ControlFile | null {
+  if (bytes.length < OFF.crc + 4) return null;
+  if (bytes.readUInt32LE(OFF.version) !== PG_CONTROL_VERSION) return null;
+  if ((crc32c(bytes.subarray(0, OFF.crc)) >>> 0) !== bytes.readUInt32LE(OFF.crc)) return null;
+  return {
+    pgControlVersion: bytes.readUInt32LE(OFF.version),
+    checkPointLsn: readLsn(bytes, OFF.checkPoint),
+    redoLsn: readLsn(bytes, OFF.redo),
+    timeline: bytes.readUInt32LE(OFF.timeline),
+    minRecoveryPoint: readLsn(bytes, OFF.minRecoveryPoint),
+    walSegmentBytes: bytes.readUInt32LE(OFF.xlogSegSize),
+  };
+}
+
+/** A copy of pg_control with minRecoveryPoint raised to `lsn` (on the checkpoint's timeline) and the CRC redone. */
+export function withMinRecoveryPoint(bytes: Buffer, lsn: number): Buffer {
+  const control = parseControlFile(bytes);
+  if (!control) throw new Error('pg_control: not a PostgreSQL 15 control file (version or CRC mismatch)');
+  const copy = Buffer.from(bytes);
+  if (lsn > control.minRecoveryPoint) {
+    copy.writeBigUInt64LE(BigInt(lsn), OFF.minRecoveryPoint);
+    copy.writeUInt32LE(control.timeline, OFF.minRecoveryPointTli);
+  }
+  copy.writeUInt32LE(crc32c(copy.subarray(0, OFF.crc)) >>> 0, OFF.crc);
+  return copy;
+}
+
+/** "0/1500718": PostgreSQL's text form of an LSN. */
+export function formatPgLsn(lsn: number): string {
+  return `${Math.floor(lsn / 0x1_0000_0000).toString(16).toUpperCase()}/${(lsn % 0x1_0000_0000).toString(16).toUpperCase()}`;
+}
+
+export function parsePgLsn(text: string): number {
+  const match = /^([0-9A-Fa-f]{1,8})\/([0-9A-Fa-f]{1,8})$/.exec(text.trim());
+  if (!match) throw new Error(`"${text}" is not a PostgreSQL LSN`);
+  return parseInt(match[1]!, 16) * 0x1_0000_0000 + parseInt(match[2]!, 16);
+}
+
+const SEGMENT_NAME = /^[0-9A-F]{24}$/;
+
+export function isWalSegmentName(name: string): boolean {
+  return SEGMENT_NAME.test(name);
+}
+
+/**
+ * The WAL position where segment `name` starts: TTTTTTTTXXXXXXXXYYYYYYYY is
+ * timeline, then the segment number split as (logical file, segment within it),
+ * with 2^32 / segmentBytes segments per logical file.
+ */
+export function walSegmentStartLsn(name: string, segmentBytes: number): number {
+  const high = parseInt(name.slice(8, 16), 16);
+  const low = parseInt(name.slice(16, 24), 16);
+  return (high * (0x1_0000_0000 / segmentBytes) + low) * segmentBytes;
+}

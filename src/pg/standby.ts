@@ -1,0 +1,201 @@
+/**
+ * PostgreSQL primary and hot standbys on lsnfs (DESIGN.md section 6): the
+ * settings, the checks, and what a standby's data directory needs before its
+ * first start. The data directory is the primary's, seen through a standby's
+ * replica mount: every file written here lands in that mount's private
+ * overlay, never on the shared device.
+ */
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { UserError } from '../util/errors';
+import { pgProgram } from './binaries';
+import { PgCluster, Settings, LSNFS_SETTINGS, osIds } from './cluster';
+import { exec, execOk } from './exec';
+import { ControlFile, formatPgLsn, parseControlFile, parsePgLsn, walSegmentStartLsn, withMinRecoveryPoint } from './control';
+
+/**
+ * A primary on lsnfs: no WAL pre-zeroing or recycling (a log-structured
+ * filesystem gains nothing from either), and no full-page images: lsnfs
+ * writes a whole 8 KiB page as one log record (an image), replayed whole or
+ * not at all, so a torn page cannot happen.
+ */
+export const PRIMARY_SETTINGS: Readonly<Settings> = {
+  ...LSNFS_SETTINGS,
+  full_page_writes: false,
+  wal_level: 'replica',
+};
+
+/**
+ * A standby reads WAL straight from the shared pg_wal/: no replication
+ * connection and no archive, and it looks for new WAL every few milliseconds.
+ * Restart points every 30 s let lsnfs forget the WAL segments the primary
+ * removed once the standby has passed them.
+ */
+export const STANDBY_SETTINGS: Readonly<Settings> = {
+  ...LSNFS_SETTINGS,
+  hot_standby: true,
+  primary_conninfo: '',
+  restore_command: '',
+  wal_retrieve_retry_interval: '5ms',
+  checkpoint_timeout: '30s',
+  recovery_init_sync_method: 'syncfs',
+  // No connection to the primary means no hot_standby_feedback: the primary prunes row versions a
+  // standby query may still see. Rather than cancel such queries, replay waits for them to finish
+  // (replay lag grows with the longest conflicting query; set a limit where lag matters more).
+  max_standby_archive_delay: -1,
+  max_standby_streaming_delay: -1,
+};
+
+/** Major version of this host's PostgreSQL binaries (from `postgres --version`). */
+export async function binariesMajorVersion(): Promise<number> {
+  const out = await execOk(await pgProgram('postgres'), ['--version']);
+  const match = /\(PostgreSQL\) (\d+)/.exec(out);
+  if (!match) throw new Error(`cannot read the PostgreSQL version from "${out.trim()}"`);
+  return Number(match[1]);
+}
+
+/**
+ * Checks that `dataDir` holds a data directory this host's PostgreSQL can run
+ * and returns its pg_control. Refuses another major version by name.
+ */
+export async function checkDataDirectory(dataDir: string): Promise<ControlFile> {
+  const versionText = await fsp.readFile(path.join(dataDir, 'PG_VERSION'), 'utf8').catch(() => null);
+  if (versionText === null) throw new UserError(`${dataDir}: no PostgreSQL data directory there (no PG_VERSION file)`);
+  const dataMajor = Number(versionText.trim());
+  const binMajor = await binariesMajorVersion();
+  if (dataMajor !== binMajor) {
+    throw new UserError(`${dataDir}: the data directory is PostgreSQL ${versionText.trim()}, but this host's PostgreSQL binaries ` +
+      `(${path.dirname(await pgProgram('postgres'))}) are version ${binMajor}; a standby must run the primary's major version`);
+  }
+  const control = parseControlFile(await fsp.readFile(path.join(dataDir, 'global', 'pg_control')));
+  if (!control) throw new UserError(`${dataDir}/global/pg_control: not a PostgreSQL ${binMajor} control file (version or checksum mismatch)`);
+  return control;
+}
+
+/** The WAL segment files in pg_wal/, oldest first. */
+async function walSegments(dataDir: string): Promise<string[]> {
+  const names = await fsp.readdir(path.join(dataDir, 'pg_wal'));
+  return names.filter((name) => /^[0-9A-F]{24}$/.test(name)).sort();
+}
+
+/** Header sizes of a WAL page (short) and of a segment's first page (long). */
+const WAL_PAGE_HEADER_BYTES = [24, 40];
+const WAL_PAGE_BYTES = 8192;
+
+/**
+ * Where the valid WAL ends now: the end of the last complete record
+ * (pg_waldump reads from the newest segments until it finds no valid record).
+ * A standby that has replayed this far has seen every change any page on the
+ * shared store can carry at this moment.
+ */
+export async function walEndLsn(dataDir: string, control: ControlFile): Promise<number> {
+  const segments = await walSegments(dataDir);
+  const segmentBytes = control.walSegmentBytes;
+  // Start one segment before the newest (which may be a pre-created, still empty one), never before the REDO point.
+  const candidate = segments.length >= 2 ? walSegmentStartLsn(segments[segments.length - 2]!, segmentBytes) : control.redoLsn;
+  const start = Math.max(candidate, control.redoLsn);
+  const result = await exec(await pgProgram('pg_waldump'), ['-q', '-p', path.join(dataDir, 'pg_wal'), '-s', formatPgLsn(start)]);
+  const text = result.stderr + result.stdout;
+  // "error in WAL record at 0/1500718: invalid record length at 0/1500790: wanted 24, got 0"
+  const at = /error in WAL record at [0-9A-F]+\/[0-9A-F]+: .*? at ([0-9A-F]+\/[0-9A-F]+)/.exec(text);
+  if (at) {
+    const lsn = parsePgLsn(at[1]!);
+    // The reader reports the position after a page header when the last record ended on a page boundary.
+    return WAL_PAGE_HEADER_BYTES.includes(lsn % WAL_PAGE_BYTES) ? lsn - (lsn % WAL_PAGE_BYTES) : lsn;
+  }
+  // "invalid magic number 0000 in log segment 000000010000000000000005, offset 131072": the end is that page boundary.
+  const page = /in (?:log|WAL) segment ([0-9A-F]{24}), offset (\d+)/.exec(text);
+  if (page) return walSegmentStartLsn(page[1]!, segmentBytes) + Number(page[2]);
+  throw new Error(`cannot find the end of the WAL in ${dataDir}/pg_wal from ${formatPgLsn(start)}: ${text.trim().split('\n').slice(-3).join(' / ')}`);
+}
+
+/**
+ * Makes the primary's data directory, seen through a standby's mount, a
+ * standby's: forget the primary's postmaster.pid, add standby.signal, and
+ * raise minRecoveryPoint to the current end of WAL so that PostgreSQL serves
+ * no query before it has replayed as far as any page it may read.
+ */
+export async function prepareStandbyDirectory(dataDir: string, control: ControlFile): Promise<{ minRecoveryPoint: number }> {
+  await fsp.rm(path.join(dataDir, 'postmaster.pid'), { force: true });
+  await fsp.rm(path.join(dataDir, 'recovery.signal'), { force: true });
+  await fsp.writeFile(path.join(dataDir, 'standby.signal'), '');
+  const minRecoveryPoint = await walEndLsn(dataDir, control);
+  const controlPath = path.join(dataDir, 'global', 'pg_control');
+  await fsp.writeFile(controlPath, withMinRecoveryPoint(await fsp.readFile(controlPath), minRecoveryPoint));
+  return { minRecoveryPoint };
+}
+
+/** A run directory (socket, server log) the PostgreSQL OS user can use. */
+export async function prepareRunDirectory(runDir: string, osUser = 'postgres'): Promise<void> {
+  const { uid, gid } = await osIds(osUser);
+  await fsp.mkdir(runDir, { recursive: true });
+  await fsp.chown(runDir, uid, gid);
+  await fsp.chmod(runDir, 0o755);
+}
+
+export interface PgServerOptions {
+  dataDir: string;
+  runDir: string;
+  port: number;
+}
+
+/** Starts a hot standby on a standby's mount; resolves once it accepts read-only connections. */
+export async function startStandby(options: PgServerOptions): Promise<{ cluster: PgCluster; minRecoveryPoint: number }> {
+  const control = await checkDataDirectory(options.dataDir);
+  await prepareRunDirectory(options.runDir);
+  const cluster = new PgCluster({ ...options, settings: STANDBY_SETTINGS });
+  const { minRecoveryPoint } = await prepareStandbyDirectory(options.dataDir, control);
+  await cluster.writeSettings();
+  await cluster.start();
+  return { cluster, minRecoveryPoint };
+}
+
+/** Starts a primary on a read-write mount (initdb first when the data directory does not exist yet). */
+export async function startPrimary(options: PgServerOptions): Promise<{ cluster: PgCluster; initialized: boolean }> {
+  const cluster = new PgCluster({ ...options, settings: PRIMARY_SETTINGS });
+  const exists = await fsp.access(path.join(options.dataDir, 'PG_VERSION')).then(() => true, () => false);
+  if (exists) {
+    await checkDataDirectory(options.dataDir);
+    await prepareRunDirectory(options.runDir);
+  } else {
+    await cluster.initdb();
+  }
+  await cluster.start();
+  return { cluster, initialized: !exists };
+}
+
+/** The standby's replay position (pg_last_wal_replay_lsn) as a number. */
+export async function replayLsn(cluster: PgCluster): Promise<number> {
+  return parsePgLsn(await cluster.psql('SELECT pg_last_wal_replay_lsn()'));
+}
+
+/** The primary's current WAL flush position as a number. */
+export async function flushLsn(cluster: PgCluster): Promise<number> {
+  return parsePgLsn(await cluster.psql('SELECT pg_current_wal_flush_lsn()'));
+}
+
+/** md5 of every row of each table, in primary-key order: equal on two servers when the tables hold the same rows. */
+export async function tableChecksums(cluster: PgCluster, tables: Record<string, string>, db = 'postgres'): Promise<Record<string, string>> {
+  const sums: Record<string, string> = {};
+  for (const [table, orderBy] of Object.entries(tables)) {
+    sums[table] = await cluster.psql(`SELECT count(*) || ':' || coalesce(md5(string_agg(t::text, ',' ORDER BY ${orderBy})), '') FROM ${table} t`, { db });
+  }
+  return sums;
+}
+
+/** pgbench's tables and the order that makes their rows comparable. */
+export const PGBENCH_TABLES: Readonly<Record<string, string>> = {
+  pgbench_accounts: 'aid', pgbench_branches: 'bid', pgbench_tellers: 'tid', pgbench_history: 't::text',
+};
+
+/** Waits until the standby has replayed up to `lsn`; returns the milliseconds it took. */
+export async function waitForReplay(standby: PgCluster, lsn: number, timeoutMs: number, pollIntervalMs = 20): Promise<number> {
+  const started = Date.now();
+  for (;;) {
+    if ((await replayLsn(standby)) >= lsn) return Date.now() - started;
+    if (Date.now() - started > timeoutMs) {
+      throw new Error(`standby on port ${standby.port} did not replay to ${formatPgLsn(lsn)} within ${timeoutMs} ms (at ${formatPgLsn(await replayLsn(standby))})`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, pollIntervalMs));
+  }
+}

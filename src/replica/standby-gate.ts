@@ -1,0 +1,220 @@
+/**
+ * What a PostgreSQL hot standby's replica mount applies, and when
+ * (DESIGN.md section 6; the invariant is stated in docs/ARCHITECTURE.md).
+ *
+ * - Records of the `pg_wal/` subtree (WAL segments, archive_status) are
+ *   applied as soon as the tailer has them: the standby reads WAL at the log
+ *   tail. Unlinks of WAL segments are deferred until the standby no longer
+ *   needs the segment (its restart point and its minRecoveryPoint are past
+ *   the segment's end).
+ * - Every other record is applied only once its walLsn tag is at or below
+ *   the view L (the standby's minRecoveryPoint). Tags are monotonic in log
+ *   order, so the applied non-WAL records are always a log prefix: the rest of
+ *   the tree is exactly the filesystem at one log LSN, the last whose tag is
+ *   at or below L.
+ *
+ * This works on one VolumeState because the two streams never touch the same
+ * inode: a create carries its inode number, so applying WAL creates early
+ * cannot shift the numbers of held-back creates, and PostgreSQL never moves
+ * files into or out of pg_wal/.
+ */
+import pino from 'pino';
+import { DATA_BYTES_OFFSET, RecordHeader, RecordType, decodeDataHead } from '../log/format';
+import { MetaOp, decodeMetaOp } from '../volume/meta-ops';
+import { Inode, ROOT_INO, VolumeState, isDir } from '../volume/state';
+import { isWalSegmentName, walSegmentStartLsn } from '../pg/control';
+import { DEFAULT_WAL_SEGMENT_BYTES } from '../volume/wal-position';
+
+const log = pino({ name: 'lsnfs-standby-gate' }, pino.destination(2));
+
+const WAL_DIR_NAME = 'pg_wal';
+/** How deep below the root pg_wal directories are looked for at mount. */
+const WAL_DIR_SEARCH_DEPTH = 5;
+
+interface HeldRecord { header: RecordHeader; payload: Buffer }
+/** `segment`: the WAL segment whose name the op removes (applied once the standby passed it); null: an op queued behind one. */
+interface DeferredUnlink { header: RecordHeader; op: MetaOp; segment: string | null }
+
+export class StandbyGate {
+  /** Directories of the WAL subtree (pg_wal and its subdirectories). */
+  private readonly walDirs = new Set<number>();
+  /** Files and symlinks inside the WAL subtree. */
+  private readonly walFiles = new Set<number>();
+  /** Non-WAL records waiting for L to reach their tag, in log order. */
+  private readonly held: HeldRecord[] = [];
+  /** WAL segment unlinks waiting for the standby to pass the segment, in log order. */
+  private readonly deferred: DeferredUnlink[] = [];
+  /** Names in pg_wal/ that deferred ops touch: later ops on them wait behind (libfuse renames an open file to .fuse_hidden* before unlinking it). */
+  private readonly deferredNames = new Set<string>();
+  /** View L: non-WAL records tagged at or below it are applied. */
+  viewWalLsn: number;
+  /** The standby no longer reads WAL below this (min of its restart point and L). */
+  private passedWalLsn = 0;
+  /** Record time of the last non-WAL record applied (the view's time). */
+  viewTimeMs = 0;
+  /** Set when the view can no longer be kept (the primary reclaimed log it needed): reads fail with this. */
+  failure: string | null = null;
+
+  /** From the standby's pg_control (PostgreSQL's default until it has written one). */
+  walSegmentBytes = DEFAULT_WAL_SEGMENT_BYTES;
+
+  constructor(private state: VolumeState, viewWalLsn: number) {
+    this.viewWalLsn = viewWalLsn;
+    this.indexWalSubtree();
+  }
+
+  /**
+   * The log LSN at which the non-WAL tree is served (state after every record
+   * below it), and below which the deferred WAL unlinks lie: the primary must
+   * keep every version visible there (the slot's viewLsn).
+   */
+  viewLsn(consumedLsn: number): number {
+    return Math.min(consumedLsn, this.held[0]?.header.lsn ?? Infinity, this.deferred[0]?.header.lsn ?? Infinity);
+  }
+
+  /** After a reload from a checkpoint: a new state, nothing held. */
+  reset(state: VolumeState): void {
+    this.state = state;
+    this.held.length = 0;
+    this.deferred.length = 0;
+    this.deferredNames.clear();
+    this.indexWalSubtree();
+  }
+
+  private indexWalSubtree(): void {
+    this.walDirs.clear();
+    this.walFiles.clear();
+    const addSubtree = (dir: Inode): void => {
+      this.walDirs.add(dir.ino);
+      for (const ino of dir.entries!.values()) {
+        const child = this.state.inodes.get(ino);
+        if (!child) continue;
+        if (isDir(child)) addSubtree(child);
+        else this.walFiles.add(ino);
+      }
+    };
+    const search = (dir: Inode, depth: number): void => {
+      for (const [name, ino] of dir.entries!) {
+        const child = this.state.inodes.get(ino);
+        if (!child || !isDir(child)) continue;
+        if (name === WAL_DIR_NAME) addSubtree(child);
+        else if (depth < WAL_DIR_SEARCH_DEPTH) search(child, depth + 1);
+      }
+    };
+    search(this.state.inode(ROOT_INO), 0);
+  }
+
+  /** Takes one durable record from the tailer, in log order: applies, holds or defers it. */
+  offer(header: RecordHeader, payload: Buffer): void {
+    if (header.type === RecordType.Data) {
+      const head = decodeDataHead(payload);
+      if (head.versionLsn !== 0) {
+        // A cleaner copy: its version may already be in the state (update its place now, the
+        // original place may be reclaimed once we report having consumed this) or still held.
+        this.state.applyData(header, payload);
+        if (this.held.length > 0) this.held.push({ header, payload: Buffer.from(payload.subarray(0, DATA_BYTES_OFFSET)) });
+        return;
+      }
+      if (this.walFiles.has(head.ino)) this.state.applyData(header, payload);
+      // Only the head is needed later: versions point at their record, the bytes stay on the device.
+      else this.hold({ header, payload: Buffer.from(payload.subarray(0, DATA_BYTES_OFFSET)) });
+      return;
+    }
+    if (header.type !== RecordType.Meta) return;
+    const op = decodeMetaOp(payload, header.lsn);
+    if (!this.isWalOp(op)) {
+      this.hold({ header, payload });
+      return;
+    }
+    const segment = this.removedSegment(op);
+    const behind = this.opNames(op).some((name) => this.deferredNames.has(name));
+    if ((segment !== null && (this.deferred.length > 0 || this.segmentEnd(segment) > this.passedWalLsn)) || behind) {
+      this.deferred.push({ header, op, segment });
+      for (const name of this.opNames(op)) this.deferredNames.add(name);
+      return;
+    }
+    this.applyWalOp(header, op);
+  }
+
+  private hold(record: HeldRecord): void {
+    if (this.held.length === 0 && record.header.walLsn <= this.viewWalLsn) this.applyHeld(record);
+    else this.held.push(record);
+  }
+
+  private applyHeld({ header, payload }: HeldRecord): void {
+    if (header.type === RecordType.Data) this.state.applyData(header, payload);
+    else this.state.applyMeta(header, decodeMetaOp(payload, header.lsn));
+    this.viewTimeMs = header.timeMs;
+  }
+
+  private isWalOp(op: MetaOp): boolean {
+    switch (op.op) {
+      case 'create': case 'link': case 'unlink': return this.walDirs.has(op.parent);
+      case 'rename': {
+        const from = this.walDirs.has(op.parent);
+        if (from !== this.walDirs.has(op.newParent)) log.error({ op }, 'a rename across the pg_wal boundary: applied with the non-WAL tree');
+        return from && this.walDirs.has(op.newParent);
+      }
+      case 'setattr': case 'truncate': return this.walFiles.has(op.ino) || this.walDirs.has(op.ino);
+    }
+  }
+
+  /**
+   * The WAL segment name `op` makes disappear: an unlink, or a rename away
+   * from it (libfuse hides a file that is still open by renaming it to
+   * .fuse_hidden*; PostgreSQL's own renames within pg_wal/ go *to* segment names).
+   */
+  private removedSegment(op: MetaOp): string | null {
+    if (op.op === 'unlink' && isWalSegmentName(op.name)) return op.name;
+    if (op.op === 'rename' && isWalSegmentName(op.name) && op.newName !== op.name) return op.name;
+    return null;
+  }
+
+  private opNames(op: MetaOp): string[] {
+    switch (op.op) {
+      case 'create': case 'link': case 'unlink': return [op.name];
+      case 'rename': return [op.name, op.newName];
+      default: return [];
+    }
+  }
+
+  /** The WAL position where segment `name` ends. */
+  private segmentEnd(name: string): number {
+    return walSegmentStartLsn(name, this.walSegmentBytes) + this.walSegmentBytes;
+  }
+
+  private applyWalOp(header: RecordHeader, op: MetaOp): void {
+    const removed = op.op === 'unlink' ? this.state.inode(op.parent).entries!.get(op.name) : undefined;
+    this.state.applyMeta(header, op);
+    if (op.op === 'create') {
+      const inode = this.state.inode(op.ino);
+      if (isDir(inode)) this.walDirs.add(op.ino);
+      else this.walFiles.add(op.ino);
+    } else if (removed !== undefined && !this.state.inodes.has(removed)) {
+      this.walDirs.delete(removed);
+      this.walFiles.delete(removed);
+    }
+  }
+
+  /**
+   * The standby reported progress (from the pg_control it wrote): apply the
+   * held records its view now covers and the WAL unlinks it has passed.
+   * `passedWalLsn`: the standby will never read WAL below this again.
+   */
+  advance(viewWalLsn: number, passedWalLsn: number): void {
+    if (viewWalLsn > this.viewWalLsn) this.viewWalLsn = viewWalLsn;
+    if (passedWalLsn > this.passedWalLsn) this.passedWalLsn = passedWalLsn;
+    let applied = 0;
+    while (applied < this.held.length && this.held[applied]!.header.walLsn <= this.viewWalLsn) this.applyHeld(this.held[applied++]!);
+    this.held.splice(0, applied);
+    let unlinked = 0;
+    for (; unlinked < this.deferred.length; unlinked++) {
+      const { header, op, segment } = this.deferred[unlinked]!;
+      if (segment !== null && this.segmentEnd(segment) > this.passedWalLsn) break;
+      this.applyWalOp(header, op);
+    }
+    this.deferred.splice(0, unlinked);
+    if (this.deferred.length === 0) this.deferredNames.clear();
+  }
+
+}

@@ -1,0 +1,32 @@
+/**
+ * What the FUSE adapter needs from a mounted filesystem: a Volume (primary,
+ * replica, snapshot, branch) or a StandbyVolume (a replica with a private
+ * overlay for a PostgreSQL standby). Paths are absolute inside the volume;
+ * inode numbers come from lookupIno/create and stay valid while a file is open.
+ */
+import type { Stat, StatFs } from './volume';
+
+export type AttrChange = { mode?: number; uid?: number; gid?: number; atimeMs?: number; mtimeMs?: number };
+
+export interface FileSystem {
+  statfs(): StatFs;
+  getattr(path: string): Stat;
+  /** Attributes of an open file (by the inode number it was opened as). */
+  fgetattr(ino: number, path: string): Stat;
+  lookupIno(path: string): number;
+  readdir(path: string): string[];
+  readlink(path: string): string;
+  create(path: string, mode: number, uid: number, gid: number): Promise<{ ino: number }>;
+  mkdir(path: string, mode: number, uid: number, gid: number): Promise<unknown>;
+  symlink(target: string, path: string, uid: number, gid: number): Promise<unknown>;
+  link(existingPath: string, newPath: string): Promise<void>;
+  unlink(path: string): Promise<void>;
+  rmdir(path: string): Promise<void>;
+  rename(from: string, to: string): Promise<void>;
+  setattr(path: string, change: AttrChange): Promise<void>;
+  truncate(ino: number, size: number, path?: string): Promise<void>;
+  read(ino: number, position: number, length: number): Promise<Buffer>;
+  write(ino: number, position: number, data: Buffer, path?: string): Promise<number>;
+  /** fsync of anything. */
+  sync(): Promise<void>;
+}

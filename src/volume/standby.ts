@@ -1,0 +1,559 @@
+/**
+ * A PostgreSQL hot standby's mount: a replica of the shared volume with a
+ * private overlay on local disk (DESIGN.md section 6).
+ *
+ * Reads see a union: what the standby wrote itself (the overlay), else the
+ * shared tree. The shared tree is a replica whose StandbyGate keeps pg_wal/
+ * at the log tail and everything else at view L = the standby's
+ * minRecoveryPoint, which this class learns from every pg_control the
+ * standby writes. Nothing is ever written to the device except the reader
+ * slot.
+ *
+ * The overlay is keyed by path, at page granularity: a file the standby
+ * writes gets an overlay node (its own size and attributes); pages it wrote
+ * come from the page store, the others fall through to the shared file the
+ * node overlays. Files the standby deletes are hidden by shared inode number
+ * (numbers are never reused, so a file the primary creates later at the same
+ * path is a different file and shows). Overlay pages of relation files are
+ * dropped once the shared file holds, at L, a page whose LSN (pd_lsn) is at
+ * least the overlay page's: that page is a state the standby's own replay
+ * passed through, so serving it is correct, and the overlay stays bounded.
+ */
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import pino from 'pino';
+import { BlockDevice } from '../device/device';
+import { FsError, UserError } from '../util/errors';
+import { parseControlFile } from '../pg/control';
+import { StandbyGate } from '../replica/standby-gate';
+import { AttrChange, FileSystem } from './file-system';
+import { PageStore } from './page-store';
+import { Inode, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, isRegular, splitPath } from './state';
+import { Stat, StatFs, Volume } from './volume';
+
+const log = pino({ name: 'lsnfs-standby' }, pino.destination(2));
+
+/** Overlay inode numbers start here, far above any shared inode number (fuse-native reports 32 bits). */
+const OVERLAY_INO_BASE = 0x8000_0000;
+/** How often overlay pages are compared with the shared store (to drop the ones it caught up with). */
+export const OVERLAY_SWEEP_INTERVAL_MS = 1000;
+/** Shared pages read per sweep, so a sweep never floods the device. */
+const SWEEP_PAGE_READS = 512;
+const CONTROL_SUFFIX = '/global/pg_control';
+/** Relation data files (base/<db>/<relfilenode>[_fork][.segment], global/…, tablespaces): their pages carry pd_lsn. */
+const RELATION_FILE = /\/(global|base\/\d+|pg_tblspc\/\d+\/[^/]+\/\d+)\/\d+(_(fsm|vm|init))?(\.\d+)?$/;
+
+interface OverlayPage {
+  slot: number;
+  /** PostgreSQL page LSN (pd_lsn, the page's first 8 bytes); 0 for files whose pages have none. */
+  pdLsn: number;
+  /** Newest shared versionLsn already compared with this page (0: never). */
+  comparedVersionLsn: number;
+}
+
+interface OverlayNode {
+  ino: number;
+  path: string;
+  mode: number; uid: number; gid: number; nlink: number; size: number;
+  atimeMs: number; mtimeMs: number; ctimeMs: number;
+  target?: string;
+  /** The shared file this node overlays (pages fall through to it), or null. */
+  sharedIno: number | null;
+  /** A file the standby created binds to a shared file that appears at its path with a number at or above this. */
+  bindFromIno: number;
+  /** Pages below this, not in the overlay, read from the shared file (its size when copied up, cut by truncates). */
+  fallThroughPages: number;
+  /** Pages dropped from the overlay because the shared file caught up: read from it again. */
+  sharedPages: Set<number>;
+  pages: Map<number, OverlayPage>;
+  /** Page changes of this file run one after another (a partial write reads, patches and stores the page). */
+  chain: Promise<void>;
+}
+
+/** pd_lsn: xlogid (u32) then xrecoff (u32), in the page's first 8 bytes. */
+function pageLsn(page: Buffer): number {
+  return page.readUInt32LE(0) * 0x1_0000_0000 + page.readUInt32LE(4);
+}
+
+function parentPath(path: string): string {
+  const parts = splitPath(path);
+  parts.pop();
+  return '/' + parts.join('/');
+}
+
+function baseName(path: string): string {
+  return splitPath(path).pop() ?? '';
+}
+
+function normalize(path: string): string {
+  return '/' + splitPath(path).join('/');
+}
+
+export class StandbyVolume implements FileSystem {
+  private readonly nodes = new Map<string, OverlayNode>();
+  private readonly nodesByIno = new Map<number, OverlayNode>();
+  /** Overlay children by directory path (names), for readdir. */
+  private readonly children = new Map<string, Set<string>>();
+  /** Shared inodes the standby deleted or renamed away. */
+  private readonly hidden = new Set<number>();
+  private nextIno = OVERLAY_INO_BASE;
+  private sweepTimer: NodeJS.Timeout | null = null;
+  private sweeping = false;
+  /** Overlay pages dropped because the shared store caught up (logged). */
+  private droppedPages = 0;
+
+  constructor(readonly shared: Volume, readonly gate: StandbyGate, private readonly store: PageStore) {
+    const tailer = shared.tailer!;
+    tailer.slotExtras = () => ({ viewWalLsn: gate.viewWalLsn, overlayBytes: this.overlayBytes });
+    this.sweepTimer = setInterval(() => {
+      if (this.sweeping) return;
+      this.sweeping = true;
+      this.dropCaughtUpPages().catch((error: Error) => log.error({ err: error }, 'overlay sweep failed'))
+        .finally(() => { this.sweeping = false; });
+    }, OVERLAY_SWEEP_INTERVAL_MS);
+    this.sweepTimer.unref();
+  }
+
+  get overlayBytes(): number { return this.store.usedBytes; }
+
+  // -------------------------------------------------------------------------
+  // Lookups
+
+  /** The shared inode at `path`, unless it or a directory above it is hidden. */
+  private sharedAt(path: string): Inode | null {
+    let inode = this.shared.state.inodes.get(1)!;
+    for (const name of splitPath(path)) {
+      const child = inode.entries?.get(name);
+      if (child === undefined || this.hidden.has(child)) return null;
+      const next = this.shared.state.inodes.get(child);
+      if (!next) return null;
+      inode = next;
+    }
+    return inode;
+  }
+
+  private nodeStat(node: OverlayNode): Stat {
+    const pages = node.pages.size + node.sharedPages.size;
+    return {
+      ino: node.ino, mode: node.mode, uid: node.uid, gid: node.gid, nlink: node.nlink, size: node.size,
+      atimeMs: node.atimeMs, mtimeMs: node.mtimeMs, ctimeMs: node.ctimeMs,
+      blocks: (Math.max(pages, Math.min(node.fallThroughPages, Math.ceil(node.size / this.pageBytes))) * this.pageBytes) / 512,
+      blksize: this.pageBytes,
+    };
+  }
+
+  private get pageBytes(): number { return this.shared.pageBytes; }
+
+  getattr(path: string): Stat {
+    const key = normalize(path);
+    const node = this.nodes.get(key);
+    if (node) return this.nodeStat(node);
+    const inode = this.sharedAt(key);
+    if (!inode || !this.parentVisible(key)) throw new FsError('ENOENT', path);
+    return this.shared.stat(inode);
+  }
+
+  /** A shared entry shows only while its parent directory shows (the standby may have removed an overlay-only parent). */
+  private parentVisible(path: string): boolean {
+    return path === '/' || this.nodes.has(parentPath(path)) || this.sharedAt(parentPath(path)) !== null;
+  }
+
+  fgetattr(ino: number, path: string): Stat {
+    const node = this.nodesByIno.get(ino);
+    if (node) return this.nodeStat(node);
+    const inode = this.shared.state.inodes.get(ino);
+    if (inode && !this.hidden.has(ino)) return this.shared.stat(inode);
+    return this.getattr(path);
+  }
+
+  lookupIno(path: string): number { return this.getattr(path).ino; }
+
+  statfs(): StatFs { return this.shared.statfs(); }
+
+  readdir(path: string): string[] {
+    const key = normalize(path);
+    const node = this.nodes.get(key);
+    const inode = this.sharedAt(key);
+    if (node && (node.mode & S_IFMT) !== S_IFDIR) throw new FsError('ENOTDIR', path);
+    if (!node && !inode) throw new FsError('ENOENT', path);
+    const names = new Set<string>();
+    if (inode?.entries) for (const [name, ino] of inode.entries) if (!this.hidden.has(ino)) names.add(name);
+    for (const name of this.children.get(key) ?? []) names.add(name);
+    return [...names];
+  }
+
+  readlink(path: string): string {
+    const node = this.nodes.get(normalize(path));
+    if (node) {
+      if (node.target === undefined) throw new FsError('EINVAL', path);
+      return node.target;
+    }
+    if (!this.sharedAt(normalize(path))) throw new FsError('ENOENT', path);
+    return this.shared.readlink(path);
+  }
+
+  // -------------------------------------------------------------------------
+  // Namespace changes (all in the overlay)
+
+  private addNode(node: OverlayNode): OverlayNode {
+    this.nodes.set(node.path, node);
+    this.nodesByIno.set(node.ino, node);
+    const parent = parentPath(node.path);
+    let names = this.children.get(parent);
+    if (!names) this.children.set(parent, names = new Set());
+    names.add(baseName(node.path));
+    return node;
+  }
+
+  /** Takes the node out of the namespace, keeping its pages (a rename puts it back). */
+  private detachNode(node: OverlayNode): void {
+    this.nodes.delete(node.path);
+    if (this.nodesByIno.get(node.ino) === node) this.nodesByIno.delete(node.ino);
+    this.children.get(parentPath(node.path))?.delete(baseName(node.path));
+  }
+
+  private removeNode(node: OverlayNode): void {
+    this.detachNode(node);
+    for (const page of node.pages.values()) this.store.release(page.slot);
+    node.pages.clear();
+  }
+
+  private newNode(path: string, mode: number, uid: number, gid: number, fields: Partial<OverlayNode> = {}): OverlayNode {
+    const now = Date.now();
+    return {
+      ino: this.nextIno++, path, mode, uid, gid, nlink: (mode & S_IFMT) === S_IFDIR ? 2 : 1, size: 0,
+      atimeMs: now, mtimeMs: now, ctimeMs: now, sharedIno: null, bindFromIno: this.shared.state.nextIno,
+      fallThroughPages: 0, sharedPages: new Set(), pages: new Map(), chain: Promise.resolve(), ...fields,
+    };
+  }
+
+  private requireNew(path: string): string {
+    const key = normalize(path);
+    if (this.exists(key)) throw new FsError('EEXIST', path);
+    const parent = this.getattr(parentPath(key));
+    if ((parent.mode & S_IFMT) !== S_IFDIR) throw new FsError('ENOTDIR', path);
+    return key;
+  }
+
+  private exists(key: string): boolean {
+    try {
+      this.getattr(key);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  async create(path: string, mode: number, uid: number, gid: number): Promise<{ ino: number }> {
+    const key = this.requireNew(path);
+    return this.addNode(this.newNode(key, S_IFREG | (mode & 0o7777), uid, gid));
+  }
+
+  async mkdir(path: string, mode: number, uid: number, gid: number): Promise<unknown> {
+    const key = this.requireNew(path);
+    return this.addNode(this.newNode(key, S_IFDIR | (mode & 0o7777), uid, gid));
+  }
+
+  async symlink(target: string, path: string, uid: number, gid: number): Promise<unknown> {
+    const key = this.requireNew(path);
+    return this.addNode(this.newNode(key, S_IFLNK | 0o777, uid, gid, { target, size: Buffer.byteLength(target) }));
+  }
+
+  async link(existingPath: string): Promise<void> {
+    throw new FsError('EPERM', `${existingPath}: hard links are not supported on a standby's overlay`);
+  }
+
+  /** Removes `key` from the standby's view: its overlay node, and the shared file there (hidden). */
+  private remove(key: string): void {
+    const node = this.nodes.get(key);
+    const shared = this.sharedAt(key);
+    if (!node && !shared) throw new FsError('ENOENT', key);
+    if (node) {
+      this.removeNode(node);
+      if (node.sharedIno !== null) this.hidden.add(node.sharedIno);
+    }
+    if (shared) this.hidden.add(shared.ino);
+  }
+
+  async unlink(path: string): Promise<void> {
+    const key = normalize(path);
+    if ((this.getattr(key).mode & S_IFMT) === S_IFDIR) throw new FsError('EISDIR', path);
+    this.remove(key);
+  }
+
+  async rmdir(path: string): Promise<void> {
+    const key = normalize(path);
+    if ((this.getattr(key).mode & S_IFMT) !== S_IFDIR) throw new FsError('ENOTDIR', path);
+    if (this.readdir(key).length > 0) throw new FsError('ENOTEMPTY', path);
+    this.remove(key);
+  }
+
+  async rename(from: string, to: string): Promise<void> {
+    const source = normalize(from);
+    const target = normalize(to);
+    const stat = this.getattr(source);
+    if (source === target) return;
+    if ((stat.mode & S_IFMT) === S_IFDIR) {
+      // PostgreSQL renames files only; a directory would need its whole shared subtree copied up.
+      throw new FsError('EXDEV', `${from}: renaming directories is not supported on a standby's overlay`);
+    }
+    if (this.exists(target)) {
+      if ((this.getattr(target).mode & S_IFMT) === S_IFDIR) throw new FsError('EISDIR', to);
+      this.remove(target);
+    }
+    // The node moves with its pages; the shared file it overlays no longer shows at the old path.
+    const node = this.nodes.get(source) ?? this.copyUp(stat.ino, source);
+    this.detachNode(node);
+    if (node.sharedIno !== null) this.hidden.add(node.sharedIno);
+    const sharedAtSource = this.sharedAt(source);
+    if (sharedAtSource) this.hidden.add(sharedAtSource.ino);
+    node.path = target;
+    node.ctimeMs = Date.now();
+    this.addNode(node);
+  }
+
+  async setattr(path: string, change: AttrChange): Promise<void> {
+    const key = normalize(path);
+    const node = this.nodes.get(key) ?? this.copyUp(this.getattr(key).ino, key);
+    if (change.mode !== undefined) node.mode = (node.mode & S_IFMT) | (change.mode & 0o7777);
+    if (change.uid !== undefined) node.uid = change.uid;
+    if (change.gid !== undefined) node.gid = change.gid;
+    if (change.atimeMs !== undefined) node.atimeMs = change.atimeMs;
+    if (change.mtimeMs !== undefined) node.mtimeMs = change.mtimeMs;
+    node.ctimeMs = Date.now();
+  }
+
+  /** The overlay node for an open file, copying up the shared file's attributes the first time (no pages). */
+  private copyUp(ino: number, path: string | undefined): OverlayNode {
+    const existing = this.nodesByIno.get(ino);
+    if (existing) return existing;
+    const inode = this.shared.state.inodes.get(ino);
+    if (!inode || this.hidden.has(ino) || path === undefined) throw new FsError('ENOENT', `inode ${ino}${path ? ` (${path})` : ''}`);
+    const key = normalize(path);
+    if (this.nodes.has(key)) throw new FsError('EIO', `${path}: the standby replaced this file while it was open`);
+    return this.addNode({
+      ino, path: key, mode: inode.mode, uid: inode.uid, gid: inode.gid, nlink: inode.nlink, size: inode.size,
+      atimeMs: inode.atimeMs, mtimeMs: inode.mtimeMs, ctimeMs: inode.ctimeMs,
+      ...(inode.target !== undefined ? { target: inode.target } : {}),
+      sharedIno: isRegular(inode) ? ino : null, bindFromIno: Number.POSITIVE_INFINITY,
+      fallThroughPages: Math.ceil(inode.size / this.pageBytes), sharedPages: new Set(), pages: new Map(), chain: Promise.resolve(),
+    });
+  }
+
+  // -------------------------------------------------------------------------
+  // File data
+
+  private fallsThrough(node: OverlayNode, pageNo: number): boolean {
+    return node.sharedIno !== null && (pageNo < node.fallThroughPages || node.sharedPages.has(pageNo));
+  }
+
+  /** Page `pageNo` as the standby sees it: its own copy, else the shared page, else zeros. */
+  private async nodePage(node: OverlayNode, pageNo: number): Promise<Buffer> {
+    const own = node.pages.get(pageNo);
+    if (own) return this.store.read(own.slot);
+    if (this.fallsThrough(node, pageNo)) {
+      const inode = this.shared.state.inodes.get(node.sharedIno!);
+      if (inode && isRegular(inode)) return this.shared.readPage(inode, pageNo);
+    }
+    return Buffer.alloc(this.pageBytes);
+  }
+
+  async read(ino: number, position: number, length: number): Promise<Buffer> {
+    if (this.gate.failure) throw new FsError('EIO', this.gate.failure);
+    const node = this.nodesByIno.get(ino);
+    if (!node) {
+      if (this.hidden.has(ino)) throw new FsError('ENOENT', `inode ${ino}`);
+      return this.shared.read(ino, position, length);
+    }
+    if ((node.mode & S_IFMT) === S_IFDIR) throw new FsError('EISDIR', node.path);
+    const end = Math.min(node.size, position + length);
+    if (end <= position) return Buffer.alloc(0);
+    const firstPage = Math.floor(position / this.pageBytes);
+    const lastPage = Math.floor((end - 1) / this.pageBytes);
+    const pages = await Promise.all(Array.from({ length: lastPage - firstPage + 1 }, (_, i) => this.nodePage(node, firstPage + i)));
+    const whole = pages.length === 1 ? pages[0]! : Buffer.concat(pages);
+    return whole.subarray(position - firstPage * this.pageBytes, end - firstPage * this.pageBytes);
+  }
+
+  /** Stores a new copy of a page (copy on write: a read of the old copy in flight stays valid). */
+  private async storePage(node: OverlayNode, pageNo: number, page: Buffer): Promise<void> {
+    const slot = this.store.allocate();
+    await this.store.write(slot, page);
+    const old = node.pages.get(pageNo);
+    if (old) this.store.release(old.slot);
+    if (!this.nodes.has(node.path) || this.nodes.get(node.path) !== node) {
+      // Deleted while we wrote: nothing refers to the page any more.
+      this.store.release(slot);
+      return;
+    }
+    node.pages.set(pageNo, { slot, pdLsn: RELATION_FILE.test(node.path) ? pageLsn(page) : 0, comparedVersionLsn: 0 });
+    node.sharedPages.delete(pageNo);
+  }
+
+  private onNode<T>(node: OverlayNode, change: () => Promise<T>): Promise<T> {
+    const run = node.chain.then(change);
+    node.chain = run.then(() => undefined, () => undefined);
+    return run;
+  }
+
+  async write(ino: number, position: number, data: Buffer, path?: string): Promise<number> {
+    const node = this.copyUp(ino, path);
+    if ((node.mode & S_IFMT) !== S_IFREG) throw new FsError('EISDIR', node.path);
+    const pageBytes = this.pageBytes;
+    await this.onNode(node, async () => {
+      const firstPage = Math.floor(position / pageBytes);
+      const lastPage = Math.floor((position + data.length - 1) / pageBytes);
+      await Promise.all(Array.from({ length: lastPage - firstPage + 1 }, async (_, i) => {
+        const pageNo = firstPage + i;
+        const start = Math.max(position, pageNo * pageBytes);
+        const end = Math.min(position + data.length, (pageNo + 1) * pageBytes);
+        const whole = end - start === pageBytes;
+        const page = whole ? Buffer.from(data.subarray(start - position, end - position)) : await this.nodePage(node, pageNo);
+        if (!whole) data.copy(page, start - pageNo * pageBytes, start - position, end - position);
+        await this.storePage(node, pageNo, page);
+      }));
+      node.size = Math.max(node.size, position + data.length);
+      node.mtimeMs = node.ctimeMs = Date.now();
+    });
+    if (position === 0 && node.path.endsWith(CONTROL_SUFFIX)) this.learnFromControlFile(data);
+    return data.length;
+  }
+
+  /**
+   * The standby wrote its pg_control: its minRecoveryPoint is the view L
+   * (every page it may read from the shared tree is then no newer than what it
+   * has replayed), and its restart point bounds the WAL it may still read.
+   */
+  private learnFromControlFile(bytes: Buffer): void {
+    const control = parseControlFile(bytes);
+    if (!control) return;
+    this.gate.walSegmentBytes = control.walSegmentBytes;
+    const before = this.gate.viewWalLsn;
+    this.gate.advance(control.minRecoveryPoint, Math.min(control.redoLsn, control.minRecoveryPoint));
+    this.shared.tailer!.followGate();
+    if (this.gate.viewWalLsn !== before) log.debug({ viewWalLsn: this.gate.viewWalLsn }, 'standby view advanced');
+  }
+
+  async truncate(ino: number, size: number, path?: string): Promise<void> {
+    const node = this.copyUp(ino, path);
+    if ((node.mode & S_IFMT) !== S_IFREG) throw new FsError('EISDIR', node.path);
+    const pageBytes = this.pageBytes;
+    await this.onNode(node, async () => {
+      const keepPages = Math.ceil(size / pageBytes);
+      const cut = size % pageBytes;
+      if (cut !== 0 && size < node.size) {
+        // The rest of the boundary page must read as zeros if the file grows again.
+        const page = await this.nodePage(node, keepPages - 1);
+        page.fill(0, cut);
+        await this.storePage(node, keepPages - 1, page);
+      }
+      for (const [pageNo, page] of [...node.pages]) {
+        if (pageNo < keepPages) continue;
+        this.store.release(page.slot);
+        node.pages.delete(pageNo);
+      }
+      for (const pageNo of [...node.sharedPages]) if (pageNo >= keepPages) node.sharedPages.delete(pageNo);
+      node.fallThroughPages = Math.min(node.fallThroughPages, Math.floor(size / pageBytes));
+      node.size = size;
+      node.mtimeMs = node.ctimeMs = Date.now();
+    });
+  }
+
+  /** The overlay is scratch space (a restarted standby starts from the shared state): nothing to make durable. */
+  async sync(): Promise<void> {}
+
+  // -------------------------------------------------------------------------
+  // Keeping the overlay bounded
+
+  /**
+   * Drops overlay pages of relation files whose shared version (at L) has a
+   * page LSN at least as new. Runs in the background; each drop runs in the
+   * file's chain, so it never races the standby's own writes of that page.
+   */
+  async dropCaughtUpPages(): Promise<void> {
+    const droppedBefore = this.droppedPages;
+    try {
+      await this.sweep();
+    } finally {
+      if (this.droppedPages > droppedBefore) {
+        log.debug({ dropped: this.droppedPages - droppedBefore, overlayBytes: this.overlayBytes }, 'overlay pages dropped: the shared store caught up');
+      }
+    }
+  }
+
+  private async sweep(): Promise<void> {
+    let reads = 0;
+    for (const node of [...this.nodes.values()]) {
+      if (!RELATION_FILE.test(node.path)) continue;
+      this.bindCreatedFile(node);
+      if (node.sharedIno === null) continue;
+      const inode = this.shared.state.inodes.get(node.sharedIno);
+      if (!inode?.pages) continue;
+      for (const [pageNo, page] of [...node.pages]) {
+        if (reads >= SWEEP_PAGE_READS) return;
+        if (page.pdLsn === 0) continue;
+        const versions = inode.pages.get(pageNo);
+        const newest = versions?.[versions.length - 1]?.versionLsn ?? 0;
+        if (newest === 0 || newest === page.comparedVersionLsn) continue;
+        reads++;
+        await this.onNode(node, async () => {
+          if (node.pages.get(pageNo) !== page) return;
+          const sharedPage = await this.shared.readPage(inode, pageNo);
+          if (node.pages.get(pageNo) !== page) return;
+          page.comparedVersionLsn = newest;
+          if (pageLsn(sharedPage) < page.pdLsn) return;
+          node.pages.delete(pageNo);
+          this.store.release(page.slot);
+          node.sharedPages.add(pageNo);
+          this.droppedPages++;
+        });
+      }
+    }
+  }
+
+  /** A relation file the standby created itself (replaying its creation) is the file the primary created at that path. */
+  private bindCreatedFile(node: OverlayNode): void {
+    if (node.sharedIno !== null) return;
+    const inode = this.sharedAt(node.path);
+    if (inode && isRegular(inode) && inode.ino >= node.bindFromIno) node.sharedIno = inode.ino;
+  }
+
+  async close(): Promise<void> {
+    if (this.sweepTimer) clearInterval(this.sweepTimer);
+    await this.shared.close();
+    await this.store.close();
+  }
+}
+
+export interface StandbyOpenOptions {
+  host: string;
+  /** Local directory for the private overlay (emptied: a standby mount starts from the shared state). */
+  overlayDir: string;
+  pollIntervalMs: number;
+}
+
+/**
+ * Mounts a replica for a PostgreSQL standby: catch up with the log like any
+ * replica, then put the gate in front of the tailer. The view starts at L = 0:
+ * nothing new outside pg_wal/ is applied until the standby's pg_control says
+ * how far it has replayed (`lsnfs pg standby` writes the first one).
+ */
+export async function openStandby(device: BlockDevice, options: StandbyOpenOptions): Promise<StandbyVolume> {
+  if (existsSync(path.join(options.overlayDir, 'branch.json'))) {
+    throw new UserError(`overlay ${options.overlayDir}: it holds a branch (a writable snapshot); give a standby its own directory`);
+  }
+  const shared = await Volume.openReader(device, { host: options.host, role: 'replica', pollIntervalMs: options.pollIntervalMs });
+  try {
+    const tailer = shared.tailer!;
+    const gate = await tailer.betweenPolls(async () => {
+      tailer.gate = new StandbyGate(shared.state, 0);
+      tailer.followGate();
+      return tailer.gate;
+    });
+    const store = await PageStore.create(options.overlayDir, shared.pageBytes);
+    return new StandbyVolume(shared, gate, store);
+  } catch (error) {
+    await shared.close().catch(() => undefined);
+    throw error;
+  }
+}

@@ -1,0 +1,229 @@
+/**
+ * PostgreSQL hot standbys on lsnfs replica mounts (issue 4): no data copy,
+ * WAL read from the shared pg_wal/, each standby with its own overlay.
+ *
+ * One primary under pgbench (tpcb-like) for 60 s, two standbys answering the
+ * consistent-read oracle throughout (the four tpcb sums, in one statement,
+ * must agree: a page from the standby's future or past breaks them), DDL with
+ * one standby paused so that the files and WAL segments the primary drops are
+ * gone before it replays them, then catch-up, checksums and pg_amcheck; a
+ * standby killed with its mount comes back on a fresh overlay; bad input.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { TestVolume, crashDaemon, destroyVolume, lsnfs, lsnfsOk, makeVolume, run, sleep } from '../support/harness';
+import {
+  PGBENCH_TABLES, PgCluster, flushLsn, formatPgLsn, parsePgLsn, pgbenchInit, startPgbench, tableChecksums, tpcbBalances, waitForReplay,
+} from '../../src/pg';
+
+/** Small enough that the oracle's scans stay in shared_buffers (a bigger table is read through a ring buffer, from FUSE, every time). */
+const SCALE = 2;
+const LOAD_S = 60;
+const PRIMARY_PORT = 20000 + (process.pid % 10000) * 2;
+const CATCH_UP_TIMEOUT_MS = 60_000;
+
+interface Standby { name: string; mountpoint: string; overlay: string; cluster: PgCluster; port: number }
+
+interface StatusJson {
+  walLsn: number;
+  replicas: Array<{ host: string; viewWalLsn: number; overlayBytes: number; live: boolean }>;
+}
+
+test('PostgreSQL hot standbys on replica mounts: consistent reads under pgbench, DDL, catch-up, restart, bad input', { timeout: 600_000 }, async (t) => {
+  const volume = await makeVolume({ name: 'standby', size: '4G' });
+  await fsp.chmod(volume.dir, 0o755); // PostgreSQL runs as postgres and must reach the mounts and run dirs
+  const runDir = (name: string): string => path.join(volume.dir, `run-${name}`);
+  const primary = new PgCluster({ dataDir: path.join(volume.mountpoint, 'pgdata'), runDir: runDir('primary'), port: PRIMARY_PORT });
+  const standbys: Standby[] = [];
+  const mountpointOf = (name: string): string => path.join(volume.dir, `mnt-${name}`);
+  const withMountpoint = (mountpoint: string): TestVolume => ({ ...volume, mountpoint });
+
+  async function startStandby(name: string, port: number, overlay: string): Promise<Standby> {
+    const mountpoint = mountpointOf(name);
+    await fsp.mkdir(mountpoint, { recursive: true });
+    const started = Date.now();
+    await lsnfsOk(['pg', 'standby', '--device', volume.device, '--mountpoint', mountpoint, '--overlay', overlay,
+      '--port', String(port), '--run-dir', runDir(name), '--host', name], volume.env);
+    t.diagnostic(`standby ${name}: mounted and accepting read-only connections in ${Date.now() - started} ms`);
+    const standby = { name, mountpoint, overlay, port, cluster: new PgCluster({ dataDir: path.join(mountpoint, 'pgdata'), runDir: runDir(name), port }) };
+    standbys.push(standby);
+    return standby;
+  }
+
+  async function status(): Promise<StatusJson> {
+    return JSON.parse(await lsnfsOk(['status', '--device', volume.device, '--json'], volume.env)) as StatusJson;
+  }
+
+  let failed = false;
+  t.after(async () => {
+    // LSNFS_TEST_KEEP=1 leaves a failed run's servers, mounts and logs in place for a look.
+    if (failed && process.env.LSNFS_TEST_KEEP) { t.diagnostic(`kept ${volume.dir}`); return; }
+    for (const standby of standbys) {
+      await standby.cluster.stopQuietly('immediate');
+      const result = await lsnfs(['umount', '--mountpoint', standby.mountpoint], volume.env);
+      if (result.code !== 0) await run('umount', ['-l', standby.mountpoint]).catch(() => undefined);
+    }
+    await primary.stopQuietly('immediate');
+    await destroyVolume(volume);
+  });
+
+  try {
+    await scenario();
+  } catch (error) {
+    failed = true;
+    // What the daemons and servers said, before the after hook removes their directory.
+    for (const file of (await fsp.readdir(path.join(volume.dir, 'run')).catch(() => [])).filter((f) => f.endsWith('.log'))) {
+      const text = await fsp.readFile(path.join(volume.dir, 'run', file), 'utf8');
+      t.diagnostic(`${file}:\n${text.split('\n').filter((l) => !/"level":30/.test(l)).slice(-15).join('\n')}`);
+    }
+    for (const standby of [primary, ...standbys.map((s) => s.cluster)]) {
+      t.diagnostic(`server log of port ${standby.port}:\n${(await standby.logTail(400)).split('\n').filter((l) => !/waiting for WAL|invalid record length/.test(l)).slice(-15).join('\n')}`);
+    }
+    throw error;
+  }
+
+  async function scenario(): Promise<void> {
+    // The primary, through the one command a user types.
+    await lsnfsOk(['pg', 'primary', '--device', volume.device, '--mountpoint', volume.mountpoint, '--port', String(PRIMARY_PORT),
+      '--run-dir', runDir('primary')], volume.env);
+    // Frequent checkpoints: the primary removes WAL segments and the standbys make restart points within the run.
+    await primary.reconfigure({ checkpoint_timeout: '30s' });
+    await pgbenchInit(primary, SCALE);
+    await primary.psql('CREATE EXTENSION amcheck');
+    // A data directory of another major version, for the bad-input check at the end.
+    await fsp.mkdir(path.join(volume.mountpoint, 'pg14data'));
+    await fsp.writeFile(path.join(volume.mountpoint, 'pg14data', 'PG_VERSION'), '14\n');
+
+    // LSN awareness: the database LSN in status is where the WAL written so far ends (PostgreSQL writes whole 8 KiB WAL pages).
+    await primary.psql('CHECKPOINT');
+    const flushedBefore = await flushLsn(primary);
+    const { walLsn } = await status();
+    const insertAfter = parsePgLsn(await primary.psql('SELECT pg_current_wal_insert_lsn()'));
+    assert.ok(walLsn >= flushedBefore, `database LSN ${formatPgLsn(walLsn)} is behind the flushed WAL ${formatPgLsn(flushedBefore)}`);
+    assert.ok(walLsn <= Math.ceil(insertAfter / 8192) * 8192, `database LSN ${formatPgLsn(walLsn)} is ahead of the WAL ${formatPgLsn(insertAfter)}`);
+    const statusText = await lsnfsOk(['status', '--device', volume.device], volume.env);
+    assert.match(statusText, /database LSN [0-9A-F]+\/[0-9A-F]+/);
+
+    const a = await startStandby('standby-a', PRIMARY_PORT + 1, path.join(volume.dir, 'overlay-a'));
+    const b = await startStandby('standby-b', PRIMARY_PORT + 2, path.join(volume.dir, 'overlay-b'));
+    assert.equal(await a.cluster.psql('SELECT pg_is_in_recovery()'), 't');
+
+    // Load, with the oracle running on both standbys all the time.
+    const pgbench = await startPgbench(primary, { clients: 4, threads: 2, durationS: LOAD_S, noVacuum: true });
+    let loadDone = false;
+    const oracle = async (standby: Standby): Promise<number> => {
+      let checks = 0;
+      while (!loadDone) {
+        const sums = await tpcbBalances(standby.cluster);
+        assert.ok(sums.consistent, `standby ${standby.name} saw inconsistent sums after ${checks} checks: ${JSON.stringify(sums)}`);
+        checks++;
+      }
+      return checks;
+    };
+    const oracles = [oracle(a), oracle(b)];
+    oracles.forEach((o) => o.catch(() => { loadDone = true; }));
+
+    // DDL while standby b is paused: its files and the WAL segments behind them are dropped on the primary before b replays them.
+    await sleep(10_000);
+    await b.cluster.psql('SELECT pg_wal_replay_pause()');
+    const pausedAt = parsePgLsn(await b.cluster.psql('SELECT pg_last_wal_replay_lsn()'));
+    await primary.psql('CREATE TABLE ddl_kept AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g');
+    await primary.psql('CREATE INDEX ddl_kept_v ON ddl_kept (v)');
+    await primary.psql('CREATE TABLE ddl_dropped AS SELECT g AS id FROM generate_series(1, 50000) g');
+    await primary.psql('CREATE TABLE ddl_truncated AS SELECT g AS id FROM generate_series(1, 10000) g');
+    await primary.psql('DELETE FROM ddl_kept WHERE id % 2 = 0');
+    await primary.psql('VACUUM FULL ddl_kept');
+    await primary.psql('TRUNCATE ddl_truncated');
+    await primary.psql('INSERT INTO ddl_truncated SELECT g FROM generate_series(1, 100) g');
+    await primary.psql('DROP TABLE ddl_dropped');
+    for (let i = 0; i < 3; i++) await primary.psql('SELECT pg_switch_wal(); CHECKPOINT');
+    const oldestKept = await primary.psql("SELECT min(name) FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$'");
+    const segmentBytes = 16 * 1024 * 1024;
+    assert.ok(Math.floor(pausedAt / segmentBytes) < parseInt(oldestKept.slice(8, 16), 16) * 256 + parseInt(oldestKept.slice(16), 16),
+      `the primary removed the WAL segment standby-b paused in (${formatPgLsn(pausedAt)}; oldest kept ${oldestKept})`);
+    await b.cluster.psql('SELECT pg_wal_replay_resume()');
+
+    const load = await pgbench.result;
+    loadDone = true;
+    const checks = await Promise.all(oracles);
+    assert.equal(load.exitCode, 0, `pgbench: ${load.stderr}`);
+    t.diagnostic(`pgbench ${LOAD_S} s: ${load.tps} tps; oracle checks: ${checks.join(', ')}`);
+    assert.ok(checks.every((n) => n > 0));
+
+    // Catch-up: every standby reaches the primary's final LSN and holds the same rows.
+    const finalLsn = await flushLsn(primary);
+    const tables = { ...PGBENCH_TABLES, ddl_kept: 'id', ddl_truncated: 'id' };
+    const expected = await tableChecksums(primary, tables);
+    for (const standby of [a, b]) {
+      const ms = await waitForReplay(standby.cluster, finalLsn, CATCH_UP_TIMEOUT_MS);
+      t.diagnostic(`${standby.name} replayed to ${formatPgLsn(finalLsn)} ${ms} ms after the load stopped`);
+      assert.deepEqual(await tableChecksums(standby.cluster, tables), expected, `${standby.name}: table checksums differ from the primary's`);
+      assert.equal(await standby.cluster.psql("SELECT count(*) FROM pg_class WHERE relname = 'ddl_dropped'"), '0');
+      assert.equal(await standby.cluster.psql("SELECT count(*) FROM ddl_kept WHERE v = md5('3')"), '1', 'the index built on the primary answers on the standby');
+    }
+    const check = await a.cluster.amcheck('postgres', { readOnly: true });
+    assert.ok(check.clean, `pg_amcheck on standby-a:\n${check.output}`);
+
+    // Status: each standby reports the database LSN it is served at and its overlay's size.
+    const afterLoad = await status();
+    for (const standby of [a, b]) {
+      const slot = afterLoad.replicas.find((r) => r.host === standby.name);
+      assert.ok(slot?.live, `${standby.name} has a live slot`);
+      assert.ok(slot.viewWalLsn > 0, `${standby.name} reports its database LSN`);
+      assert.ok(slot.overlayBytes > 0, `${standby.name} reports its overlay size`);
+      t.diagnostic(`${standby.name}: served at ${formatPgLsn(slot.viewWalLsn)}, overlay ${slot.overlayBytes} bytes`);
+    }
+
+    // The overlay stays bounded: once the primary's checkpoint has put newer pages on the shared store and the
+    // standby's restart point has moved its view past them, the pages it had evicted leave its overlay.
+    const overlayOf = async (standby: Standby): Promise<number> => (await status()).replicas.find((r) => r.host === standby.name)!.overlayBytes;
+    const overlayBefore = await overlayOf(a);
+    await primary.psql('CHECKPOINT');
+    await waitForReplay(a.cluster, await flushLsn(primary), CATCH_UP_TIMEOUT_MS);
+    await a.cluster.psql('CHECKPOINT');
+    let overlayAfter = await overlayOf(a);
+    for (let polls = 0; overlayAfter >= overlayBefore && polls < 100; polls++) {
+      await sleep(200);
+      overlayAfter = await overlayOf(a);
+    }
+    t.diagnostic(`standby-a overlay: ${overlayBefore} bytes after the load, ${overlayAfter} after a checkpoint and a restart point`);
+    assert.ok(overlayAfter < overlayBefore, `standby-a's overlay did not shrink (${overlayBefore} -> ${overlayAfter} bytes)`);
+
+    // Restart: kill -9 standby b's PostgreSQL and its mount, come back on a fresh overlay, catch up.
+    const crashed = await b.cluster.crash({ killChildren: true });
+    await crashDaemon(withMountpoint(b.mountpoint));
+    await PgCluster.killLeftovers(crashed, 5_000);
+    standbys.splice(standbys.indexOf(b), 1);
+    await primary.psql('CREATE TABLE after_restart AS SELECT g AS id FROM generate_series(1, 1000) g');
+    const b2 = await startStandby('standby-b', b.port, path.join(volume.dir, 'overlay-b2'));
+    const restartLsn = await flushLsn(primary);
+    await waitForReplay(b2.cluster, restartLsn, CATCH_UP_TIMEOUT_MS);
+    assert.equal(await b2.cluster.psql('SELECT count(*) FROM after_restart'), '1000');
+    assert.ok((await tpcbBalances(b2.cluster)).consistent);
+
+    // Bad input: a standby on a replica mount without an overlay; a data directory of another major version.
+    const plainReplica = mountpointOf('plain');
+    await fsp.mkdir(plainReplica);
+    await lsnfsOk(['mount', '--device', volume.device, '--mountpoint', plainReplica, '--role', 'replica', '--host', 'plain', '--allow-other'], volume.env);
+    const readOnly = await lsnfs(['pg', 'standby', '--device', volume.device, '--mountpoint', plainReplica, '--port', String(PRIMARY_PORT + 3)], volume.env);
+    await lsnfsOk(['umount', '--mountpoint', plainReplica], volume.env);
+    assert.notEqual(readOnly.code, 0);
+    assert.match(readOnly.stderr, /read-only replica mount \(mounted without --overlay\)/);
+    const wrongMajor = await lsnfs(['pg', 'standby', '--device', volume.device, '--mountpoint', a.mountpoint, '--pgdata', 'pg14data',
+      '--port', String(PRIMARY_PORT + 4)], volume.env);
+    assert.notEqual(wrongMajor.code, 0);
+    assert.match(wrongMajor.stderr, /data directory is PostgreSQL 14, but this host's PostgreSQL binaries .* are version 15/);
+
+    for (const standby of [...standbys]) {
+      await standby.cluster.stop('fast');
+      await lsnfsOk(['umount', '--mountpoint', standby.mountpoint], volume.env);
+    }
+    standbys.length = 0;
+    await primary.stop('fast');
+    await lsnfsOk(['umount', '--mountpoint', volume.mountpoint], volume.env);
+    const fsck = JSON.parse(await lsnfsOk(['fsck', '--device', volume.device, '--json'], volume.env)) as { ok: boolean; problems: unknown[] };
+    assert.ok(fsck.ok, `fsck: ${JSON.stringify(fsck.problems)}`);
+  }
+});

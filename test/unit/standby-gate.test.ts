@@ -1,0 +1,72 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { RecordHeader, RecordType, encodeDataPayload } from '../../src/log/format';
+import { StandbyGate } from '../../src/replica/standby-gate';
+import { MetaOp, encodeMetaOp } from '../../src/volume/meta-ops';
+import { ROOT_INO, S_IFDIR, S_IFREG, VolumeState } from '../../src/volume/state';
+
+const PAGE = 8192;
+const SEGMENT = 16 * 1024 * 1024;
+const SEG_5 = '000000010000000000000005';
+
+/** Feeds records to a state (and optionally a gate) with consecutive LSNs and the given walLsn tags. */
+class Feed {
+  lsn = 4096;
+  constructor(readonly state: VolumeState, readonly gate: StandbyGate | null) {}
+  private header(type: RecordType, payloadBytes: number, walLsn: number): RecordHeader {
+    const header = { lsn: this.lsn, epoch: 1, type, flags: 0, payloadBytes, payloadCrc: 0, timeMs: 1000 + this.lsn, durableLsn: 0, walLsn };
+    this.lsn += 512;
+    return header;
+  }
+  meta(op: MetaOp, walLsn: number): void {
+    const payload = encodeMetaOp(op);
+    const header = this.header(RecordType.Meta, payload.length, walLsn);
+    if (this.gate) this.gate.offer(header, payload);
+    else this.state.applyMeta(header, op);
+  }
+  data(ino: number, pageNo: number, walLsn: number): void {
+    const payload = encodeDataPayload({ ino, pageNo, offsetInPage: 0, length: PAGE, versionLsn: 0 }, Buffer.alloc(PAGE, 7));
+    const header = this.header(RecordType.Data, payload.length, walLsn);
+    if (this.gate) this.gate.offer(header, payload);
+    else this.state.applyData(header, payload);
+  }
+}
+
+test('standby gate: pg_wal/ follows the tail, the rest waits for L, removed segments stay until the standby passed them', () => {
+  const state = VolumeState.empty(PAGE, 0o755, 0);
+  const setup = new Feed(state, null);
+  setup.meta({ op: 'create', parent: ROOT_INO, name: 'pgdata', ino: 2, mode: S_IFDIR | 0o700, uid: 0, gid: 0 }, 0);
+  setup.meta({ op: 'create', parent: 2, name: 'pg_wal', ino: 3, mode: S_IFDIR | 0o700, uid: 0, gid: 0 }, 0);
+  setup.meta({ op: 'create', parent: 2, name: 'base', ino: 4, mode: S_IFDIR | 0o700, uid: 0, gid: 0 }, 0);
+  setup.meta({ op: 'create', parent: 3, name: SEG_5, ino: 5, mode: S_IFREG | 0o600, uid: 0, gid: 0 }, 0);
+
+  const gate = new StandbyGate(state, 5 * SEGMENT);
+  const feed = new Feed(state, gate);
+  feed.lsn = setup.lsn;
+  // WAL is written at the tail; a relation file created and written after it waits for L.
+  feed.data(5, 0, 5 * SEGMENT + PAGE);
+  feed.meta({ op: 'create', parent: 4, name: '16384', ino: 6, mode: S_IFREG | 0o600, uid: 0, gid: 0 }, 5 * SEGMENT + PAGE);
+  const heldFrom = feed.lsn - 512;
+  feed.data(6, 0, 5 * SEGMENT + 2 * PAGE);
+  feed.meta({ op: 'create', parent: 3, name: 'xlogtemp.7', ino: 7, mode: S_IFREG | 0o600, uid: 0, gid: 0 }, 6 * SEGMENT);
+  feed.meta({ op: 'rename', parent: 3, name: 'xlogtemp.7', newParent: 3, newName: '000000010000000000000006' }, 6 * SEGMENT);
+  // The primary removes segment 5 while it is open: libfuse renames it away, then unlinks the hidden name.
+  feed.meta({ op: 'rename', parent: 3, name: SEG_5, newParent: 3, newName: '.fuse_hidden0001' }, 6 * SEGMENT + PAGE);
+  feed.meta({ op: 'unlink', parent: 3, name: '.fuse_hidden0001' }, 6 * SEGMENT + PAGE);
+
+  assert.equal(state.inode(5).pages!.get(0)!.length, 1, 'the WAL page is applied at once');
+  assert.deepEqual([...state.inode(3).entries!.keys()].sort(), [SEG_5, '000000010000000000000006'].sort(), 'segment 5 still visible');
+  assert.equal(state.inode(4).entries!.has('16384'), false, 'the relation file waits for L');
+  assert.equal(gate.viewLsn(feed.lsn), heldFrom, 'the view is the first held record');
+
+  // The standby replayed past the relation file's tags, but its restart point is still in segment 5.
+  gate.advance(5 * SEGMENT + 2 * PAGE, 5 * SEGMENT + 3 * PAGE);
+  assert.equal(state.inode(4).entries!.has('16384'), true);
+  assert.equal(state.inode(6).pages!.size, 1);
+  assert.equal(state.inode(3).entries!.has(SEG_5), true, 'segment 5 kept: the standby may read it again');
+  // Past segment 5: the rename and the unlink behind it apply, in order.
+  gate.advance(6 * SEGMENT + PAGE, 6 * SEGMENT);
+  assert.deepEqual([...state.inode(3).entries!.keys()], ['000000010000000000000006']);
+  assert.equal(state.inodes.has(5), false);
+  assert.equal(gate.viewLsn(feed.lsn), feed.lsn, 'nothing held any more');
+});
