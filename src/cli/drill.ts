@@ -4,18 +4,20 @@
  *
  *   setup  format the device (a file in the drill directory, or --device
  *          iscsi://...), mount it read-write on host node-a, initdb, start
- *          PostgreSQL, pgbench -i; mount a replica on host node-b.
+ *          PostgreSQL, pgbench -i; a PostgreSQL hot standby on host node-b
+ *          (a replica mount with a private overlay: no data copied).
  *   round  pgbench tpcb-like on the primary, logging every commit it saw
- *          acknowledged (-l), while the replica's lag is sampled; at a random
+ *          acknowledged (-l), while the standby's replay lag is sampled; at a random
  *          moment the primary host fails: `kill` SIGKILLs PostgreSQL and the
  *          filesystem daemon, `freeze` SIGSTOPs them (a hung host that may
- *          wake up). Then `lsnfs failover` to the replica host (fence, fresh
+ *          wake up). Then the standby is stopped and `lsnfs failover` makes its host
+ *          the primary (fence, fresh
  *          primary mount: log recovered to its end, epoch bumped), PostgreSQL
  *          started there (standby mode + promote: replays the shared WAL to
  *          its end without a synchronous end-of-recovery checkpoint), first
  *          commit. The old host is verified fenced (a frozen one is resumed
- *          and must not write again), cleaned up and mounted back as the
- *          replica: the next round fails over the other way.
+ *          and must not write again), cleaned up and started again as the
+ *          hot standby: the next round fails over the other way.
  *   check  RPO: every acknowledged commit is in pgbench_history (lost = 0),
  *          tpcb balances agree, pg_amcheck --heapallindexed clean; RTO:
  *          failure -> first commit on the new primary, split into phases;
@@ -29,18 +31,15 @@ import { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Command, Option } from 'commander';
-import { openDevice, withDevice } from '../device/open';
-import { BlockDevice } from '../device/device';
-import { readDurableMarker } from '../log/durable-marker';
+import { withDevice } from '../device/open';
 import { readHolder } from '../fence/holder-block';
-import { readSlots } from '../replica/slots';
 import { fsck, FsckReport } from '../volume/inspect';
 import { mkfs, refuseExistingVolume } from '../volume/mkfs';
 import { UserError } from '../util/errors';
 import { processAlive } from '../util/process';
 import { formatBytes, parseSizeBytes } from '../util/units';
 import {
-  LSNFS_SETTINGS, PgCluster, RunningPgbench, childPids, countLoggedCommits, exec, pgBinDir, pgbenchInit, startPgbench, tpcbBalances, waitForExit,
+  LSNFS_SETTINGS, PgCluster, RunningPgbench, childPids, countLoggedCommits, exec, pgBinDir, pgbenchInit, startPgbench, startStandby, tpcbBalances, waitForExit,
 } from '../pg';
 import { failover } from './failover';
 import { mountInBackground, umount } from './mount';
@@ -87,8 +86,8 @@ export interface DrillRound {
   /** The old primary can no longer write: it is not the holder, and (freeze) once resumed it stopped writing for good. */
   fenced: boolean;
   fenceEvidence: string;
-  /** The replica's lag behind the primary's durable log while the load ran (sampled every 100 ms). */
-  replicaLagMs: { p50: number; max: number; samples: number };
+  /** The hot standby's replay lag while the load ran: now() - its last replayed commit's time, sampled every 200 ms. */
+  standbyLagMs: { p50: number; max: number; samples: number };
   balancesConsistent: boolean;
   amcheckClean: boolean;
   amcheckOutput?: string;
@@ -116,7 +115,7 @@ export interface DrillReport {
 
 const PG_EXIT_TIMEOUT_MS = 30_000;
 const FENCE_NOTICE_TIMEOUT_MS = 15_000;
-const LAG_SAMPLE_INTERVAL_MS = 100;
+const LAG_SAMPLE_INTERVAL_MS = 200;
 const HOSTS = ['node-a', 'node-b'] as const;
 
 function parseCount(what: string, min: number) {
@@ -170,8 +169,20 @@ class DrillHost {
     return record.pid;
   }
 
-  async mount(device: string, role: 'primary' | 'replica'): Promise<void> {
-    await mountInBackground({ device, mountpoint: this.mountpoint, host: this.name, allowOther: true, foreground: false, role, pollIntervalMs: 5 });
+  async mountPrimary(device: string): Promise<void> {
+    await mountInBackground({ device, mountpoint: this.mountpoint, host: this.name, allowOther: true, foreground: false, role: 'primary', pollIntervalMs: 5 });
+  }
+
+  /**
+   * A hot standby on this host: a replica mount with a fresh private overlay
+   * (what the standby writes stays local) and PostgreSQL started on it in
+   * standby mode, reading WAL from the shared pg_wal/.
+   */
+  async startStandby(device: string, overlayDir: string): Promise<void> {
+    await mountInBackground({
+      device, mountpoint: this.mountpoint, host: this.name, allowOther: true, foreground: false, role: 'replica', pollIntervalMs: 5, overlay: overlayDir,
+    });
+    await startStandby({ dataDir: this.cluster.dataDir, runDir: this.cluster.runDir, port: this.cluster.port });
   }
 
   /** After the host died or was fenced: its processes gone, the dead kernel mount dropped, the stale record removed. */
@@ -196,15 +207,15 @@ class DrillHost {
   }
 }
 
-/** Samples how far the replica's view trails the primary's durable log, in ms of record time. */
-function sampleReplicaLag(device: BlockDevice, replicaHost: string): { stop: () => Promise<number[]> } {
+/** Samples the standby's replay lag: the age of the last commit it replayed (the load commits all the time). */
+function sampleStandbyLag(standby: PgCluster): { stop: () => Promise<number[]> } {
   const samples: number[] = [];
   let running = true;
   const loop = (async () => {
     while (running) {
-      const [marker, slots] = await Promise.all([readDurableMarker(device), readSlots(device)]);
-      const slot = slots.find((s) => s.host === replicaHost);
-      if (marker && slot) samples.push(slot.viewLsn >= marker.durableLsn ? 0 : Math.max(0, marker.timeMs - slot.viewTimeMs));
+      const ms = await standby.psql('SELECT coalesce(round(extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000), -1)')
+        .then(Number, () => -1);
+      if (ms >= 0) samples.push(ms);
       await sleep(LAG_SAMPLE_INTERVAL_MS);
     }
   })();
@@ -249,16 +260,13 @@ export async function runDrill(options: DrillOptions, progress: Progress): Promi
   };
   process.once('SIGINT', onInterrupt);
   process.once('SIGTERM', onInterrupt);
-  // An observer's own handle on the device, for lag samples (its own iSCSI session: reads only).
-  let observer: BlockDevice | null = null;
   try {
     await timed(report.setup, 'mkfs', () => createVolume(deviceSpec, iscsi ? null : parseSizeBytes(options.size, '--size'), options.force));
-    observer = await openDevice(deviceSpec, { readOnly: true, host: 'drill-observer' });
-    report.device.bytes = observer.sizeBytes;
-    progress(`drill: volume on ${deviceSpec} (${formatBytes(observer.sizeBytes)}, ${report.device.fencing}); working in ${dir}`);
+    report.device.bytes = await withDevice(deviceSpec, { readOnly: true, host: 'drill-observer' }, async (device) => device.sizeBytes);
+    progress(`drill: volume on ${deviceSpec} (${formatBytes(report.device.bytes)}, ${report.device.fencing}); working in ${dir}`);
     for (const host of hosts) await fsp.mkdir(host.mountpoint, { recursive: true });
     let [primary, replica] = hosts as unknown as [DrillHost, DrillHost];
-    await timed(report.setup, 'mount primary', () => primary.mount(deviceSpec, 'primary'));
+    await timed(report.setup, 'mount primary', () => primary.mountPrimary(deviceSpec));
     await timed(report.setup, 'initdb', () => primary.cluster.initdb({ dataChecksums: true }));
     await timed(report.setup, 'postgres start', () => primary.cluster.start());
     report.postgres.version = await primary.cluster.psql('SHOW server_version');
@@ -267,7 +275,7 @@ export async function runDrill(options: DrillOptions, progress: Progress): Promi
     await primary.cluster.psql('CREATE TABLE drill_probe (round int, at timestamptz DEFAULT now())');
     // Rounds start from a checkpoint, as a primary that has run for a while would (checkpoint_timeout bounds the redo).
     await primary.cluster.psql('CHECKPOINT');
-    await timed(report.setup, 'mount replica', () => replica.mount(deviceSpec, 'replica'));
+    await timed(report.setup, 'standby', () => replica.startStandby(deviceSpec, path.join(dir, `overlay-${replica.name}-0`)));
 
     let acknowledged = 0;
     for (let round = 1; round <= options.rounds; round++) {
@@ -278,7 +286,7 @@ export async function runDrill(options: DrillOptions, progress: Progress): Promi
       load = await startPgbench(primary.cluster, {
         clients: options.clients, threads: Math.min(options.clients, 2), durationS: Math.ceil(killWindow.maxS) + 600, noVacuum: true, logDir,
       });
-      const lag = sampleReplicaLag(observer, replica.name);
+      const lag = sampleStandbyLag(replica.cluster);
       await sleep(failAfterS * 1000);
 
       // The primary host fails: every PostgreSQL process and the filesystem daemon, in the same instant.
@@ -290,13 +298,15 @@ export async function runDrill(options: DrillOptions, progress: Progress): Promi
       const lagSamples = await lag.stop();
 
       const phases: DrillPhase[] = [];
+      // The standby's host takes over: its standby (and overlay) make way for a primary on the shared state.
+      await timed(phases, 'stop standby', () => replica.cluster.stop('immediate'));
       const promoted = await timed(phases, 'failover', () => failover({
         device: deviceSpec, host: replica.name, mountpoint: replica.mountpoint, force: true, allowOther: true,
       }));
       await timed(phases, 'pg recovery', () => replica.cluster.startAsPromotedStandby());
       await timed(phases, '1st commit', () => replica.cluster.psql(`INSERT INTO drill_probe (round) VALUES (${round})`));
       const rtoMs = Date.now() - failedAt;
-      phases.splice(0, 1, ...promoted.phases.map((phase) => ({ name: phase.name, ms: phase.ms })));
+      phases.splice(1, 1, ...promoted.phases.map((phase) => ({ name: phase.name, ms: phase.ms })));
 
       const fence = await verifyFenced(primary, daemonPid, pgPids, failure, promoted.fence?.killedPid, deviceSpec, replica.name);
       await primary.cleanUp([...pgPids, daemonPid]);
@@ -314,14 +324,14 @@ export async function runDrill(options: DrillOptions, progress: Progress): Promi
         round, failure, from: primary.name, to: replica.name, failAfterS: Number(failAfterS.toFixed(2)), acknowledged,
         found: balances.historyRows, lost, inFlightCommitted: Math.max(0, balances.historyRows - acknowledged), rtoMs, phases,
         fenced: fence.ok, fenceEvidence: fence.evidence,
-        replicaLagMs: { p50: percentile(lagSamples, 50), max: Math.max(0, ...lagSamples), samples: lagSamples.length },
+        standbyLagMs: { p50: percentile(lagSamples, 50), max: Math.max(0, ...lagSamples), samples: lagSamples.length },
         balancesConsistent: balances.consistent, amcheckClean: amcheck.clean, ...(amcheck.clean ? {} : { amcheckOutput: amcheck.output }),
         ok: lost === 0 && fence.ok && balances.consistent && amcheck.clean,
       });
       // The next round must find what survived this one (in-flight commits included); a loss counts once.
       acknowledged = balances.historyRows;
-      // The old primary's host comes back as the new replica.
-      await primary.mount(deviceSpec, 'replica');
+      // The old primary's host comes back as the new standby, on a fresh overlay.
+      await primary.startStandby(deviceSpec, path.join(dir, `overlay-${primary.name}-${round}`));
       [primary, replica] = [replica, primary];
     }
 
@@ -329,6 +339,7 @@ export async function runDrill(options: DrillOptions, progress: Progress): Promi
       .filter((line) => !/terminating connection because of (crash|unexpected postmaster exit)|Transport endpoint is not connected|Software caused connection abort|could not receive data from client|connection to client lost|Input\/output error|could not (fsync|write|open)|checkpoint request failed|PANIC|startup process|archive recovery|could not open file "pg_wal/.test(line))
       .slice(0, 50);
     progress('drill: stopping PostgreSQL, unmounting, fsck');
+    await replica.cluster.stop('fast');
     await primary.cluster.stop('fast');
     for (const host of hosts) await umount(host.mountpoint);
     const result = await withDevice(deviceSpec, { readOnly: true, host: 'drill-observer' }, fsck);
@@ -338,7 +349,6 @@ export async function runDrill(options: DrillOptions, progress: Progress): Promi
     const message = error instanceof Error ? error.message : String(error);
     throw new UserError(`drill failed: ${message}\n(files kept in ${dir}; PostgreSQL logs: ${hosts.map((h) => h.cluster.logFile).join(', ')})`);
   } finally {
-    await observer?.close().catch(() => undefined);
     process.removeListener('SIGINT', onInterrupt);
     process.removeListener('SIGTERM', onInterrupt);
   }
@@ -416,16 +426,17 @@ export function formatReport(report: DrillReport): string {
   lines.push('');
   const phaseNames = report.rounds[0]?.phases.map((p) => p.name) ?? [];
   const header = ['round', 'failure', 'from->to', 'at', 'acked', 'found', 'lost', 'RTO ms', ...phaseNames.map((n) => `${n} ms`),
-    'lag p50/max ms', 'fenced', 'balances', 'amcheck', 'result'];
+    'standby lag p50/max ms', 'fenced', 'balances', 'amcheck', 'result'];
   const rows = report.rounds.map((r) => [
     String(r.round), r.failure, `${r.from}->${r.to}`, `${r.failAfterS.toFixed(1)} s`, String(r.acknowledged), String(r.found), String(r.lost),
-    String(r.rtoMs), ...r.phases.map((p) => String(p.ms)), `${r.replicaLagMs.p50}/${r.replicaLagMs.max}`, r.fenced ? 'yes' : 'NO',
+    String(r.rtoMs), ...r.phases.map((p) => String(p.ms)), `${r.standbyLagMs.p50}/${r.standbyLagMs.max}`, r.fenced ? 'yes' : 'NO',
     r.balancesConsistent ? 'agree' : 'DIFFER', r.amcheckClean ? 'clean' : 'CORRUPT', r.ok ? 'ok' : 'FAILED',
   ]);
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
   lines.push(header.map((h, i) => pad(h, widths[i]!)).join('  '));
   for (const row of rows) lines.push(row.map((cell, i) => pad(cell, widths[i]!)).join('  '));
-  lines.push('phases: check/fence/unmount replica/mount primary = lsnfs failover (fence the old primary, recover the log, bump the epoch);');
+  lines.push('phases: stop standby = PostgreSQL standby on the target host stopped; check/fence/unmount replica/mount primary = lsnfs failover');
+  lines.push('        (fence the old primary, recover the log, bump the epoch);');
   lines.push('        pg recovery = PostgreSQL on the new primary replays the shared WAL and is promoted; 1st commit = the first INSERT after it');
   for (const r of report.rounds) lines.push(`round ${r.round} fence: ${r.fenceEvidence}`);
   lines.push('');
