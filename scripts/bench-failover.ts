@@ -12,11 +12,10 @@
  *   {"rounds":N,"rpo_lost_commits":N,"fence_failures":N,"rto_s":{"p50":N,"p99":N,"max":N},
  *    "rto_s_by_device":{"file":{…},"iscsi":{…}},"tps_iscsi_over_file":R,"tps":{"file":N,"iscsi":N}}
  */
-import { mkdtempSync, promises as fsp } from 'node:fs';
-import os from 'node:os';
+import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { Command } from 'commander';
-import { log, median, round1, round2, round3, positiveInt } from './bench-common';
+import { log, makeWorkDir, median, removeWorkDir, round1, round2, round3, positiveInt, runBenchProgram } from './bench-common';
 import { DrillRound, runDrill } from '../src/cli/drill';
 import { LSNFS_SETTINGS, PgCluster, execOk, pgbenchInit, runPgbench } from '../src/pg';
 
@@ -86,9 +85,7 @@ async function measureTps(dir: string, devices: Record<DeviceKind, string>, opti
 
 async function bench(options: BenchOptions): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('bench-failover mounts lsnfs, runs tgt and PostgreSQL: run it as root');
-  const dir = options.dir ? path.resolve(options.dir) : mkdtempSync(path.join(os.tmpdir(), 'lsnfs-bench-failover-'));
-  await fsp.mkdir(dir, { recursive: true });
-  await fsp.chmod(dir, 0o755);
+  const dir = await makeWorkDir(options, 'lsnfs-bench-failover-');
   const tgtDir = path.join(dir, 'tgt');
   let targetStarted = false;
   try {
@@ -141,7 +138,7 @@ async function bench(options: BenchOptions): Promise<void> {
     }
   } finally {
     if (targetStarted) await execOk(path.join(REPO_ROOT, 'scripts', 'tgt-stop'), [tgtDir]).catch((error: Error) => log(`bench: tgt-stop: ${error.message}`));
-    if (!options.keep && !options.dir) await fsp.rm(dir, { recursive: true, force: true });
+    await removeWorkDir(options, dir);
   }
 }
 
@@ -151,13 +148,6 @@ const program = new Command('bench-failover')
   .option('--block <n>', 'rounds per drill (one setup each); devices alternate between blocks', positiveInt('--block'), 5)
   .option('--scale <n>', 'pgbench scale factor', positiveInt('--scale'), 10)
   .option('--duration <seconds>', 'seconds per TPS run', positiveInt('--duration'), 30)
-  .option('--runs <n>', 'TPS runs per device (alternated)', positiveInt('--runs'), 2)
-  .option('--dir <dir>', 'working directory (default: a temp dir)')
-  .option('--keep', 'keep the working directory', false)
-  .option('--json', 'print only the summary, as one JSON object', false)
-  .action(bench);
+  .option('--runs <n>', 'TPS runs per device (alternated)', positiveInt('--runs'), 2);
 
-program.parseAsync(process.argv).catch((error: Error) => {
-  process.stderr.write(`bench-failover: ${error.message}\n`);
-  process.exitCode = 1;
-});
+runBenchProgram(program, bench);
