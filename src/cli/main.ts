@@ -93,6 +93,7 @@ export function buildProgram(): Command {
       }
       const mountOptions = { ...options, ...(atTimeMs !== undefined ? { atTimeMs } : {}), ...(replicaTimeoutMs !== undefined ? { replicaTimeoutMs } : {}) };
       if (options.foreground) {
+        servingMount = true;
         await runMountDaemon(mountOptions);
         return;
       }
@@ -248,15 +249,19 @@ async function sizeFileDevice(path: string, sizeBytes: number): Promise<void> {
   }
 }
 
+/** Set by `mount --foreground`: this process goes on serving the mount after the command returns. */
+let servingMount = false;
+
 export async function main(argv: string[]): Promise<void> {
   try {
     await buildProgram().parseAsync(argv);
   } catch (error) {
-    if (error instanceof UserError) {
-      process.stderr.write(`lsnfs: ${error.message}\n`);
-      process.exitCode = 1;
-      return;
-    }
-    throw error;
+    if (!(error instanceof UserError)) throw error;
+    process.stderr.write(`lsnfs: ${error.message}\n`);
+    process.exitCode = 1;
   }
+  // A command is done when its action is: exit now rather than wait for Node to drain V8's platform
+  // tasks, which was seen to hang forever (a `status` stuck in NodePlatform::DrainTasks after its work).
+  // stdout and stderr are synchronous for files, pipes and terminals on Linux, so nothing printed is lost.
+  if (!servingMount) process.exit();
 }

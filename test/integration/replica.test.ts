@@ -771,7 +771,7 @@ class ConcurrentReader {
   }
 }
 
-test('a replica matches a model of what a writer on the primary did, at every fsynced LSN, and racing reads show only operation boundaries', { timeout: 220_000 }, async (t) => {
+test('a replica matches a model of what a writer on the primary did, at every fsynced LSN, and racing reads show only operation boundaries', { timeout: 420_000 }, async (t) => {
   t.diagnostic(`seed ${SEED} (LSNFS_REPLICA_SEED), ${TOTAL_OPS} ops (LSNFS_REPLICA_OPS)`);
   const fx = await Fixture.create(t, 'replica-model', '64M');
   const primary = await fx.mountPrimary();
