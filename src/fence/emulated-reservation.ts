@@ -37,12 +37,6 @@ export async function assertNotHeld(device: BlockDevice, host: string): Promise<
 export class EmulatedReservation {
   private constructor(private readonly device: BlockDevice, private holder: Holder) {}
 
-  /** Takes the device for `host` (see assertNotHeld). */
-  static async acquire(device: BlockDevice, host: string, epoch: number): Promise<EmulatedReservation> {
-    await assertNotHeld(device, host);
-    return EmulatedReservation.take(device, host, epoch);
-  }
-
   /** Writes this mount into the holder block, unconditionally: the caller has made sure it may. */
   static async take(device: BlockDevice, host: string, epoch: number): Promise<EmulatedReservation> {
     const holder: Holder = {

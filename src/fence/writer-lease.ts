@@ -46,7 +46,7 @@ export function fenceBackendOf(device: BlockDevice): FenceBackend {
 export async function acquireWriterLease(device: BlockDevice, host: string, epoch: number): Promise<WriterLease> {
   await assertNotHeld(device, host);
   if (!(device instanceof IscsiDevice)) {
-    const emulated = await EmulatedReservation.acquire(device, host, epoch);
+    const emulated = await EmulatedReservation.take(device, host, epoch);
     return {
       backend: 'emulated',
       check: () => emulated.check(),
