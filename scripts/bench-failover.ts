@@ -17,6 +17,7 @@ import path from 'node:path';
 import { Command } from 'commander';
 import { log, makeWorkDir, median, removeWorkDir, round1, round2, round3, positiveInt, runBenchProgram } from './bench-common';
 import { DrillRound, runDrill } from '../src/cli/drill';
+import { percentile } from '../src/util/stats';
 import { LSNFS_SETTINGS, PgCluster, execOk, pgbenchInit, runPgbench } from '../src/pg';
 
 const REPO_ROOT = path.resolve(__dirname, '..', '..');
@@ -24,11 +25,6 @@ const LSNFS_BIN = path.join(REPO_ROOT, 'bin', 'lsnfs');
 
 interface BenchOptions { rounds: number; block: number; scale: number; duration: number; runs: number; dir?: string; keep: boolean; json: boolean }
 type DeviceKind = 'file' | 'iscsi';
-
-function percentile(values: number[], p: number): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)] ?? 0;
-}
 
 function rtoSummary(rounds: DrillRound[]): { p50: number; p99: number; max: number } {
   const seconds = rounds.map((r) => r.rtoMs / 1000);

@@ -22,6 +22,7 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { Command } from 'commander';
+import { percentile } from '../src/util/stats';
 import { LsnfsVolume, log, makeWorkDir, removeWorkDir, runBenchProgram, median, positiveInt, round1, round2, round3 } from './bench-common';
 import {
   PgCluster, RunningCommand, execOk, parsePgLsn, pgProgram, pgbenchInit, prepareRunDirectory, startCommand, startPgbench,
@@ -69,12 +70,6 @@ function lagsMs(primary: Sample[], standby: Sample[]): number[] {
     lags.push(standby[j]!.timeMs - sample.timeMs);
   }
   return lags;
-}
-
-function percentile(values: number[], p: number): number {
-  if (values.length === 0) return NaN;
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
 }
 
 async function duBytes(dir: string): Promise<number> {

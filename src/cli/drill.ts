@@ -37,6 +37,7 @@ import { fsck, FsckReport } from '../volume/inspect';
 import { mkfs, refuseExistingVolume } from '../volume/mkfs';
 import { UserError } from '../util/errors';
 import { processAlive } from '../util/process';
+import { percentile } from '../util/stats';
 import { formatBytes, parseSizeBytes } from '../util/units';
 import {
   LSNFS_SETTINGS, PgCluster, RunningPgbench, childPids, countLoggedCommits, exec, pgBinDir, pgbenchInit, startPgbench, startStandby, tpcbBalances, waitForExit,
@@ -137,12 +138,6 @@ function parseKillWindow(text: string): { minS: number; maxS: number } {
 
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-function percentile(values: number[], p: number): number {
-  if (values.length === 0) return 0;
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
 }
 
 /** Times one step. */
@@ -324,7 +319,7 @@ export async function runDrill(options: DrillOptions, progress: Progress): Promi
         round, failure, from: primary.name, to: replica.name, failAfterS: Number(failAfterS.toFixed(2)), acknowledged,
         found: balances.historyRows, lost, inFlightCommitted: Math.max(0, balances.historyRows - acknowledged), rtoMs, phases,
         fenced: fence.ok, fenceEvidence: fence.evidence,
-        standbyLagMs: { p50: percentile(lagSamples, 50), max: Math.max(0, ...lagSamples), samples: lagSamples.length },
+        standbyLagMs: { p50: lagSamples.length > 0 ? percentile(lagSamples, 50) : 0, max: Math.max(0, ...lagSamples), samples: lagSamples.length },
         balancesConsistent: balances.consistent, amcheckClean: amcheck.clean, ...(amcheck.clean ? {} : { amcheckOutput: amcheck.output }),
         ok: lost === 0 && fence.ok && balances.consistent && amcheck.clean,
       });

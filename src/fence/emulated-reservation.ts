@@ -16,8 +16,9 @@
 import { BlockDevice } from '../device/device';
 import { UserError } from '../util/errors';
 import { processAlive } from '../util/process';
-import { Holder, describeHolder, localBootId, readHolder, writeHolder } from './holder-block';
-import { readSuperblock } from '../log/superblock';
+import { HOLDER_BLOCK_BYTES, Holder, decodeHolder, describeHolder, localBootId, readHolder, writeHolder } from './holder-block';
+import { superblockFromArea } from '../log/superblock';
+import { RESERVATION_OFFSET } from '../log/format';
 
 /**
  * Refuses while another host holds the device, or while a live process of
@@ -55,12 +56,14 @@ export class EmulatedReservation {
    * stale write, which we overwrite instead of giving up.
    */
   async check(): Promise<void> {
-    const current = await readHolder(this.device);
+    // One device read covers both superblock copies and the holder block: this runs before every batch.
+    const head = await this.device.read(0, RESERVATION_OFFSET + HOLDER_BLOCK_BYTES);
+    const current = decodeHolder(head.subarray(RESERVATION_OFFSET));
     if (current && current.key !== this.holder.key && current.epoch < this.holder.epoch) {
       await writeHolder(this.device, this.holder, { durable: true });
       return;
     }
-    const epoch = (await readSuperblock(this.device)).epoch;
+    const epoch = superblockFromArea(this.device, head).epoch;
     if (!current || current.key !== this.holder.key || epoch !== this.holder.epoch) {
       throw new UserError(
         `device ${this.device.name}: host '${this.holder.host}' (epoch ${this.holder.epoch}) lost the reservation` +

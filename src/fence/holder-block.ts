@@ -12,7 +12,7 @@ import { RESERVATION_OFFSET, readU48, writeU48 } from '../log/format';
 import { crc32c } from '../util/crc32c';
 
 const HOLDER_MAGIC = Buffer.from('LSNFS-RS', 'ascii');
-const BLOCK_BYTES = 512;
+export const HOLDER_BLOCK_BYTES = 512;
 const HOST_BYTES = 64;
 
 /** The primary rewrites the block this often; a failover refuses without --force while it is fresher than HOLDER_STALE_MS. */
@@ -31,12 +31,16 @@ export interface Holder {
 }
 
 // Field offsets in the block.
-const HB = { magic: 0, key: 8, pid: 16, epoch: 24, heartbeatAtMs: 32, host: 40, bootId: 104, crc: BLOCK_BYTES - 4 } as const;
+const HB = { magic: 0, key: 8, pid: 16, epoch: 24, heartbeatAtMs: 32, host: 40, bootId: 104, crc: HOLDER_BLOCK_BYTES - 4 } as const;
 const BOOT_ID_BYTES = 16;
 
 /** The current holder, or null when nobody holds the device (released, fenced, never mounted). */
 export async function readHolder(device: BlockDevice): Promise<Holder | null> {
-  const buf = await device.read(RESERVATION_OFFSET, BLOCK_BYTES);
+  return decodeHolder(await device.read(RESERVATION_OFFSET, HOLDER_BLOCK_BYTES));
+}
+
+/** The holder in a holder block's bytes, or null. */
+export function decodeHolder(buf: Buffer): Holder | null {
   if (!buf.subarray(0, 8).equals(HOLDER_MAGIC)) return null;
   if (buf.readUInt32LE(HB.crc) !== crc32c(buf.subarray(0, HB.crc))) return null;
   const key = readU48(buf, HB.key);
@@ -54,7 +58,7 @@ export async function readHolder(device: BlockDevice): Promise<Holder | null> {
 
 /** Writes the block (null: nobody holds the device). `durable`: flushed before it returns. */
 export async function writeHolder(device: BlockDevice, holder: Holder | null, options: { durable: boolean }): Promise<void> {
-  const buf = Buffer.alloc(BLOCK_BYTES);
+  const buf = Buffer.alloc(HOLDER_BLOCK_BYTES);
   HOLDER_MAGIC.copy(buf, HB.magic);
   if (holder) {
     writeU48(buf, HB.key, holder.key);

@@ -2,15 +2,23 @@ import { BlockDevice } from '../device/device';
 import { UserError } from '../util/errors';
 import { SUPERBLOCK_BYTES, SUPERBLOCK_OFFSETS, Superblock, decodeSuperblock, encodeSuperblock } from './format';
 
+/** Bytes from offset 0 that hold both superblock copies. */
+export const SUPERBLOCK_AREA_BYTES = SUPERBLOCK_OFFSETS[1] + SUPERBLOCK_BYTES;
+
 /**
  * Reads both superblock copies and returns the valid one with the highest
  * generation. A torn superblock write damages only the copy being written.
  */
 export async function readSuperblock(device: BlockDevice): Promise<Superblock> {
-  if (device.sizeBytes < SUPERBLOCK_OFFSETS[1] + SUPERBLOCK_BYTES) {
+  if (device.sizeBytes < SUPERBLOCK_AREA_BYTES) {
     throw new UserError(`device ${device.name}: ${device.sizeBytes} bytes is too small to be an lsnfs volume`);
   }
-  const copies = await Promise.all(SUPERBLOCK_OFFSETS.map(async (offset) => decodeSuperblock(await device.read(offset, SUPERBLOCK_BYTES))));
+  return superblockFromArea(device, await device.read(0, SUPERBLOCK_AREA_BYTES));
+}
+
+/** The current superblock from `area`, the device's first SUPERBLOCK_AREA_BYTES (or more) bytes. */
+export function superblockFromArea(device: BlockDevice, area: Buffer): Superblock {
+  const copies = SUPERBLOCK_OFFSETS.map((offset) => decodeSuperblock(area.subarray(offset, offset + SUPERBLOCK_BYTES)));
   let best: Superblock | null = null;
   for (const copy of copies) {
     if (copy.ok && (best === null || copy.superblock.generation > best.generation)) best = copy.superblock;

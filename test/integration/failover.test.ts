@@ -14,7 +14,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { TgtTarget, TGT_TARGET_IQN, freePort, startTgt } from '../support/tgt';
-import { lsnfs, lsnfsOk, processExists, run, sleep } from '../support/harness';
+import { daemonPidAt, lsnfs, lsnfsOk, processExists, run, runtimeFile, sleep } from '../support/harness';
 import { processAlive } from '../../src/util/process';
 
 const RECORD_BYTES = 4096;
@@ -44,14 +44,8 @@ interface Cluster {
   mnt: Record<'alpha' | 'beta' | 'delta', string>;
 }
 
-function daemonPidAt(cluster: Cluster, mountpoint: string): number {
-  const id = path.resolve(mountpoint).replace(/[^A-Za-z0-9._-]+/g, '_');
-  return (JSON.parse(readFileSync(path.join(cluster.env.LSNFS_RUNTIME_DIR!, `${id}.json`), 'utf8')) as { pid: number }).pid;
-}
-
 function mountLog(cluster: Cluster, mountpoint: string): string {
-  const id = path.resolve(mountpoint).replace(/[^A-Za-z0-9._-]+/g, '_');
-  return readFileSync(path.join(cluster.env.LSNFS_RUNTIME_DIR!, `${id}.log`), 'utf8');
+  return readFileSync(runtimeFile(cluster.env, mountpoint, 'log'), 'utf8');
 }
 
 async function status(cluster: Cluster): Promise<{ epoch: number; tailLsn: number; holder: { host: string; epoch: number } | null }> {
@@ -81,7 +75,7 @@ async function destroyCluster(cluster: Cluster | undefined): Promise<void> {
     if (!readFileSync('/proc/self/mounts', 'utf8').includes(` ${mountpoint} `)) continue;
     const result = await lsnfs(['umount', '--mountpoint', mountpoint], cluster.env);
     if (result.code !== 0) {
-      try { process.kill(daemonPidAt(cluster, mountpoint), 'SIGKILL'); } catch { /* gone */ }
+      try { process.kill(daemonPidAt(cluster.env, mountpoint), 'SIGKILL'); } catch { /* gone */ }
       await run('umount', ['-l', mountpoint]).catch(() => undefined);
     }
   }
@@ -192,7 +186,7 @@ for (const backend of ['file', 'iscsi'] as const) {
       const file = path.join(c.mnt.alpha, 'burst');
       const writer = startWriter(file, script);
       await waitFor('the writer to get going', () => writer.acked() >= 200);
-      const alphaPid = daemonPidAt(c, c.mnt.alpha);
+      const alphaPid = daemonPidAt(c.env, c.mnt.alpha);
       const oldEpoch = (await status(c)).epoch;
 
       process.kill(alphaPid, 'SIGSTOP');
@@ -254,7 +248,7 @@ for (const backend of ['file', 'iscsi'] as const) {
     test('lsnfs fence cuts the primary off; the next primary takes the device over', async () => {
       const c = cluster!;
       // beta is the primary now (previous test). Fence it by hand.
-      const pid = daemonPidAt(c, c.mnt.beta);
+      const pid = daemonPidAt(c.env, c.mnt.beta);
       const fenced = await lsnfsOk(['fence', '--device', c.device, '--host', 'beta', '--as', 'operator'], c.env);
       assert.match(fenced, backend === 'file' ? new RegExp(`fenced host 'beta' .*its daemon \\(pid ${pid}\\) on this machine killed`)
         : /fenced host 'beta' .*SCSI-3 PREEMPT of key 0x[0-9a-f]{16}, enforced by the target/);
@@ -270,7 +264,7 @@ for (const backend of ['file', 'iscsi'] as const) {
       if (processExists(pid)) process.kill(pid, 'SIGKILL');
       await waitFor('beta to exit', () => !processExists(pid));
       await run('umount', ['-l', c.mnt.beta]);
-      await fsp.rm(path.join(c.env.LSNFS_RUNTIME_DIR!, `${path.resolve(c.mnt.beta).replace(/[^A-Za-z0-9._-]+/g, '_')}.json`), { force: true });
+      await fsp.rm(runtimeFile(c.env, c.mnt.beta, 'json'), { force: true });
       await lsnfsOk(['mount', '--device', c.device, '--mountpoint', c.mnt.alpha, '--host', 'alpha'], c.env);
       await fsp.writeFile(path.join(c.mnt.alpha, 'alpha-again'), 'back');
       const handle = await fsp.open(path.join(c.mnt.alpha, 'alpha-again'), 'r+');

@@ -62,11 +62,19 @@ export async function umount(volume: TestVolume): Promise<void> {
   await lsnfsOk(['umount', '--mountpoint', volume.mountpoint], volume.env);
 }
 
+/** A mount's file in the runtime directory: its record (`json`) or its daemon's log (`log`). */
+export function runtimeFile(env: NodeJS.ProcessEnv, mountpoint: string, kind: 'json' | 'log'): string {
+  return path.join(env.LSNFS_RUNTIME_DIR!, `${path.resolve(mountpoint).replace(/[^A-Za-z0-9._-]+/g, '_')}.${kind}`);
+}
+
+/** The pid of the daemon serving `mountpoint`. */
+export function daemonPidAt(env: NodeJS.ProcessEnv, mountpoint: string): number {
+  return (JSON.parse(readFileSync(runtimeFile(env, mountpoint, 'json'), 'utf8')) as { pid: number }).pid;
+}
+
 /** The pid of the daemon serving the volume's mountpoint. */
 export function daemonPid(volume: TestVolume): number {
-  const runDir = volume.env.LSNFS_RUNTIME_DIR!;
-  const id = path.resolve(volume.mountpoint).replace(/[^A-Za-z0-9._-]+/g, '_');
-  return (JSON.parse(readFileSync(path.join(runDir, `${id}.json`), 'utf8')) as { pid: number }).pid;
+  return daemonPidAt(volume.env, volume.mountpoint);
 }
 
 /** SIGKILLs the daemon (a crash), waits for it to die, and clears the stale kernel mount. */
@@ -75,7 +83,7 @@ export async function crashDaemon(volume: TestVolume): Promise<void> {
   process.kill(pid, 'SIGKILL');
   while (processExists(pid)) await sleep(10);
   await run('umount', ['-l', volume.mountpoint]).catch(() => undefined);
-  await fsp.rm(path.join(volume.env.LSNFS_RUNTIME_DIR!, path.resolve(volume.mountpoint).replace(/[^A-Za-z0-9._-]+/g, '_') + '.json'), { force: true });
+  await fsp.rm(runtimeFile(volume.env, volume.mountpoint, 'json'), { force: true });
 }
 
 /** Unmounts if mounted and removes the volume's directory. Safe in `after` hooks. */
