@@ -1171,13 +1171,16 @@ async function frozenPastTimeout(t: TestContext, how: 'wrap' | 'near' | 'far'): 
   const transitions: string[] = [];
   let lastHad: boolean | null = null;
   let matched = false;
+  // Three samplers overlap: a listing that started before another one ended may show an older view and
+  // still arrive later. Going backwards is a listing that STARTED after one showing the file had ENDED.
   const sampler = async (): Promise<void> => {
     while (!matched) {
+      const startedAt = Date.now();
       const names = await fsp.readdir(replica).catch(() => null);
       const has = names?.includes('after-churn') ?? null;
       if (has !== null && has !== lastHad) { transitions.push(`${Date.now()} ${has ? 'has' : 'lacks'} after-churn (${names!.length} names: ${names!.filter((n) => !n.startsWith('old-')).join(' ').slice(0, 200)})`); lastHad = has; }
       if (names?.includes('after-churn')) seenAfterChurn ||= Date.now();
-      else if (names && seenAfterChurn) wentBack++;
+      else if (names && seenAfterChurn && startedAt > seenAfterChurn) wentBack++;
       await sleep(1);
     }
   };
