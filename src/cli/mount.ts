@@ -130,7 +130,8 @@ export async function runMountDaemon(options: MountOptions): Promise<void> {
     ...(options.overlay !== undefined ? { overlay: path.resolve(options.overlay) } : {}),
     logFile: mountLogPath(mountpoint), startedAtMs: Date.now(),
   });
-  log.info({ device: options.device, mountpoint, role: options.role, epoch: volume.epoch, lsn: volume.tailLsn }, 'mounted');
+  // uptime: from the process start (Node and module loading included) to serving.
+  log.info({ device: options.device, mountpoint, role: options.role, epoch: volume.epoch, lsn: volume.tailLsn, uptimeMs: Math.round(process.uptime() * 1000) }, 'mounted');
   notify({ ready: true });
   // fuse-native keeps no handle open on the event loop; this keeps the daemon alive.
   const keepAlive = setInterval(() => undefined, 1 << 30);

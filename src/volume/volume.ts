@@ -131,13 +131,20 @@ export class Volume implements FileSystem {
    * with an Epoch record.
    */
   static async openPrimary(device: BlockDevice, options: VolumeOpenOptions): Promise<Volume> {
+    const startMs = Date.now();
     const before = await readSuperblock(device);
     const reservation = await acquireWriterLease(device, options.host, before.epoch + 1);
+    const leaseMs = Date.now() - startMs;
     // A refused recovery (damaged log) must not leave this host holding the device.
     const recovered = await recover(device, before, { exclusive: true }).catch(async (error: unknown) => {
       await reservation.release();
       throw error;
     });
+    // What a failover's "mount primary" phase spends, and on how much log.
+    log.info({
+      leaseMs, recoveryMs: Date.now() - startMs - leaseMs, checkpointLsn: before.checkpointLsn, checkpointBytes: recovered.checkpointBytes,
+      replayedRecords: recovered.replayedRecords, tailLsn: recovered.tailLsn,
+    }, 'recovered');
     const superblock = { ...before, epoch: before.epoch + 1, generation: before.generation + 1 };
     await writeSuperblock(device, superblock);
     const space = logSpaceOf(device, superblock);
