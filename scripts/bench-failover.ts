@@ -18,6 +18,7 @@ import { Command } from 'commander';
 import { log, makeWorkDir, median, removeWorkDir, round1, round2, round3, positiveInt, runBenchProgram } from './bench-common';
 import { DrillRound, runDrill } from '../src/cli/drill';
 import { percentile } from '../src/util/stats';
+import { formatBytes } from '../src/util/units';
 import { LSNFS_SETTINGS, PgCluster, execOk, pgbenchInit, runPgbench } from '../src/pg';
 
 const REPO_ROOT = path.resolve(__dirname, '..', '..');
@@ -101,7 +102,7 @@ async function bench(options: BenchOptions): Promise<void> {
           failure: 'alternate', fullPageWrites: 'off', keep: false, json: true,
         }, (message) => log(`  ${message}`));
         for (const r of report.rounds) {
-          log(`bench: ${kind} round: ${r.failure} RTO ${r.rtoMs} ms (${r.phases.map((p) => `${p.name} ${p.ms}`).join(', ')}), lost ${r.lost}, fenced ${r.fenced}`);
+          log(`bench: ${kind} round: ${r.failure} RTO ${r.rtoMs} ms (${r.phases.map((p) => `${p.name} ${p.ms}`).join(', ')}; redo WAL ${formatBytes(r.redoWalBytes)}), lost ${r.lost}, fenced ${r.fenced}`);
         }
         rounds[kind].push(...report.rounds);
         if (!options.keep) await fsp.rm(report.dir, { recursive: true, force: true });

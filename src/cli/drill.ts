@@ -40,7 +40,8 @@ import { processAlive } from '../util/process';
 import { percentile } from '../util/stats';
 import { formatBytes, parseSizeBytes } from '../util/units';
 import {
-  LSNFS_SETTINGS, PgCluster, RunningPgbench, childPids, countLoggedCommits, exec, pgBinDir, pgbenchInit, startPgbench, startStandby, tpcbBalances, waitForExit,
+  LSNFS_SETTINGS, LSNFS_WAL_SEGMENT_MB, PgCluster, RunningPgbench, childPids, countLoggedCommits, exec, parsePgLsn, pgBinDir, pgbenchInit, startPgbench, startStandby, tpcbBalances,
+  waitForExit,
 } from '../pg';
 import { failover } from './failover';
 import { mountInBackground, umount } from './mount';
@@ -87,6 +88,11 @@ export interface DrillRound {
   /** The old primary can no longer write: it is not the holder, and (freeze) once resumed it stopped writing for good. */
   fenced: boolean;
   fenceEvidence: string;
+  /**
+   * WAL from the round's checkpoint to the new primary's first commit: what PostgreSQL on the new
+   * primary replayed (pg recovery grows with it).
+   */
+  redoWalBytes: number;
   /** The hot standby's replay lag while the load ran: now() - its last replayed commit's time, sampled every 200 ms. */
   standbyLagMs: { p50: number; max: number; samples: number };
   balancesConsistent: boolean;
@@ -102,7 +108,7 @@ export interface DrillReport {
   /** False when the drill passed in a temp dir and removed it. */
   dirKept: boolean;
   device: { spec: string; type: 'file' | 'iscsi'; bytes: number; fencing: string };
-  postgres: { version: string; settings: Record<string, string | number | boolean>; dataChecksums: boolean };
+  postgres: { version: string; settings: Record<string, string | number | boolean>; dataChecksums: boolean; walSegmentMb: number };
   load: { tool: 'pgbench'; script: 'tpcb-like'; scale: number; clients: number };
   setup: DrillPhase[];
   rounds: DrillRound[];
@@ -237,7 +243,7 @@ export async function runDrill(options: DrillOptions, progress: Progress): Promi
   const report: DrillReport = {
     kind: 'failover', ok: false, dir, dirKept: true,
     device: { spec: deviceSpec, type: iscsi ? 'iscsi' : 'file', bytes: 0, fencing: iscsi ? 'SCSI-3 persistent reservations (enforced by the target)' : 'emulated (holder block; a holder on this machine is killed)' },
-    postgres: { version: '', settings: hosts[0]!.cluster.settings, dataChecksums: true },
+    postgres: { version: '', settings: hosts[0]!.cluster.settings, dataChecksums: true, walSegmentMb: LSNFS_WAL_SEGMENT_MB },
     load: { tool: 'pgbench', script: 'tpcb-like', scale: options.scale, clients: options.clients },
     setup: [], rounds: [],
     summary: { rounds: 0, failedRounds: 0, lostTotal: 0, rpoTransactions: 0, fenceFailures: 0, rtoMs: { min: 0, median: 0, max: 0 } },
@@ -262,13 +268,13 @@ export async function runDrill(options: DrillOptions, progress: Progress): Promi
     for (const host of hosts) await fsp.mkdir(host.mountpoint, { recursive: true });
     let [primary, replica] = hosts as unknown as [DrillHost, DrillHost];
     await timed(report.setup, 'mount primary', () => primary.mountPrimary(deviceSpec));
-    await timed(report.setup, 'initdb', () => primary.cluster.initdb({ dataChecksums: true }));
+    await timed(report.setup, 'initdb', () => primary.cluster.initdb({ dataChecksums: report.postgres.dataChecksums, walSegmentMb: report.postgres.walSegmentMb }));
     await timed(report.setup, 'postgres start', () => primary.cluster.start());
     report.postgres.version = await primary.cluster.psql('SHOW server_version');
     progress(`drill: PostgreSQL ${report.postgres.version} up on ${primary.name}; pgbench -i -s ${options.scale}`);
     await timed(report.setup, 'pgbench -i', () => pgbenchInit(primary.cluster, options.scale));
     await primary.cluster.psql('CREATE TABLE drill_probe (round int, at timestamptz DEFAULT now())');
-    // Rounds start from a checkpoint, as a primary that has run for a while would (checkpoint_timeout bounds the redo).
+    // The standby then starts from a recent restart point (it replays from the last checkpoint).
     await primary.cluster.psql('CHECKPOINT');
     await timed(report.setup, 'standby', () => replica.startStandby(deviceSpec, path.join(dir, `overlay-${replica.name}-0`)));
 
@@ -278,6 +284,11 @@ export async function runDrill(options: DrillOptions, progress: Progress): Promi
       const failAfterS = killWindow.minS + Math.random() * (killWindow.maxS - killWindow.minS);
       progress(`drill: round ${round}/${options.rounds}: pgbench on ${primary.name}, ${failure} it in ${failAfterS.toFixed(1)} s, fail over to ${replica.name}`);
       const logDir = path.join(dir, `pgbench-round-${round}`);
+      // Every round starts from a completed checkpoint, as on a primary that has run for a while: else the
+      // last round's end-of-recovery checkpoint (spread over checkpoint_timeout) is still running when this
+      // one fails, and the redo spans both rounds. The redo is then this round's WAL (redoWalBytes).
+      await primary.cluster.psql('CHECKPOINT');
+      const checkpointWalLsn = parsePgLsn(await primary.cluster.psql('SELECT pg_current_wal_lsn()'));
       load = await startPgbench(primary.cluster, {
         clients: options.clients, threads: Math.min(options.clients, 2), durationS: Math.ceil(killWindow.maxS) + 600, noVacuum: true, logDir,
       });
@@ -301,6 +312,7 @@ export async function runDrill(options: DrillOptions, progress: Progress): Promi
       await timed(phases, 'pg recovery', () => replica.cluster.startAsPromotedStandby());
       await timed(phases, '1st commit', () => replica.cluster.psql(`INSERT INTO drill_probe (round) VALUES (${round})`));
       const rtoMs = Date.now() - failedAt;
+      const redoWalBytes = parsePgLsn(await replica.cluster.psql('SELECT pg_current_wal_lsn()')) - checkpointWalLsn;
       phases.splice(1, 1, ...promoted.phases.map((phase) => ({ name: phase.name, ms: phase.ms })));
 
       const fence = await verifyFenced(primary, daemonPid, pgPids, failure, promoted.fence?.killedPid, deviceSpec, replica.name);
@@ -317,7 +329,7 @@ export async function runDrill(options: DrillOptions, progress: Progress): Promi
       const lost = Math.max(0, acknowledged - balances.historyRows);
       report.rounds.push({
         round, failure, from: primary.name, to: replica.name, failAfterS: Number(failAfterS.toFixed(2)), acknowledged,
-        found: balances.historyRows, lost, inFlightCommitted: Math.max(0, balances.historyRows - acknowledged), rtoMs, phases,
+        found: balances.historyRows, lost, inFlightCommitted: Math.max(0, balances.historyRows - acknowledged), rtoMs, phases, redoWalBytes,
         fenced: fence.ok, fenceEvidence: fence.evidence,
         standbyLagMs: { p50: lagSamples.length > 0 ? percentile(lagSamples, 50) : 0, max: Math.max(0, ...lagSamples), samples: lagSamples.length },
         balancesConsistent: balances.consistent, amcheckClean: amcheck.clean, ...(amcheck.clean ? {} : { amcheckOutput: amcheck.output }),
@@ -415,16 +427,16 @@ export function formatReport(report: DrillReport): string {
   const lines: string[] = [];
   const seconds = (ms: number): string => `${(ms / 1000).toFixed(1)} s`;
   lines.push(`lsnfs drill: failover, ${report.device.type} device ${report.device.spec} (${formatBytes(report.device.bytes)}); fencing: ${report.device.fencing}`);
-  lines.push(`PostgreSQL ${report.postgres.version}, data checksums on, full_page_writes=${report.postgres.settings.full_page_writes ? 'on' : 'off'}; ` +
+  lines.push(`PostgreSQL ${report.postgres.version}, data checksums on, WAL segments ${report.postgres.walSegmentMb} MB, full_page_writes=${report.postgres.settings.full_page_writes ? 'on' : 'off'}; ` +
     `pgbench tpcb-like scale ${report.load.scale}, ${report.load.clients} clients`);
   lines.push(`setup: ${report.setup.map((p) => `${p.name} ${seconds(p.ms)}`).join(', ')}`);
   lines.push('');
   const phaseNames = report.rounds[0]?.phases.map((p) => p.name) ?? [];
-  const header = ['round', 'failure', 'from->to', 'at', 'acked', 'found', 'lost', 'RTO ms', ...phaseNames.map((n) => `${n} ms`),
+  const header = ['round', 'failure', 'from->to', 'at', 'acked', 'found', 'lost', 'RTO ms', ...phaseNames.map((n) => `${n} ms`), 'redo WAL',
     'standby lag p50/max ms', 'fenced', 'balances', 'amcheck', 'result'];
   const rows = report.rounds.map((r) => [
     String(r.round), r.failure, `${r.from}->${r.to}`, `${r.failAfterS.toFixed(1)} s`, String(r.acknowledged), String(r.found), String(r.lost),
-    String(r.rtoMs), ...r.phases.map((p) => String(p.ms)), `${r.standbyLagMs.p50}/${r.standbyLagMs.max}`, r.fenced ? 'yes' : 'NO',
+    String(r.rtoMs), ...r.phases.map((p) => String(p.ms)), formatBytes(r.redoWalBytes), `${r.standbyLagMs.p50}/${r.standbyLagMs.max}`, r.fenced ? 'yes' : 'NO',
     r.balancesConsistent ? 'agree' : 'DIFFER', r.amcheckClean ? 'clean' : 'CORRUPT', r.ok ? 'ok' : 'FAILED',
   ]);
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
@@ -432,7 +444,8 @@ export function formatReport(report: DrillReport): string {
   for (const row of rows) lines.push(row.map((cell, i) => pad(cell, widths[i]!)).join('  '));
   lines.push('phases: stop standby = PostgreSQL standby on the target host stopped; check/fence/unmount replica/mount primary = lsnfs failover');
   lines.push('        (fence the old primary, recover the log, bump the epoch);');
-  lines.push('        pg recovery = PostgreSQL on the new primary replays the shared WAL and is promoted; 1st commit = the first INSERT after it');
+  lines.push('        pg recovery = PostgreSQL on the new primary replays the shared WAL and is promoted; 1st commit = the first INSERT after it;');
+  lines.push('        redo WAL = WAL written since the round\'s checkpoint (each round starts from one; a failure later in a checkpoint cycle replays more)');
   for (const r of report.rounds) lines.push(`round ${r.round} fence: ${r.fenceEvidence}`);
   lines.push('');
   const s = report.summary;

@@ -29,6 +29,8 @@ export interface ControlFile {
   timeline: number;
   /** A standby may serve reads (and crash-restart) only once replay has passed this. */
   minRecoveryPoint: number;
+  /** The timeline minRecoveryPoint is on (PostgreSQL refuses one whose timeline history does not contain it). */
+  minRecoveryPointTimeline: number;
   walSegmentBytes: number;
 }
 
@@ -47,18 +49,23 @@ export function parseControlFile(bytes: Buffer): ControlFile | null {
     redoLsn: readLsn(bytes, OFF.redo),
     timeline: bytes.readUInt32LE(OFF.timeline),
     minRecoveryPoint: readLsn(bytes, OFF.minRecoveryPoint),
+    minRecoveryPointTimeline: bytes.readUInt32LE(OFF.minRecoveryPointTli),
     walSegmentBytes: bytes.readUInt32LE(OFF.xlogSegSize),
   };
 }
 
-/** A copy of pg_control with minRecoveryPoint raised to `lsn` (on the checkpoint's timeline) and the CRC redone. */
-export function withMinRecoveryPoint(bytes: Buffer, lsn: number): Buffer {
+/**
+ * A copy of pg_control with minRecoveryPoint raised to `lsn` on `timeline` and the CRC redone. After a
+ * failover the end of WAL is on a newer timeline than the last checkpoint until the new primary's first
+ * checkpoint completes: the timeline comes from the WAL, not from the checkpoint.
+ */
+export function withMinRecoveryPoint(bytes: Buffer, lsn: number, timeline: number): Buffer {
   const control = parseControlFile(bytes);
   if (!control) throw new Error('pg_control: not a PostgreSQL 15 control file (version or CRC mismatch)');
   const copy = Buffer.from(bytes);
   if (lsn > control.minRecoveryPoint) {
     copy.writeBigUInt64LE(BigInt(lsn), OFF.minRecoveryPoint);
-    copy.writeUInt32LE(control.timeline, OFF.minRecoveryPointTli);
+    copy.writeUInt32LE(timeline, OFF.minRecoveryPointTli);
   }
   copy.writeUInt32LE(crc32c(copy.subarray(0, OFF.crc)) >>> 0, OFF.crc);
   return copy;

@@ -26,6 +26,15 @@ export const PRIMARY_SETTINGS: Readonly<Settings> = {
 };
 
 /**
+ * WAL segment size (initdb --wal-segsize) of the clusters lsnfs creates. A
+ * promotion copies the last WAL segment to the new timeline and zero-fills
+ * it to its full size: with the default 16 MB that is ~2000 FUSE writes,
+ * 0.5-1.1 s of a failover. A log-structured store gains nothing from large
+ * segments (PostgreSQL neither pre-zeroes nor recycles them here).
+ */
+export const LSNFS_WAL_SEGMENT_MB = 1;
+
+/**
  * A standby reads WAL straight from the shared pg_wal/: no replication
  * connection and no archive, and it looks for new WAL every few milliseconds.
  * Restart points every 30 s let lsnfs forget the WAL segments the primary
@@ -72,10 +81,16 @@ export async function checkDataDirectory(dataDir: string): Promise<ControlFile> 
   return control;
 }
 
-/** The WAL segment files in pg_wal/, oldest first. */
-async function walSegments(dataDir: string): Promise<string[]> {
-  const names = await fsp.readdir(path.join(dataDir, 'pg_wal'));
-  return names.filter((name) => /^[0-9A-F]{24}$/.test(name)).sort();
+/**
+ * The newest timeline's WAL segment files in pg_wal/, oldest first. After a
+ * failover pg_wal/ holds segments of several timelines; the WAL a standby
+ * follows (recovery_target_timeline = latest) continues on the newest one,
+ * whose first segment is a copy of the switch segment.
+ */
+async function newestTimelineSegments(dataDir: string): Promise<{ timeline: number; segments: string[] }> {
+  const names = (await fsp.readdir(path.join(dataDir, 'pg_wal'))).filter((name) => /^[0-9A-F]{24}$/.test(name));
+  const timeline = Math.max(1, ...names.map((name) => parseInt(name.slice(0, 8), 16)));
+  return { timeline, segments: names.filter((name) => parseInt(name.slice(0, 8), 16) === timeline).sort() };
 }
 
 /** Header sizes of a WAL page (short) and of a segment's first page (long). */
@@ -88,25 +103,27 @@ const WAL_PAGE_BYTES = 8192;
  * A standby that has replayed this far has seen every change any page on the
  * shared store can carry at this moment.
  */
-export async function walEndLsn(dataDir: string, control: ControlFile): Promise<number> {
-  const segments = await walSegments(dataDir);
+export async function walEnd(dataDir: string, control: ControlFile): Promise<{ lsn: number; timeline: number }> {
+  const { timeline, segments } = await newestTimelineSegments(dataDir);
   const segmentBytes = control.walSegmentBytes;
   // Start one segment before the newest (which may be a pre-created, still empty one), never before the REDO point.
-  const candidate = segments.length >= 2 ? walSegmentStartLsn(segments[segments.length - 2]!, segmentBytes) : control.redoLsn;
+  // pg_waldump reads one timeline (default 1): an older timeline's segments end at its switch point, which would
+  // make the end of WAL look earlier than it is.
+  const candidate = segments.length >= 1 ? walSegmentStartLsn(segments[Math.max(0, segments.length - 2)]!, segmentBytes) : control.redoLsn;
   const start = Math.max(candidate, control.redoLsn);
-  const result = await exec(await pgProgram('pg_waldump'), ['-q', '-p', path.join(dataDir, 'pg_wal'), '-s', formatPgLsn(start)]);
+  const result = await exec(await pgProgram('pg_waldump'), ['-q', '-p', path.join(dataDir, 'pg_wal'), '-t', String(timeline), '-s', formatPgLsn(start)]);
   const text = result.stderr + result.stdout;
   // "error in WAL record at 0/1500718: invalid record length at 0/1500790: wanted 24, got 0"
   const at = /error in WAL record at [0-9A-F]+\/[0-9A-F]+: .*? at ([0-9A-F]+\/[0-9A-F]+)/.exec(text);
   if (at) {
     const lsn = parsePgLsn(at[1]!);
     // The reader reports the position after a page header when the last record ended on a page boundary.
-    return WAL_PAGE_HEADER_BYTES.includes(lsn % WAL_PAGE_BYTES) ? lsn - (lsn % WAL_PAGE_BYTES) : lsn;
+    return { lsn: WAL_PAGE_HEADER_BYTES.includes(lsn % WAL_PAGE_BYTES) ? lsn - (lsn % WAL_PAGE_BYTES) : lsn, timeline };
   }
   // "invalid magic number 0000 in log segment 000000010000000000000005, offset 131072": the end is that page boundary.
   const page = /in (?:log|WAL) segment ([0-9A-F]{24}), offset (\d+)/.exec(text);
-  if (page) return walSegmentStartLsn(page[1]!, segmentBytes) + Number(page[2]);
-  throw new Error(`cannot find the end of the WAL in ${dataDir}/pg_wal from ${formatPgLsn(start)}: ${text.trim().split('\n').slice(-3).join(' / ')}`);
+  if (page) return { lsn: walSegmentStartLsn(page[1]!, segmentBytes) + Number(page[2]), timeline };
+  throw new Error(`cannot find the end of the WAL in ${dataDir}/pg_wal from ${formatPgLsn(start)} on timeline ${timeline}: ${text.trim().split('\n').slice(-3).join(' / ')}`);
 }
 
 /**
@@ -119,10 +136,10 @@ export async function prepareStandbyDirectory(dataDir: string, control: ControlF
   await fsp.rm(path.join(dataDir, 'postmaster.pid'), { force: true });
   await fsp.rm(path.join(dataDir, 'recovery.signal'), { force: true });
   await fsp.writeFile(path.join(dataDir, 'standby.signal'), '');
-  const minRecoveryPoint = await walEndLsn(dataDir, control);
+  const end = await walEnd(dataDir, control);
   const controlPath = path.join(dataDir, 'global', 'pg_control');
-  await fsp.writeFile(controlPath, withMinRecoveryPoint(await fsp.readFile(controlPath), minRecoveryPoint));
-  return { minRecoveryPoint };
+  await fsp.writeFile(controlPath, withMinRecoveryPoint(await fsp.readFile(controlPath), end.lsn, end.timeline));
+  return { minRecoveryPoint: end.lsn };
 }
 
 /** A run directory (socket, server log) the PostgreSQL OS user can use. */
@@ -158,7 +175,7 @@ export async function startPrimary(options: PgServerOptions): Promise<{ cluster:
     await checkDataDirectory(options.dataDir);
     await prepareRunDirectory(options.runDir);
   } else {
-    await cluster.initdb();
+    await cluster.initdb({ walSegmentMb: LSNFS_WAL_SEGMENT_MB });
   }
   await cluster.start();
   return { cluster, initialized: !exists };

@@ -23,9 +23,10 @@ test('pg_control: fields parse, a bad CRC or another version is refused, minReco
   assert.equal(control.redoLsn, 0x1500718);
   assert.equal(control.walSegmentBytes, 64 * 1024 * 1024);
   assert.equal(control.minRecoveryPoint, 0);
-  const raised = parseControlFile(withMinRecoveryPoint(bytes, 0x2000000))!;
+  const raised = parseControlFile(withMinRecoveryPoint(bytes, 0x2000000, 3))!;
   assert.equal(raised.minRecoveryPoint, 0x2000000);
-  assert.equal(parseControlFile(withMinRecoveryPoint(withMinRecoveryPoint(bytes, 0x3000000), 0x2000000))!.minRecoveryPoint, 0x3000000, 'never lowered');
+  assert.equal(raised.minRecoveryPointTimeline, 3, 'the timeline of the end of WAL, not of the checkpoint');
+  assert.equal(parseControlFile(withMinRecoveryPoint(withMinRecoveryPoint(bytes, 0x3000000, 1), 0x2000000, 1))!.minRecoveryPoint, 0x3000000, 'never lowered');
   const damaged = Buffer.from(bytes);
   damaged[100] ^= 1;
   assert.equal(parseControlFile(damaged), null);
