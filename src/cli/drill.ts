@@ -303,17 +303,16 @@ export async function runDrill(options: DrillOptions, progress: Progress): Promi
       for (const pid of [...pgPids, daemonPid]) process.kill(pid, failure === 'kill' ? 'SIGKILL' : 'SIGSTOP');
       const lagSamples = await lag.stop();
 
-      const phases: DrillPhase[] = [];
       // The standby's host takes over: its standby (and overlay) make way for a primary on the shared state.
-      await timed(phases, 'stop standby', () => replica.cluster.stop('immediate'));
-      const promoted = await timed(phases, 'failover', () => failover({
+      const promoted = await failover({
         device: deviceSpec, host: replica.name, mountpoint: replica.mountpoint, force: true, allowOther: true,
-      }));
+        beforeUnmount: { phase: 'stop standby', run: () => replica.cluster.stopImmediately() },
+      });
+      const phases: DrillPhase[] = promoted.phases.map((phase) => ({ name: phase.name, ms: phase.ms }));
       await timed(phases, 'pg recovery', () => replica.cluster.startAsPromotedStandby());
       await timed(phases, '1st commit', () => replica.cluster.psql(`INSERT INTO drill_probe (round) VALUES (${round})`));
       const rtoMs = Date.now() - failedAt;
       const redoWalBytes = parsePgLsn(await replica.cluster.psql('SELECT pg_current_wal_lsn()')) - checkpointWalLsn;
-      phases.splice(1, 1, ...promoted.phases.map((phase) => ({ name: phase.name, ms: phase.ms })));
 
       const fence = await verifyFenced(primary, daemonPid, pgPids, failure, promoted.fence?.killedPid, deviceSpec, replica.name);
       await primary.cleanUp([...pgPids, daemonPid]);
@@ -442,8 +441,8 @@ export function formatReport(report: DrillReport): string {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
   lines.push(header.map((h, i) => pad(h, widths[i]!)).join('  '));
   for (const row of rows) lines.push(row.map((cell, i) => pad(cell, widths[i]!)).join('  '));
-  lines.push('phases: stop standby = PostgreSQL standby on the target host stopped; check/fence/unmount replica/mount primary = lsnfs failover');
-  lines.push('        (fence the old primary, recover the log, bump the epoch);');
+  lines.push('phases (lsnfs failover): check, fence the old primary, stop standby = the PostgreSQL standby on the target host, unmount replica,');
+  lines.push('        daemon start = the wait for the new primary\'s daemon (started at the beginning, held), mount primary = lease, log recovery, epoch;');
   lines.push('        pg recovery = PostgreSQL on the new primary replays the shared WAL and is promoted; 1st commit = the first INSERT after it;');
   lines.push('        redo WAL = WAL written since the round\'s checkpoint (each round starts from one; a failure later in a checkpoint cycle replays more)');
   for (const r of report.rounds) lines.push(`round ${r.round} fence: ${r.fenceEvidence}`);

@@ -72,9 +72,11 @@ export function buildProgram(): Command {
     .option('--replica-timeout <duration>', 'primary: a replica or snapshot whose heartbeat is older than this no longer holds back space reclaim, e.g. 2s (default 10s)')
     .option('--allow-other', 'let users other than root use the mount (needed for PostgreSQL)', false)
     .option('--foreground', 'serve the mount in this process until SIGTERM/SIGINT', false)
+    // lsnfs failover's own: the daemon opens the device, then waits for the word to mount.
+    .addOption(new Option('--held').hideHelp())
     .action(async (options: {
       device: string; mountpoint: string; host: string; role: MountRole; atLsn?: number; atTime?: string; overlay?: string;
-      pollIntervalMs: number; replicaTimeout?: string; allowOther: boolean; foreground: boolean;
+      pollIntervalMs: number; replicaTimeout?: string; allowOther: boolean; foreground: boolean; held?: boolean;
     }) => {
       const atTimeMs = options.atTime !== undefined ? parseTime(options.atTime) : undefined;
       const replicaTimeoutMs = options.replicaTimeout !== undefined ? parseDurationMs(options.replicaTimeout, '--replica-timeout') : undefined;

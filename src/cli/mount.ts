@@ -36,6 +36,8 @@ export interface MountOptions {
    * Replica: a PostgreSQL standby's mount; its own writes go to this directory.
    */
   overlay?: string;
+  /** The daemon loads and opens the device, then waits for the word to mount (see spawnHeldMount). */
+  held?: boolean;
 }
 
 const READY_TIMEOUT_MS = 120_000;
@@ -58,12 +60,14 @@ function daemonArgs(options: MountOptions): string[] {
   if (options.overlay !== undefined) args.push('--overlay', options.overlay);
   if (options.replicaTimeoutMs !== undefined) args.push('--replica-timeout', `${options.replicaTimeoutMs}ms`);
   if (options.allowOther) args.push('--allow-other');
+  if (options.held) args.push('--held');
   return [...args, '--foreground'];
 }
 
-/** Starts the daemon in the background and resolves once the mount is live. */
-export async function mountInBackground(options: MountOptions): Promise<{ pid: number; logFile: string }> {
-  await checkMountpoint(options.mountpoint);
+interface DaemonMessage { ready?: boolean; held?: boolean; error?: string }
+
+/** Spawns the daemon; `next(kind)` resolves on its next message of that kind, and throws (killing it) on an error or its exit. */
+async function spawnDaemon(options: MountOptions): Promise<{ pid: number; logFile: string; next(kind: 'held' | 'ready'): Promise<void>; send(message: object): void; release(): void }> {
   await fsp.mkdir(runtimeDir(), { recursive: true });
   const logFile = mountLogPath(options.mountpoint);
   const logFd = openSync(logFile, 'a');
@@ -71,24 +75,70 @@ export async function mountInBackground(options: MountOptions): Promise<{ pid: n
     detached: true,
     stdio: ['ignore', logFd, logFd, 'ipc'],
   });
-  const outcome = await new Promise<{ ok: true } | { ok: false; message: string }>((resolve) => {
-    const timer = setTimeout(() => resolve({ ok: false, message: `mount did not come up within ${READY_TIMEOUT_MS} ms (see ${logFile})` }), READY_TIMEOUT_MS);
-    child.on('message', (message: { ready?: boolean; error?: string }) => {
-      clearTimeout(timer);
-      resolve(message.ready ? { ok: true } : { ok: false, message: message.error ?? 'mount failed' });
+  const next = async (kind: 'held' | 'ready'): Promise<void> => {
+    const outcome = await new Promise<{ ok: true } | { ok: false; message: string }>((resolve) => {
+      const timer = setTimeout(() => resolve({ ok: false, message: `mount did not come up within ${READY_TIMEOUT_MS} ms (see ${logFile})` }), READY_TIMEOUT_MS);
+      const onMessage = (message: DaemonMessage): void => {
+        if (!message[kind] && message.error === undefined) return;
+        done(message[kind] ? { ok: true } : { ok: false, message: message.error ?? 'mount failed' });
+      };
+      const onExit = (code: number | null, signal: string | null): void => done({ ok: false, message: `mount process exited (${signal ?? `code ${code}`}); see ${logFile}` });
+      const done = (result: { ok: true } | { ok: false; message: string }): void => {
+        clearTimeout(timer);
+        child.off('message', onMessage);
+        child.off('exit', onExit);
+        resolve(result);
+      };
+      child.on('message', onMessage);
+      child.on('exit', onExit);
     });
-    child.on('exit', (code, signal) => {
-      clearTimeout(timer);
-      resolve({ ok: false, message: `mount process exited (${signal ?? `code ${code}`}); see ${logFile}` });
-    });
-  });
-  if (!outcome.ok) {
-    child.kill('SIGKILL');
-    throw new UserError(outcome.message);
-  }
-  child.disconnect();
-  child.unref();
-  return { pid: child.pid!, logFile };
+    if (!outcome.ok) {
+      child.kill('SIGKILL');
+      throw new UserError(outcome.message);
+    }
+  };
+  return {
+    pid: child.pid!, logFile, next,
+    send: (message) => child.send(message),
+    release: () => { child.disconnect(); child.unref(); },
+  };
+}
+
+/** Starts the daemon in the background and resolves once the mount is live. */
+export async function mountInBackground(options: MountOptions): Promise<{ pid: number; logFile: string }> {
+  await checkMountpoint(options.mountpoint);
+  const daemon = await spawnDaemon({ ...options, held: false });
+  await daemon.next('ready');
+  daemon.release();
+  return { pid: daemon.pid, logFile: daemon.logFile };
+}
+
+/** A daemon started ahead of its mount (it has loaded and opened the device): `mount()` mounts, `cancel()` kills it. */
+export interface HeldMount {
+  mount(): Promise<{ pid: number; logFile: string }>;
+  cancel(): void;
+}
+
+/**
+ * Starts the daemon for `options` now and returns once it has loaded and
+ * opened the device; it mounts (lease, recovery, FUSE) when told. A failover
+ * starts the new primary's daemon this way before fencing and unmounting the
+ * replica at the mountpoint, so that neither Node's start nor the device's
+ * login is part of the outage.
+ */
+export async function spawnHeldMount(options: MountOptions): Promise<HeldMount> {
+  const daemon = await spawnDaemon({ ...options, held: true });
+  await daemon.next('held');
+  return {
+    mount: async () => {
+      await checkMountpoint(options.mountpoint);
+      daemon.send({ mount: true });
+      await daemon.next('ready');
+      daemon.release();
+      return { pid: daemon.pid, logFile: daemon.logFile };
+    },
+    cancel: () => { if (processAlive(daemon.pid)) process.kill(daemon.pid, 'SIGKILL'); daemon.release(); },
+  };
 }
 
 async function checkMountpoint(mountpoint: string): Promise<void> {
@@ -104,9 +154,19 @@ export async function runMountDaemon(options: MountOptions): Promise<void> {
   let volume: Volume;
   let served: FileSystem & { close(): Promise<void> };
   try {
-    await checkMountpoint(options.mountpoint);
     // The host's name is its iSCSI initiator name too: one nexus per host.
     const device = await openDevice(options.device, { readOnly: false, host: options.host });
+    if (options.held) {
+      // Held for a failover: its word mounts; once it is gone, no word will come.
+      const mountNow = new Promise<void>((resolve, reject) => {
+        const onDisconnect = (): void => reject(new UserError('the command that started this held mount is gone; not mounting'));
+        process.once('disconnect', onDisconnect);
+        process.once('message', () => { process.off('disconnect', onDisconnect); resolve(); });
+      });
+      notify({ held: true });
+      await mountNow;
+    }
+    await checkMountpoint(options.mountpoint);
     if (options.role === 'replica' && options.overlay !== undefined) {
       const standby = await openStandby(device, { host: options.host, overlayDir: path.resolve(options.overlay), pollIntervalMs: options.pollIntervalMs });
       volume = standby.shared;

@@ -103,12 +103,17 @@ function pidExists(pid: number): boolean {
   }
 }
 
+/** postmaster.pid: pid, data directory, start time, port, socket directory, listen address, shared memory key, status. */
+const POSTMASTER_PID_STATUS_LINE = 7;
+/** How often waits for a server state look again (pg_ctl -w looks every 100 ms: a failover waits on it twice). */
+const EXIT_POLL_MS = 5;
+
 /** Waits until none of `pids` exists (not even as a zombie); returns those still there after `timeoutMs`. */
 export async function waitForExit(pids: number[], timeoutMs: number): Promise<number[]> {
   const deadline = Date.now() + timeoutMs;
   let alive = pids.filter((pid) => pidExists(pid));
   while (alive.length > 0 && Date.now() < deadline) {
-    await new Promise((resolve) => setTimeout(resolve, 20));
+    await new Promise((resolve) => setTimeout(resolve, EXIT_POLL_MS));
     alive = alive.filter((pid) => pidExists(pid));
   }
   return alive;
@@ -209,7 +214,36 @@ export class PgCluster {
     await fsp.writeFile(signal, '');
     await fsp.chown(signal, uid, gid);
     await this.start({ ...options, settings: { recovery_init_sync_method: 'syncfs' } });
-    await execOk(await pgProgram('pg_ctl'), ['-D', this.dataDir, '-w', '-t', String(options.timeoutS ?? 600), 'promote'], { user: this.osUser });
+    await execOk(await pgProgram('pg_ctl'), ['-D', this.dataDir, '-W', 'promote'], { user: this.osUser });
+    const deadlineMs = Date.now() + (options.timeoutS ?? 600) * 1000;
+    for (;;) {
+      const status = await this.postmasterStatus();
+      if (status === 'ready') return;
+      if (status === null) throw new Error(`PostgreSQL in ${this.dataDir} stopped while being promoted\nserver log:\n${await this.logTail(30)}`);
+      if (Date.now() > deadlineMs) throw new Error(`PostgreSQL in ${this.dataDir} was not promoted within ${options.timeoutS ?? 600} s (status '${status}')`);
+      await new Promise((resolve) => setTimeout(resolve, EXIT_POLL_MS));
+    }
+  }
+
+  /**
+   * The postmaster's state from postmaster.pid ('starting', 'standby', 'ready', 'stopping'), or null when
+   * no postmaster runs. After a promotion it turns from 'standby' to 'ready': commits are accepted.
+   */
+  async postmasterStatus(): Promise<string | null> {
+    const text = await fsp.readFile(path.join(this.dataDir, 'postmaster.pid'), 'utf8').catch(() => null);
+    const lines = text?.split('\n') ?? [];
+    const pid = Number(lines[0]);
+    if (!Number.isSafeInteger(pid) || pid <= 0 || !pidExists(pid)) return null;
+    return lines[POSTMASTER_PID_STATUS_LINE]?.trim() ?? 'starting';
+  }
+
+  /** Immediate shutdown (SIGQUIT to the postmaster: no checkpoint), returning as soon as every server process is gone. */
+  async stopImmediately(options: { timeoutS?: number } = {}): Promise<void> {
+    const pid = await this.postmasterPid();
+    if (pid === null || !pidExists(pid)) throw new Error(`no running postmaster for ${this.dataDir}`);
+    process.kill(pid, 'SIGQUIT');
+    // The postmaster exits after its children: then nothing holds a file of the data directory open.
+    if ((await waitForExit([pid], (options.timeoutS ?? 60) * 1000)).length > 0) throw new Error(`PostgreSQL in ${this.dataDir} did not stop (postmaster ${pid})`);
   }
 
   /** Stops the server if one runs; never throws (for cleanup paths). */
