@@ -13,7 +13,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { TestVolume, crashDaemon, destroyVolume, lsnfs, lsnfsOk, makeVolume, run, sleep } from '../support/harness';
+import { TestVolume, crashDaemon, destroyVolume, lsnfs, lsnfsOk, makeVolume, sleep } from '../support/harness';
+import { PgStandby, deviceStatus, reportLogs, startConsistencyOracle, startPgStandby, stopAndUnmountQuietly } from '../support/pg';
 import {
   PGBENCH_TABLES, PgCluster, flushLsn, formatPgLsn, parsePgLsn, pgbenchInit, startPgbench, tableChecksums, tpcbBalances, waitForReplay,
 } from '../../src/pg';
@@ -24,47 +25,29 @@ const LOAD_S = 60;
 const PRIMARY_PORT = 20000 + (process.pid % 10000) * 2;
 const CATCH_UP_TIMEOUT_MS = 60_000;
 
-interface Standby { name: string; mountpoint: string; overlay: string; cluster: PgCluster; port: number }
-
-interface StatusJson {
-  walLsn: number;
-  replicas: Array<{ host: string; viewWalLsn: number; overlayBytes: number; live: boolean }>;
-}
-
 test('PostgreSQL hot standbys on replica mounts: consistent reads under pgbench, DDL, catch-up, restart, bad input', { timeout: 600_000 }, async (t) => {
   const volume = await makeVolume({ name: 'standby', size: '4G' });
   await fsp.chmod(volume.dir, 0o755); // PostgreSQL runs as postgres and must reach the mounts and run dirs
   const runDir = (name: string): string => path.join(volume.dir, `run-${name}`);
   const primary = new PgCluster({ dataDir: path.join(volume.mountpoint, 'pgdata'), runDir: runDir('primary'), port: PRIMARY_PORT });
-  const standbys: Standby[] = [];
+  const standbys: PgStandby[] = [];
   const mountpointOf = (name: string): string => path.join(volume.dir, `mnt-${name}`);
   const withMountpoint = (mountpoint: string): TestVolume => ({ ...volume, mountpoint });
 
-  async function startStandby(name: string, port: number, overlay: string): Promise<Standby> {
-    const mountpoint = mountpointOf(name);
-    await fsp.mkdir(mountpoint, { recursive: true });
+  async function startStandby(name: string, port: number, overlay: string): Promise<PgStandby> {
     const started = Date.now();
-    await lsnfsOk(['pg', 'standby', '--device', volume.device, '--mountpoint', mountpoint, '--overlay', overlay,
-      '--port', String(port), '--run-dir', runDir(name), '--host', name], volume.env);
+    const standby = await startPgStandby(volume, { name, mountpoint: mountpointOf(name), overlay, port, runDir: runDir(name) });
     t.diagnostic(`standby ${name}: mounted and accepting read-only connections in ${Date.now() - started} ms`);
-    const standby = { name, mountpoint, overlay, port, cluster: new PgCluster({ dataDir: path.join(mountpoint, 'pgdata'), runDir: runDir(name), port }) };
     standbys.push(standby);
     return standby;
   }
-
-  async function status(): Promise<StatusJson> {
-    return JSON.parse(await lsnfsOk(['status', '--device', volume.device, '--json'], volume.env)) as StatusJson;
-  }
+  const status = () => deviceStatus(volume);
 
   let failed = false;
   t.after(async () => {
     // LSNFS_TEST_KEEP=1 leaves a failed run's servers, mounts and logs in place for a look.
     if (failed && process.env.LSNFS_TEST_KEEP) { t.diagnostic(`kept ${volume.dir}`); return; }
-    for (const standby of standbys) {
-      await standby.cluster.stopQuietly('immediate');
-      const result = await lsnfs(['umount', '--mountpoint', standby.mountpoint], volume.env);
-      if (result.code !== 0) await run('umount', ['-l', standby.mountpoint]).catch(() => undefined);
-    }
+    for (const standby of standbys) await stopAndUnmountQuietly(volume, standby.cluster, standby.mountpoint);
     await primary.stopQuietly('immediate');
     await destroyVolume(volume);
   });
@@ -74,13 +57,7 @@ test('PostgreSQL hot standbys on replica mounts: consistent reads under pgbench,
   } catch (error) {
     failed = true;
     // What the daemons and servers said, before the after hook removes their directory.
-    for (const file of (await fsp.readdir(path.join(volume.dir, 'run')).catch(() => [])).filter((f) => f.endsWith('.log'))) {
-      const text = await fsp.readFile(path.join(volume.dir, 'run', file), 'utf8');
-      t.diagnostic(`${file}:\n${text.split('\n').filter((l) => !/"level":30/.test(l)).slice(-15).join('\n')}`);
-    }
-    for (const standby of [primary, ...standbys.map((s) => s.cluster)]) {
-      t.diagnostic(`server log of port ${standby.port}:\n${(await standby.logTail(400)).split('\n').filter((l) => !/waiting for WAL|invalid record length/.test(l)).slice(-15).join('\n')}`);
-    }
+    await reportLogs(t, volume, [primary, ...standbys.map((s) => s.cluster)]);
     throw error;
   }
 
@@ -112,18 +89,7 @@ test('PostgreSQL hot standbys on replica mounts: consistent reads under pgbench,
 
     // Load, with the oracle running on both standbys all the time.
     const pgbench = await startPgbench(primary, { clients: 4, threads: 2, durationS: LOAD_S, noVacuum: true });
-    let loadDone = false;
-    const oracle = async (standby: Standby): Promise<number> => {
-      let checks = 0;
-      while (!loadDone) {
-        const sums = await tpcbBalances(standby.cluster);
-        assert.ok(sums.consistent, `standby ${standby.name} saw inconsistent sums after ${checks} checks: ${JSON.stringify(sums)}`);
-        checks++;
-      }
-      return checks;
-    };
-    const oracles = [oracle(a), oracle(b)];
-    oracles.forEach((o) => o.catch(() => { loadDone = true; }));
+    const oracles = [startConsistencyOracle(a), startConsistencyOracle(b)];
 
     // DDL while standby b is paused: its files and the WAL segments behind them are dropped on the primary before b replays them.
     await sleep(10_000);
@@ -146,8 +112,7 @@ test('PostgreSQL hot standbys on replica mounts: consistent reads under pgbench,
     await b.cluster.psql('SELECT pg_wal_replay_resume()');
 
     const load = await pgbench.result;
-    loadDone = true;
-    const checks = await Promise.all(oracles);
+    const checks = await Promise.all(oracles.map((oracle) => oracle.stop()));
     assert.equal(load.exitCode, 0, `pgbench: ${load.stderr}`);
     t.diagnostic(`pgbench ${LOAD_S} s: ${load.tps} tps; oracle checks: ${checks.join(', ')}`);
     assert.ok(checks.every((n) => n > 0));
@@ -178,7 +143,7 @@ test('PostgreSQL hot standbys on replica mounts: consistent reads under pgbench,
 
     // The overlay stays bounded: once the primary's checkpoint has put newer pages on the shared store and the
     // standby's restart point has moved its view past them, the pages it had evicted leave its overlay.
-    const overlayOf = async (standby: Standby): Promise<number> => (await status()).replicas.find((r) => r.host === standby.name)!.overlayBytes;
+    const overlayOf = async (standby: PgStandby): Promise<number> => (await status()).replicas.find((r) => r.host === standby.name)!.overlayBytes;
     const overlayBefore = await overlayOf(a);
     await primary.psql('CHECKPOINT');
     await waitForReplay(a.cluster, await flushLsn(primary), CATCH_UP_TIMEOUT_MS);
