@@ -9,6 +9,7 @@ import path from 'node:path';
 import { CommandError, exec, execOk } from './exec';
 import { pgProgram } from './binaries';
 import { processAlive } from '../util/process';
+import { DB_IN_PRODUCTION, parseControlFile } from './control';
 
 export type SettingValue = string | number | boolean;
 export type Settings = Record<string, SettingValue>;
@@ -103,8 +104,6 @@ function pidExists(pid: number): boolean {
   }
 }
 
-/** postmaster.pid: pid, data directory, start time, port, socket directory, listen address, shared memory key, status. */
-const POSTMASTER_PID_STATUS_LINE = 7;
 /** How often waits for a server state look again (pg_ctl -w looks every 100 ms: a failover waits on it twice). */
 const EXIT_POLL_MS = 5;
 
@@ -215,26 +214,16 @@ export class PgCluster {
     await fsp.chown(signal, uid, gid);
     await this.start({ ...options, settings: { recovery_init_sync_method: 'syncfs' } });
     await execOk(await pgProgram('pg_ctl'), ['-D', this.dataDir, '-W', 'promote'], { user: this.osUser });
+    // What pg_ctl promote -w waits for, looked at every few ms: pg_control says "in production".
     const deadlineMs = Date.now() + (options.timeoutS ?? 600) * 1000;
     for (;;) {
-      const status = await this.postmasterStatus();
-      if (status === 'ready') return;
-      if (status === null) throw new Error(`PostgreSQL in ${this.dataDir} stopped while being promoted\nserver log:\n${await this.logTail(30)}`);
-      if (Date.now() > deadlineMs) throw new Error(`PostgreSQL in ${this.dataDir} was not promoted within ${options.timeoutS ?? 600} s (status '${status}')`);
+      const control = parseControlFile(await fsp.readFile(path.join(this.dataDir, 'global', 'pg_control')));
+      if (control?.state === DB_IN_PRODUCTION) return;
+      const pid = await this.postmasterPid();
+      if (pid === null || !pidExists(pid)) throw new Error(`PostgreSQL in ${this.dataDir} stopped while being promoted\nserver log:\n${await this.logTail(30)}`);
+      if (Date.now() > deadlineMs) throw new Error(`PostgreSQL in ${this.dataDir} was not promoted within ${options.timeoutS ?? 600} s`);
       await new Promise((resolve) => setTimeout(resolve, EXIT_POLL_MS));
     }
-  }
-
-  /**
-   * The postmaster's state from postmaster.pid ('starting', 'standby', 'ready', 'stopping'), or null when
-   * no postmaster runs. After a promotion it turns from 'standby' to 'ready': commits are accepted.
-   */
-  async postmasterStatus(): Promise<string | null> {
-    const text = await fsp.readFile(path.join(this.dataDir, 'postmaster.pid'), 'utf8').catch(() => null);
-    const lines = text?.split('\n') ?? [];
-    const pid = Number(lines[0]);
-    if (!Number.isSafeInteger(pid) || pid <= 0 || !pidExists(pid)) return null;
-    return lines[POSTMASTER_PID_STATUS_LINE]?.trim() ?? 'starting';
   }
 
   /** Immediate shutdown (SIGQUIT to the postmaster: no checkpoint), returning as soon as every server process is gone. */
@@ -242,8 +231,13 @@ export class PgCluster {
     const pid = await this.postmasterPid();
     if (pid === null || !pidExists(pid)) throw new Error(`no running postmaster for ${this.dataDir}`);
     process.kill(pid, 'SIGQUIT');
-    // The postmaster exits after its children: then nothing holds a file of the data directory open.
-    if ((await waitForExit([pid], (options.timeoutS ?? 60) * 1000)).length > 0) throw new Error(`PostgreSQL in ${this.dataDir} did not stop (postmaster ${pid})`);
+    // The postmaster exits after its children: then nothing holds a file of the data directory open. It is
+    // init's child (pg_ctl detaches it), and init may take a second to reap it: exited is enough here.
+    const deadlineMs = Date.now() + (options.timeoutS ?? 60) * 1000;
+    while (processAlive(pid)) {
+      if (Date.now() > deadlineMs) throw new Error(`PostgreSQL in ${this.dataDir} did not stop (postmaster ${pid})`);
+      await new Promise((resolve) => setTimeout(resolve, EXIT_POLL_MS));
+    }
   }
 
   /** Stops the server if one runs; never throws (for cleanup paths). */

@@ -21,8 +21,13 @@ const OFF = {
   minRecoveryPoint: 136, minRecoveryPointTli: 144, xlogSegSize: 228, crc: 288,
 } as const;
 
+/** pg_control's DBState once a server has finished recovery (or promotion) and accepts writes. */
+export const DB_IN_PRODUCTION = 6;
+
 export interface ControlFile {
   pgControlVersion: number;
+  /** DBState: 6 (DB_IN_PRODUCTION) once recovery or promotion is over. */
+  state: number;
   /** The newest checkpoint record's LSN and its REDO point: recovery starts at the REDO point. */
   checkPointLsn: number;
   redoLsn: number;
@@ -45,6 +50,7 @@ export function parseControlFile(bytes: Buffer): ControlFile | null {
   if ((crc32c(bytes.subarray(0, OFF.crc)) >>> 0) !== bytes.readUInt32LE(OFF.crc)) return null;
   return {
     pgControlVersion: bytes.readUInt32LE(OFF.version),
+    state: bytes.readUInt32LE(OFF.state),
     checkPointLsn: readLsn(bytes, OFF.checkPoint),
     redoLsn: readLsn(bytes, OFF.redo),
     timeline: bytes.readUInt32LE(OFF.timeline),
