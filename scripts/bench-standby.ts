@@ -4,9 +4,12 @@
  *
  * - Creation: `lsnfs pg standby` (mount + start, no copy) vs pg_basebackup
  *   of the same database to local disk + start of a streaming standby.
- * - Storage: the primary's live data on the device, then with 3 lsnfs
- *   standbys (the device's live data, which now includes versions they hold,
- *   plus their overlays) after a pgbench run.
+ * - Storage, after the pgbench run with 3 lsnfs standbys attached: the
+ *   device's live data (which includes the older versions their views hold)
+ *   plus their overlays, over what the primary alone would hold at that same
+ *   moment: the versions a read at the tail needs (status tailBytes). Both
+ *   sides then hold the same database; measuring "alone" before the run
+ *   would count the run's own growth as the standbys' cost.
  * - Replay lag under pgbench (tpcb-like) on the primary: psql \watch samples
  *   the primary's flush LSN (a commit's LSN is flushed when it is
  *   acknowledged) and each standby's replay LSN with server timestamps (one
@@ -95,7 +98,7 @@ async function bench(options: BenchOptions): Promise<void> {
     const dbBytes = Number(await primary.psql("SELECT pg_database_size('postgres')"));
     log(`bench: pgbench -i -s ${options.scale} on lsnfs: ${initS.toFixed(1)} s, database ${(dbBytes / 1e9).toFixed(2)} GB`);
     await primary.psql('CHECKPOINT');
-    const liveAlone = (JSON.parse(await volume.cli(['status', '--device', volume.device, '--json'])) as { liveBytes: number }).liveBytes;
+    const liveBefore = (JSON.parse(await volume.cli(['status', '--device', volume.device, '--json'])) as { liveBytes: number }).liveBytes;
 
     // Creation: lsnfs standbys (mount + start), then pg_basebackup + start of a streaming standby.
     const createLsnfs: number[] = [];
@@ -137,10 +140,12 @@ async function bench(options: BenchOptions): Promise<void> {
     log(`bench: ${primarySampler.samples.length} primary samples; lags measured: lsnfs ${lsnfsLags.length}, streaming ${streamingLags.length}`);
 
     // Storage with 3 standbys: the device's live data (including versions they hold) plus their overlays.
-    const status = JSON.parse(await volume.cli(['status', '--device', volume.device, '--json'])) as { liveBytes: number; replicas: Array<{ overlayBytes: number }> };
+    const status = JSON.parse(await volume.cli(['status', '--device', volume.device, '--json'])) as { liveBytes: number; tailBytes: number };
     const overlays = (await Promise.all(standbys.map((s) => duBytes(s.overlay)))).reduce((a, b) => a + b, 0);
     const liveWith = status.liveBytes + overlays;
-    log(`bench: live data alone ${(liveAlone / 1e6).toFixed(1)} MB; with 3 standbys after the run ${(status.liveBytes / 1e6).toFixed(1)} MB + overlays ${(overlays / 1e6).toFixed(1)} MB`);
+    const liveAlone = status.tailBytes;
+    log(`bench: live data before the run ${(liveBefore / 1e6).toFixed(1)} MB; after it, with 3 standbys ${(status.liveBytes / 1e6).toFixed(1)} MB ` +
+      `+ overlays ${(overlays / 1e6).toFixed(1)} MB, of which the primary alone would hold ${(liveAlone / 1e6).toFixed(1)} MB`);
 
     const summary = {
       replay_lag_ms: { p50: round1(percentile(lsnfsLags, 50)), p99: round1(percentile(lsnfsLags, 99)) },

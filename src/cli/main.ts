@@ -126,7 +126,7 @@ export function buildProgram(): Command {
       const rows: Array<[string, string]> = [
         ['device', status.device], ['uuid', status.uuid], ['format version', String(status.formatVersion)],
         ['page size', String(status.pageSize)], ['size', formatBytes(status.sizeBytes)],
-        ['log used', `${formatBytes(status.usedBytes)} of ${formatBytes(status.logBytes)} (live data ${formatBytes(status.liveBytes)})`],
+        ['log used', `${formatBytes(status.usedBytes)} of ${formatBytes(status.logBytes)} (live data ${formatBytes(status.liveBytes)}, of which a read at the tail needs ${formatBytes(status.tailBytes)})`],
         ['epoch', String(status.epoch)], ['head LSN', String(status.headLsn)], ['tail LSN', `${status.tailLsn} (database LSN ${status.walLsnText})`],
         ['checkpoint LSN', String(status.checkpointLsn)], ['files', String(status.files)],
         ['holder', status.holder ? `${status.holder.host} (pid ${status.holder.pid}, epoch ${status.holder.epoch})` : 'none'],

@@ -24,6 +24,8 @@ export interface VolumeStatus {
   logBytes: number;
   usedBytes: number;
   liveBytes: number;
+  /** Of liveBytes, what a read at the tail needs: the rest is older versions kept for readers, retention and tombstones. */
+  tailBytes: number;
   epoch: number;
   headLsn: number;
   tailLsn: number;
@@ -106,6 +108,7 @@ export async function volumeStatus(device: BlockDevice, replicaTimeoutMs = DEFAU
     logBytes: superblock.logBytes,
     usedBytes: recovered.tailLsn - superblock.headLsn,
     liveBytes: recovered.state.liveBytes,
+    tailBytes: recovered.state.tailVisibleBytes(),
     epoch: superblock.epoch,
     headLsn: superblock.headLsn,
     tailLsn: recovered.tailLsn,

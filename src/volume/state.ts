@@ -302,6 +302,21 @@ export class VolumeState {
     }
   }
 
+  /**
+   * Log bytes a read at the tail needs: for every page of every file not
+   * deleted, its newest base and the deltas after it. What the volume would
+   * hold if no reader or retention kept older versions (the least it can hold).
+   */
+  tailVisibleBytes(): number {
+    let bytes = 0;
+    for (const inode of this.inodes.values()) {
+      for (const pageNo of inode.pages?.keys() ?? []) {
+        for (const version of this.versionsAt(inode, pageNo, Number.POSITIVE_INFINITY)) bytes += versionLogBytes(version);
+      }
+    }
+    return bytes;
+  }
+
   /** The versions a read at `atLsn` must combine (state after every record below it): newest base, then later deltas. */
   versionsAt(inode: Inode, pageNo: number, atLsn: number): PageVersion[] {
     const versions = inode.pages?.get(pageNo);

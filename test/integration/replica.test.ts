@@ -47,7 +47,7 @@ const SEED = Number(process.env.LSNFS_REPLICA_SEED ?? Math.floor(Math.random() *
 interface ReplicaStatus { host: string; pid: number; viewLsn: number; appliedLsn: number; lagBytes: number; lagMs: number; heartbeatAt: string; live: boolean }
 interface TombstoneStatus { ino: number; name: string; deletedAtLsn: number; bytes: number; heldBy: string[] }
 interface Status {
-  tailLsn: number; headLsn: number; checkpointLsn: number; logBytes: number; usedBytes: number; liveBytes: number;
+  tailLsn: number; headLsn: number; checkpointLsn: number; logBytes: number; usedBytes: number; liveBytes: number; tailBytes: number;
   oldestLsn: number; retainMs: number; horizonLsn: number | null; replicas: ReplicaStatus[]; tombstones: TombstoneStatus[];
 }
 
@@ -1013,6 +1013,7 @@ test('a deleted file is a tombstone held by a lagging replica; once it moves on,
   assert.ok(tomb, `no tombstone for big.bin: ${JSON.stringify(held.tombstones)}`);
   assert.ok(tomb.heldBy.includes('frozen-replica') && tomb.heldBy.includes('slow-replica'), `held by ${tomb.heldBy.join(', ')}`);
   assert.ok(tomb.bytes >= bigBytes, `tombstone holds ${tomb.bytes} bytes, the file had ${bigBytes}`);
+  assert.ok(held.liveBytes - held.tailBytes >= bigBytes, `live ${held.liveBytes} bytes, ${held.tailBytes} needed at the tail: the tombstone's ${bigBytes} are not`);
   assert.ok(held.horizonLsn !== null && held.horizonLsn <= tomb.deletedAtLsn, `horizon ${held.horizonLsn} vs deletion at ${tomb.deletedAtLsn}`);
   // Durable now, but the slow replica's view is still older: name and open fd both read the old bytes.
   assert.ok((await fsp.readFile(path.join(slow, 'big.bin'))).equals(big), 'the slow replica reads the deleted file after the fsync');
