@@ -6,8 +6,13 @@
  * RTO is failure -> first commit on the new primary (detection excluded: the
  * drill fails over with --force). RPO must be 0 in every round.
  *
+ * Each round starts from a completed checkpoint and fails the primary
+ * --kill-after seconds into the load (default 3-10): the redo, the largest
+ * part of the RTO, grows with it. 20-57 covers the late part of a 30 s
+ * checkpoint cycle (a spread checkpoint completes ~27 s after it starts).
+ *
  * Usage (as root): scripts/bench-failover [--rounds N] [--block N] [--scale N]
- *   [--duration S] [--runs N] [--dir DIR] [--keep] [--json]
+ *   [--kill-after MIN-MAX] [--duration S] [--runs N] [--dir DIR] [--keep] [--json]
  * --json prints one object on stdout:
  *   {"rounds":N,"rpo_lost_commits":N,"fence_failures":N,"rto_s":{"p50":N,"p99":N,"max":N},
  *    "rto_s_by_device":{"file":{…},"iscsi":{…}},"tps_iscsi_over_file":R,"tps":{"file":N,"iscsi":N}}
@@ -24,7 +29,7 @@ import { LSNFS_SETTINGS, PgCluster, execOk, pgbenchInit, runPgbench } from '../s
 const REPO_ROOT = path.resolve(__dirname, '..', '..');
 const LSNFS_BIN = path.join(REPO_ROOT, 'bin', 'lsnfs');
 
-interface BenchOptions { rounds: number; block: number; scale: number; duration: number; runs: number; dir?: string; keep: boolean; json: boolean }
+interface BenchOptions { rounds: number; block: number; scale: number; killAfter: string; duration: number; runs: number; dir?: string; keep: boolean; json: boolean }
 type DeviceKind = 'file' | 'iscsi';
 
 function rtoSummary(rounds: DrillRound[]): { p50: number; p99: number; max: number } {
@@ -98,7 +103,7 @@ async function bench(options: BenchOptions): Promise<void> {
         log(`bench: drill block ${block + 1} on ${kind}: ${count} round(s)`);
         const report = await runDrill({
           dir: path.join(dir, `drill-${block}-${kind}`), ...(kind === 'iscsi' ? { device: iscsiUrl, force: true } : { force: false }),
-          size: '4G', rounds: count, scale: options.scale, clients: 4, killAfter: '3-10', port: 25000 + (process.pid % 5000),
+          size: '4G', rounds: count, scale: options.scale, clients: 4, killAfter: options.killAfter, port: 25000 + (process.pid % 5000),
           failure: 'alternate', fullPageWrites: 'off', keep: false, json: true,
         }, (message) => log(`  ${message}`));
         for (const r of report.rounds) {
@@ -144,6 +149,7 @@ const program = new Command('bench-failover')
   .option('--rounds <n>', 'drill rounds in all, half on each device', positiveInt('--rounds'), 20)
   .option('--block <n>', 'rounds per drill (one setup each); devices alternate between blocks', positiveInt('--block'), 5)
   .option('--scale <n>', 'pgbench scale factor', positiveInt('--scale'), 10)
+  .option('--kill-after <seconds>', 'the drill\'s window for the failure, seconds into each round\'s load (MIN-MAX)', '3-10')
   .option('--duration <seconds>', 'seconds per TPS run', positiveInt('--duration'), 30)
   .option('--runs <n>', 'TPS runs per device (alternated)', positiveInt('--runs'), 2);
 

@@ -15,8 +15,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { crashDaemon, destroyVolume, lsnfsOk, makeVolume, sleep } from '../support/harness';
-import { PgStandby, deviceStatus, reportLogs, startConsistencyOracle, startPgStandby, stopAndUnmountQuietly } from '../support/pg';
+import { crashDaemon, lsnfsOk, makeVolume, sleep } from '../support/harness';
+import { PgStandby, deviceStatus, runPgScenario, startConsistencyOracle, startPgStandby } from '../support/pg';
 import {
   PGBENCH_TABLES, PgCluster, flushLsn, formatPgLsn, parsePgLsn, pgbenchInit, startPgbench, tableChecksums, tpcbBalances, waitForReplay,
 } from '../../src/pg';
@@ -37,22 +37,7 @@ test('a hot standby keeps following the new primary across a failover (new timel
   const nodeA = new PgCluster({ dataDir: path.join(volume.mountpoint, 'pgdata'), runDir: runDir('node-a'), port: PORT_A });
   const standbys: PgStandby[] = [];
 
-  let failed = false;
-  t.after(async () => {
-    // LSNFS_TEST_KEEP=1 leaves a failed run's servers, mounts and logs in place for a look.
-    if (failed && process.env.LSNFS_TEST_KEEP) { t.diagnostic(`kept ${volume.dir}`); return; }
-    for (const standby of standbys) await stopAndUnmountQuietly(volume, standby.cluster, standby.mountpoint);
-    await nodeA.stopQuietly('immediate');
-    await destroyVolume(volume);
-  });
-
-  try {
-    await scenario();
-  } catch (error) {
-    failed = true;
-    await reportLogs(t, volume, [nodeA, ...standbys.map((s) => s.cluster)]);
-    throw error;
-  }
+  await runPgScenario(t, volume, nodeA, standbys, scenario);
 
   async function scenario(): Promise<void> {
     await lsnfsOk(['pg', 'primary', '--device', volume.device, '--mountpoint', volume.mountpoint, '--port', String(PORT_A),

@@ -13,8 +13,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { TestVolume, crashDaemon, destroyVolume, lsnfs, lsnfsOk, makeVolume, sleep } from '../support/harness';
-import { PgStandby, deviceStatus, reportLogs, startConsistencyOracle, startPgStandby, stopAndUnmountQuietly } from '../support/pg';
+import { TestVolume, crashDaemon, lsnfs, lsnfsOk, makeVolume, sleep } from '../support/harness';
+import { PgStandby, deviceStatus, runPgScenario, startConsistencyOracle, startPgStandby } from '../support/pg';
 import {
   PGBENCH_TABLES, PgCluster, flushLsn, formatPgLsn, parsePgLsn, pgbenchInit, startPgbench, tableChecksums, tpcbBalances, waitForReplay,
 } from '../../src/pg';
@@ -43,23 +43,7 @@ test('PostgreSQL hot standbys on replica mounts: consistent reads under pgbench,
   }
   const status = () => deviceStatus(volume);
 
-  let failed = false;
-  t.after(async () => {
-    // LSNFS_TEST_KEEP=1 leaves a failed run's servers, mounts and logs in place for a look.
-    if (failed && process.env.LSNFS_TEST_KEEP) { t.diagnostic(`kept ${volume.dir}`); return; }
-    for (const standby of standbys) await stopAndUnmountQuietly(volume, standby.cluster, standby.mountpoint);
-    await primary.stopQuietly('immediate');
-    await destroyVolume(volume);
-  });
-
-  try {
-    await scenario();
-  } catch (error) {
-    failed = true;
-    // What the daemons and servers said, before the after hook removes their directory.
-    await reportLogs(t, volume, [primary, ...standbys.map((s) => s.cluster)]);
-    throw error;
-  }
+  await runPgScenario(t, volume, primary, standbys, scenario);
 
   async function scenario(): Promise<void> {
     // The primary, through the one command a user types.

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { TestContext } from 'node:test';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { TestVolume, lsnfs, lsnfsOk, run } from './harness';
+import { TestVolume, destroyVolume, lsnfs, lsnfsOk, run } from './harness';
 import { PgCluster, tpcbBalances } from '../../src/pg';
 
 export interface PgStandby { name: string; mountpoint: string; overlay: string; port: number; cluster: PgCluster }
@@ -84,5 +84,31 @@ export async function reportLogs(t: TestContext, volume: TestVolume, clusters: P
   }
   for (const cluster of clusters) {
     t.diagnostic(`server log of port ${cluster.port}:\n${(await cluster.logTail(400)).split('\n').filter((l) => !/waiting for WAL|invalid record length/.test(l)).slice(-15).join('\n')}`);
+  }
+}
+
+/**
+ * Runs a PostgreSQL scenario on `volume`, then stops `primary` and the
+ * standbys (those in `standbys` by then) and destroys the volume. On a
+ * failure the daemons' and servers' logs are reported first, and
+ * LSNFS_TEST_KEEP=1 leaves everything in place for a look.
+ */
+export async function runPgScenario(
+  t: TestContext, volume: TestVolume, primary: PgCluster, standbys: PgStandby[], scenario: () => Promise<void>,
+): Promise<void> {
+  let failed = false;
+  t.after(async () => {
+    if (failed && process.env.LSNFS_TEST_KEEP) { t.diagnostic(`kept ${volume.dir}`); return; }
+    for (const standby of standbys) await stopAndUnmountQuietly(volume, standby.cluster, standby.mountpoint);
+    await primary.stopQuietly('immediate');
+    await destroyVolume(volume);
+  });
+  try {
+    await scenario();
+  } catch (error) {
+    failed = true;
+    // Before the after hook removes their directory.
+    await reportLogs(t, volume, [primary, ...standbys.map((s) => s.cluster)]);
+    throw error;
   }
 }
