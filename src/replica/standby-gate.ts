@@ -30,6 +30,14 @@ const log = pino({ name: 'lsnfs-standby-gate' }, pino.destination(2));
 const WAL_DIR_NAME = 'pg_wal';
 /** How deep below the root pg_wal directories are looked for at mount. */
 const WAL_DIR_SEARCH_DEPTH = 5;
+/**
+ * Held records applied per turn of the event loop once L moved. L moves when
+ * the standby writes pg_control, often by seconds of the primary's writes at
+ * once; applying them all inside that write stalled it, and the standby's
+ * replay (which waits for pg_control's lock and reads pages through this
+ * mount) with it: hundreds of milliseconds of replay lag.
+ */
+const APPLY_SLICE_RECORDS = 256;
 
 interface HeldRecord { header: RecordHeader; payload: Buffer }
 /** `segment`: the WAL segment whose name the op removes (applied once the standby passed it); null: an op queued behind one. */
@@ -40,8 +48,11 @@ export class StandbyGate {
   private readonly walDirs = new Set<number>();
   /** Files and symlinks inside the WAL subtree. */
   private readonly walFiles = new Set<number>();
-  /** Non-WAL records waiting for L to reach their tag, in log order. */
+  /** Non-WAL records waiting for L to reach their tag, in log order, from `heldHead` on (the ones before are applied). */
   private readonly held: HeldRecord[] = [];
+  private heldHead = 0;
+  /** A drain of the held records L covers is scheduled (setImmediate). */
+  private draining = false;
   /** WAL segment unlinks waiting for the standby to pass the segment, in log order. */
   private readonly deferred: DeferredUnlink[] = [];
   /** Names in pg_wal/ that deferred ops touch: later ops on them wait behind (libfuse renames an open file to .fuse_hidden* before unlinking it). */
@@ -69,13 +80,14 @@ export class StandbyGate {
    * keep every version visible there (the slot's viewLsn).
    */
   viewLsn(consumedLsn: number): number {
-    return Math.min(consumedLsn, this.held[0]?.header.lsn ?? Infinity, this.deferred[0]?.header.lsn ?? Infinity);
+    return Math.min(consumedLsn, this.held[this.heldHead]?.header.lsn ?? Infinity, this.deferred[0]?.header.lsn ?? Infinity);
   }
 
   /** After a reload from a checkpoint: a new state, nothing held. */
   reset(state: VolumeState): void {
     this.state = state;
     this.held.length = 0;
+    this.heldHead = 0;
     this.deferred.length = 0;
     this.deferredNames.clear();
     this.indexWalSubtree();
@@ -112,7 +124,7 @@ export class StandbyGate {
         // A cleaner copy: its version may already be in the state (update its place now, the
         // original place may be reclaimed once we report having consumed this) or still held.
         this.state.applyData(header, payload);
-        if (this.held.length > 0) this.held.push({ header, payload: Buffer.from(payload.subarray(0, DATA_BYTES_OFFSET)) });
+        if (this.heldCount() > 0) this.held.push({ header, payload: Buffer.from(payload.subarray(0, DATA_BYTES_OFFSET)) });
         return;
       }
       if (this.walFiles.has(head.ino)) this.state.applyData(header, payload);
@@ -137,8 +149,34 @@ export class StandbyGate {
   }
 
   private hold(record: HeldRecord): void {
-    if (this.held.length === 0 && record.header.walLsn <= this.viewWalLsn) this.applyHeld(record);
+    if (this.heldCount() === 0 && record.header.walLsn <= this.viewWalLsn) this.applyHeld(record);
     else this.held.push(record);
+  }
+
+  private heldCount(): number {
+    return this.held.length - this.heldHead;
+  }
+
+  /**
+   * Applies, in log order, up to APPLY_SLICE_RECORDS held records that L
+   * covers, and schedules the next slice while more are covered. Applying
+   * later than L allows is safe: L only permits; the tree stays a log prefix
+   * (viewLsn is the first record still held) and older than the standby's
+   * replay position.
+   */
+  private drainHeld(): void {
+    const end = Math.min(this.held.length, this.heldHead + APPLY_SLICE_RECORDS);
+    while (this.heldHead < end && this.held[this.heldHead]!.header.walLsn <= this.viewWalLsn) this.applyHeld(this.held[this.heldHead++]!);
+    if (this.heldHead === this.held.length || this.heldHead > 4 * APPLY_SLICE_RECORDS) {
+      this.held.splice(0, this.heldHead);
+      this.heldHead = 0;
+    }
+    if (this.draining || this.heldCount() === 0 || this.held[this.heldHead]!.header.walLsn > this.viewWalLsn) return;
+    this.draining = true;
+    setImmediate(() => {
+      this.draining = false;
+      this.drainHeld();
+    });
   }
 
   private applyHeld({ header, payload }: HeldRecord): void {
@@ -204,9 +242,7 @@ export class StandbyGate {
   advance(viewWalLsn: number, passedWalLsn: number): void {
     if (viewWalLsn > this.viewWalLsn) this.viewWalLsn = viewWalLsn;
     if (passedWalLsn > this.passedWalLsn) this.passedWalLsn = passedWalLsn;
-    let applied = 0;
-    while (applied < this.held.length && this.held[applied]!.header.walLsn <= this.viewWalLsn) this.applyHeld(this.held[applied++]!);
-    this.held.splice(0, applied);
+    if (!this.draining) this.drainHeld();
     let unlinked = 0;
     for (; unlinked < this.deferred.length; unlinked++) {
       const { header, op, segment } = this.deferred[unlinked]!;

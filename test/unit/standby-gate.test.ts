@@ -70,3 +70,35 @@ test('standby gate: pg_wal/ follows the tail, the rest waits for L, removed segm
   assert.equal(state.inodes.has(5), false);
   assert.equal(gate.viewLsn(feed.lsn), feed.lsn, 'nothing held any more');
 });
+
+test('standby gate: a big move of L is applied in slices across turns of the event loop, in log order, the view a log prefix throughout', async () => {
+  const state = VolumeState.empty(PAGE, 0o755, 0);
+  const setup = new Feed(state, null);
+  setup.meta({ op: 'create', parent: ROOT_INO, name: 'pgdata', ino: 2, mode: S_IFDIR | 0o700, uid: 0, gid: 0 }, 0);
+  setup.meta({ op: 'create', parent: 2, name: 'pg_wal', ino: 3, mode: S_IFDIR | 0o700, uid: 0, gid: 0 }, 0);
+  setup.meta({ op: 'create', parent: 2, name: 'rel', ino: 4, mode: S_IFREG | 0o600, uid: 0, gid: 0 }, 0);
+  const gate = new StandbyGate(state, PAGE);
+  const feed = new Feed(state, gate);
+  feed.lsn = setup.lsn;
+  const firstLsn = feed.lsn;
+  const pages = 2000;
+  for (let pageNo = 0; pageNo < pages; pageNo++) feed.data(4, pageNo, 2 * PAGE + pageNo);
+  assert.equal(state.inode(4).pages!.size, 0, 'everything waits for L');
+
+  gate.advance(2 * PAGE + pages, 0);
+  const firstSlice = state.inode(4).pages!.size;
+  assert.ok(firstSlice > 0 && firstSlice < pages, `the first slice applied ${firstSlice} of ${pages} records, not all in the write that moved L`);
+  assert.deepEqual([...state.inode(4).pages!.keys()], Array.from({ length: firstSlice }, (_, i) => i), 'a log prefix');
+  assert.equal(gate.viewLsn(feed.lsn), firstLsn + firstSlice * 512, 'the view is the first record still held');
+  // A record arriving meanwhile (covered by L too) waits behind the ones still held.
+  feed.data(4, pages, 2 * PAGE + pages);
+  assert.equal(state.inode(4).pages!.has(pages), false);
+
+  while (gate.viewLsn(feed.lsn) < feed.lsn) {
+    const before = state.inode(4).pages!.size;
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.ok(state.inode(4).pages!.size > before, 'each turn applies a slice');
+    assert.deepEqual([...state.inode(4).pages!.keys()].length, Math.max(...state.inode(4).pages!.keys()) + 1, 'still a log prefix');
+  }
+  assert.equal(state.inode(4).pages!.size, pages + 1);
+});
