@@ -28,7 +28,7 @@ import { Command } from 'commander';
 import { percentile } from '../src/util/stats';
 import { LsnfsVolume, log, makeWorkDir, removeWorkDir, runBenchProgram, median, positiveInt, round1, round2, round3 } from './bench-common';
 import {
-  PgCluster, RunningCommand, execOk, parsePgLsn, pgProgram, pgbenchInit, prepareRunDirectory, startCommand, startPgbench,
+  PgCluster, RunningCommand, execOk, parsePgLsn, pgProgram, pgbenchInit, ownedDirectory, startCommand, startPgbench,
 } from '../src/pg';
 
 interface BenchOptions { scale: number; duration: number; clients: number; dir?: string; keep: boolean; json: boolean }
@@ -114,9 +114,8 @@ async function bench(options: BenchOptions): Promise<void> {
       standbys.push({ cluster, mountpoint, overlay });
       log(`bench: lsnfs standby ${i} created in ${createLsnfs[i]!.toFixed(2)} s`);
     }
-    await prepareRunDirectory(streaming.runDir);
-    await fsp.mkdir(path.dirname(streaming.dataDir), { recursive: true });
-    await prepareRunDirectory(path.dirname(streaming.dataDir));
+    await ownedDirectory(streaming.runDir, 0o755);
+    await ownedDirectory(path.dirname(streaming.dataDir), 0o755);
     const basebackupStarted = Date.now();
     await execOk(await pgProgram('pg_basebackup'), [...primary.connectionArgs(), '-D', streaming.dataDir, '-X', 'stream', '-R', '-c', 'fast'], { user: 'postgres' });
     await streaming.writeSettings();

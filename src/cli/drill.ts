@@ -43,7 +43,7 @@ import {
   LSNFS_SETTINGS, LSNFS_WAL_SEGMENT_MB, PgCluster, RunningPgbench, childPids, countLoggedCommits, exec, parsePgLsn, pgBinDir, pgbenchInit, startPgbench, startStandby, tpcbBalances,
   waitForExit,
 } from '../pg';
-import { failover } from './failover';
+import { FailoverPhase, failover } from './failover';
 import { mountInBackground, umount } from './mount';
 import { isMounted, readMountRecord, removeMountRecord } from './runtime';
 
@@ -65,7 +65,8 @@ export interface DrillOptions {
   json: boolean;
 }
 
-export interface DrillPhase { name: string; ms: number }
+/** A timed step of the setup or of a round (the failover's phases, then PostgreSQL's). */
+export type DrillPhase = FailoverPhase;
 
 export interface DrillRound {
   round: number;
@@ -308,7 +309,7 @@ export async function runDrill(options: DrillOptions, progress: Progress): Promi
         device: deviceSpec, host: replica.name, mountpoint: replica.mountpoint, force: true, allowOther: true,
         beforeUnmount: { phase: 'stop standby', run: () => replica.cluster.stopImmediately() },
       });
-      const phases: DrillPhase[] = promoted.phases.map((phase) => ({ name: phase.name, ms: phase.ms }));
+      const phases: DrillPhase[] = [...promoted.phases];
       await timed(phases, 'pg recovery', () => replica.cluster.startAsPromotedStandby());
       await timed(phases, '1st commit', () => replica.cluster.psql(`INSERT INTO drill_probe (round) VALUES (${round})`));
       const rtoMs = Date.now() - failedAt;

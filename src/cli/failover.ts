@@ -21,10 +21,9 @@
  *
  * Nothing on the device changes when a check fails.
  */
-import { openDevice, withDevice } from '../device/open';
+import { openDevice } from '../device/open';
 import { FenceResult, fenceHost } from '../fence/fence';
 import { describeHolder, holderHeartbeats, readHolder } from '../fence/holder-block';
-import { readSuperblock } from '../log/superblock';
 import { liveSlots, readSlots } from '../replica/slots';
 import { UserError } from '../util/errors';
 import { DEFAULT_READER_TIMEOUT_MS } from '../volume/horizon';
@@ -122,8 +121,7 @@ async function failoverWith(
   phaseDone('unmount replica');
   const daemon = await held;
   phaseDone('daemon start');
-  const { pid } = await daemon.mount();
+  const { pid, epoch } = await daemon.mount();
   phaseDone('mount primary');
-  const epoch = await withDevice(options.device, { readOnly: true }, async (readOnly) => (await readSuperblock(readOnly)).epoch);
   return { device: options.device, oldPrimary, newPrimary: options.host, epoch, fence, pid };
 }

@@ -10,7 +10,7 @@ import Fuse from 'fuse-native';
 import pino from 'pino';
 import { openDevice } from '../device/open';
 import { fuseOps } from '../fuse/adapter';
-import { UserError } from '../util/errors';
+import { UserError, assert } from '../util/errors';
 import { processAlive } from '../util/process';
 import { MountRole, Volume } from '../volume/volume';
 import { FileSystem } from '../volume/file-system';
@@ -64,10 +64,11 @@ function daemonArgs(options: MountOptions): string[] {
   return [...args, '--foreground'];
 }
 
-interface DaemonMessage { ready?: boolean; held?: boolean; error?: string }
+/** What the daemon tells its starter: held (device open), ready (mounted, at this epoch), or why it failed. */
+interface DaemonMessage { ready?: boolean; held?: boolean; epoch?: number; error?: string }
 
 /** Spawns the daemon; `next(kind)` resolves on its next message of that kind, and throws (killing it) on an error or its exit. */
-async function spawnDaemon(options: MountOptions): Promise<{ pid: number; logFile: string; next(kind: 'held' | 'ready'): Promise<void>; send(message: object): void; release(): void }> {
+async function spawnDaemon(options: MountOptions): Promise<{ pid: number; logFile: string; next(kind: 'held' | 'ready'): Promise<DaemonMessage>; send(message: object): void; release(): void }> {
   await fsp.mkdir(runtimeDir(), { recursive: true });
   const logFile = mountLogPath(options.mountpoint);
   const logFd = openSync(logFile, 'a');
@@ -75,15 +76,15 @@ async function spawnDaemon(options: MountOptions): Promise<{ pid: number; logFil
     detached: true,
     stdio: ['ignore', logFd, logFd, 'ipc'],
   });
-  const next = async (kind: 'held' | 'ready'): Promise<void> => {
-    const outcome = await new Promise<{ ok: true } | { ok: false; message: string }>((resolve) => {
+  const next = async (kind: 'held' | 'ready'): Promise<DaemonMessage> => {
+    const outcome = await new Promise<{ ok: true; message: DaemonMessage } | { ok: false; message: string }>((resolve) => {
       const timer = setTimeout(() => resolve({ ok: false, message: `mount did not come up within ${READY_TIMEOUT_MS} ms (see ${logFile})` }), READY_TIMEOUT_MS);
       const onMessage = (message: DaemonMessage): void => {
         if (!message[kind] && message.error === undefined) return;
-        done(message[kind] ? { ok: true } : { ok: false, message: message.error ?? 'mount failed' });
+        done(message[kind] ? { ok: true, message } : { ok: false, message: message.error ?? 'mount failed' });
       };
       const onExit = (code: number | null, signal: string | null): void => done({ ok: false, message: `mount process exited (${signal ?? `code ${code}`}); see ${logFile}` });
-      const done = (result: { ok: true } | { ok: false; message: string }): void => {
+      const done = (result: { ok: true; message: DaemonMessage } | { ok: false; message: string }): void => {
         clearTimeout(timer);
         child.off('message', onMessage);
         child.off('exit', onExit);
@@ -96,6 +97,7 @@ async function spawnDaemon(options: MountOptions): Promise<{ pid: number; logFil
       child.kill('SIGKILL');
       throw new UserError(outcome.message);
     }
+    return outcome.message;
   };
   return {
     pid: child.pid!, logFile, next,
@@ -115,7 +117,8 @@ export async function mountInBackground(options: MountOptions): Promise<{ pid: n
 
 /** A daemon started ahead of its mount (it has loaded and opened the device): `mount()` mounts, `cancel()` kills it. */
 export interface HeldMount {
-  mount(): Promise<{ pid: number; logFile: string }>;
+  /** Resolves once the mount is live; `epoch` is the one it took. */
+  mount(): Promise<{ pid: number; logFile: string; epoch: number }>;
   cancel(): void;
 }
 
@@ -133,9 +136,10 @@ export async function spawnHeldMount(options: MountOptions): Promise<HeldMount> 
     mount: async () => {
       await checkMountpoint(options.mountpoint);
       daemon.send({ mount: true });
-      await daemon.next('ready');
+      const { epoch } = await daemon.next('ready');
       daemon.release();
-      return { pid: daemon.pid, logFile: daemon.logFile };
+      assert(epoch !== undefined, 'a ready daemon names its epoch');
+      return { pid: daemon.pid, logFile: daemon.logFile, epoch };
     },
     cancel: () => { if (processAlive(daemon.pid)) process.kill(daemon.pid, 'SIGKILL'); daemon.release(); },
   };
@@ -192,7 +196,7 @@ export async function runMountDaemon(options: MountOptions): Promise<void> {
   });
   // uptime: from the process start (Node and module loading included) to serving.
   log.info({ device: options.device, mountpoint, role: options.role, epoch: volume.epoch, lsn: volume.tailLsn, uptimeMs: Math.round(process.uptime() * 1000) }, 'mounted');
-  notify({ ready: true });
+  notify({ ready: true, epoch: volume.epoch });
   // fuse-native keeps no handle open on the event loop; this keeps the daemon alive.
   const keepAlive = setInterval(() => undefined, 1 << 30);
   let stopping = false;

@@ -59,6 +59,14 @@ export function formatSetting(value: SettingValue): string {
   return `'${value.replace(/'/g, "''")}'`;
 }
 
+/** Makes `dir` (and its parents) and gives it to the PostgreSQL OS user with `mode` (a run directory: 0o755). */
+export async function ownedDirectory(dir: string, mode: number, osUser = 'postgres'): Promise<void> {
+  const { uid, gid } = await osIds(osUser);
+  await fsp.mkdir(dir, { recursive: true });
+  await fsp.chown(dir, uid, gid);
+  await fsp.chmod(dir, mode);
+}
+
 /** uid and gid of an OS user. */
 export async function osIds(user: string): Promise<{ uid: number; gid: number }> {
   const [uid, gid] = await Promise.all([execOk('id', ['-u', user]), execOk('id', ['-g', user])]);
@@ -147,15 +155,8 @@ export class PgCluster {
    * every file PostgreSQL creates inside it inherits.
    */
   async prepareDirectories(): Promise<void> {
-    await this.ownedDirectory(this.runDir, 0o755);
-    await this.ownedDirectory(this.dataDir, 0o700);
-  }
-
-  private async ownedDirectory(dir: string, mode: number): Promise<void> {
-    const { uid, gid } = await osIds(this.osUser);
-    await fsp.mkdir(dir, { recursive: true });
-    await fsp.chown(dir, uid, gid);
-    await fsp.chmod(dir, mode);
+    await ownedDirectory(this.runDir, 0o755, this.osUser);
+    await ownedDirectory(this.dataDir, 0o700, this.osUser);
   }
 
   /** initdb (with its normal fsyncs), then the settings. */
@@ -206,7 +207,7 @@ export class PgCluster {
    * recovery. syncfs (no FUSE call) is enough for this start.
    */
   async startAsPromotedStandby(options: { timeoutS?: number } = {}): Promise<void> {
-    await this.ownedDirectory(this.runDir, 0o755);
+    await ownedDirectory(this.runDir, 0o755, this.osUser);
     await fsp.rm(path.join(this.dataDir, 'postmaster.pid'), { force: true });
     const { uid, gid } = await osIds(this.osUser);
     const signal = path.join(this.dataDir, 'standby.signal');

@@ -13,8 +13,8 @@ import { crc32c } from '../util/crc32c';
 
 /** pg_control_version of PostgreSQL 13, 14 and 15 (the layout above). */
 export const PG_CONTROL_VERSION = 1300;
-/** PostgreSQL writes and reads pg_control as this many bytes. */
-export const PG_CONTROL_FILE_BYTES = 8192;
+/** Where pg_control lies in a data directory. */
+export const CONTROL_FILE_SUFFIX = '/global/pg_control';
 
 const OFF = {
   version: 8, state: 16, checkPoint: 32, redo: 40, timeline: 48,

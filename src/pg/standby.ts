@@ -9,9 +9,9 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { UserError } from '../util/errors';
 import { pgProgram } from './binaries';
-import { PgCluster, Settings, LSNFS_SETTINGS, osIds } from './cluster';
+import { PgCluster, Settings, LSNFS_SETTINGS, ownedDirectory } from './cluster';
 import { exec, execOk } from './exec';
-import { ControlFile, formatPgLsn, parseControlFile, parsePgLsn, walSegmentStartLsn, withMinRecoveryPoint } from './control';
+import { ControlFile, formatPgLsn, isWalSegmentName, parseControlFile, parsePgLsn, walSegmentStartLsn, withMinRecoveryPoint } from './control';
 
 /**
  * A primary on lsnfs: no WAL pre-zeroing or recycling (a log-structured
@@ -88,7 +88,7 @@ export async function checkDataDirectory(dataDir: string): Promise<ControlFile> 
  * whose first segment is a copy of the switch segment.
  */
 async function newestTimelineSegments(dataDir: string): Promise<{ timeline: number; segments: string[] }> {
-  const names = (await fsp.readdir(path.join(dataDir, 'pg_wal'))).filter((name) => /^[0-9A-F]{24}$/.test(name));
+  const names = (await fsp.readdir(path.join(dataDir, 'pg_wal'))).filter(isWalSegmentName);
   const timeline = Math.max(1, ...names.map((name) => parseInt(name.slice(0, 8), 16)));
   return { timeline, segments: names.filter((name) => parseInt(name.slice(0, 8), 16) === timeline).sort() };
 }
@@ -142,14 +142,6 @@ export async function prepareStandbyDirectory(dataDir: string, control: ControlF
   return { minRecoveryPoint: end.lsn };
 }
 
-/** A run directory (socket, server log) the PostgreSQL OS user can use. */
-export async function prepareRunDirectory(runDir: string, osUser = 'postgres'): Promise<void> {
-  const { uid, gid } = await osIds(osUser);
-  await fsp.mkdir(runDir, { recursive: true });
-  await fsp.chown(runDir, uid, gid);
-  await fsp.chmod(runDir, 0o755);
-}
-
 export interface PgServerOptions {
   dataDir: string;
   runDir: string;
@@ -159,7 +151,7 @@ export interface PgServerOptions {
 /** Starts a hot standby on a standby's mount; resolves once it accepts read-only connections. */
 export async function startStandby(options: PgServerOptions): Promise<{ cluster: PgCluster; minRecoveryPoint: number }> {
   const control = await checkDataDirectory(options.dataDir);
-  await prepareRunDirectory(options.runDir);
+  await ownedDirectory(options.runDir, 0o755);
   const cluster = new PgCluster({ ...options, settings: STANDBY_SETTINGS });
   const { minRecoveryPoint } = await prepareStandbyDirectory(options.dataDir, control);
   await cluster.writeSettings();
@@ -173,7 +165,7 @@ export async function startPrimary(options: PgServerOptions): Promise<{ cluster:
   const exists = await fsp.access(path.join(options.dataDir, 'PG_VERSION')).then(() => true, () => false);
   if (exists) {
     await checkDataDirectory(options.dataDir);
-    await prepareRunDirectory(options.runDir);
+    await ownedDirectory(options.runDir, 0o755);
   } else {
     await cluster.initdb({ walSegmentMb: LSNFS_WAL_SEGMENT_MB });
   }

@@ -39,7 +39,11 @@ const WAL_DIR_SEARCH_DEPTH = 5;
  */
 const APPLY_SLICE_RECORDS = 256;
 
-interface HeldRecord { header: RecordHeader; payload: Buffer }
+/**
+ * A data record keeps only its head (versions point at their record; the bytes stay on the device), a
+ * metadata record its decoded op: neither pins the tailer's read chunk while it waits.
+ */
+type HeldRecord = { header: RecordHeader; dataHead: Buffer } | { header: RecordHeader; op: MetaOp };
 /** `segment`: the WAL segment whose name the op removes (applied once the standby passed it); null: an op queued behind one. */
 interface DeferredUnlink { header: RecordHeader; op: MetaOp; segment: string | null }
 
@@ -69,7 +73,7 @@ export class StandbyGate {
   /** From the standby's pg_control (PostgreSQL's default until it has written one). */
   walSegmentBytes = DEFAULT_WAL_SEGMENT_BYTES;
 
-  constructor(private state: VolumeState, viewWalLsn: number) {
+  constructor(private readonly state: VolumeState, viewWalLsn: number) {
     this.viewWalLsn = viewWalLsn;
     this.indexWalSubtree();
   }
@@ -81,16 +85,6 @@ export class StandbyGate {
    */
   viewLsn(consumedLsn: number): number {
     return Math.min(consumedLsn, this.held[this.heldHead]?.header.lsn ?? Infinity, this.deferred[0]?.header.lsn ?? Infinity);
-  }
-
-  /** After a reload from a checkpoint: a new state, nothing held. */
-  reset(state: VolumeState): void {
-    this.state = state;
-    this.held.length = 0;
-    this.heldHead = 0;
-    this.deferred.length = 0;
-    this.deferredNames.clear();
-    this.indexWalSubtree();
   }
 
   private indexWalSubtree(): void {
@@ -124,18 +118,17 @@ export class StandbyGate {
         // A cleaner copy: its version may already be in the state (update its place now, the
         // original place may be reclaimed once we report having consumed this) or still held.
         this.state.applyData(header, payload);
-        if (this.heldCount() > 0) this.held.push({ header, payload: Buffer.from(payload.subarray(0, DATA_BYTES_OFFSET)) });
+        if (this.heldCount() > 0) this.held.push({ header, dataHead: Buffer.from(payload.subarray(0, DATA_BYTES_OFFSET)) });
         return;
       }
       if (this.walFiles.has(head.ino)) this.state.applyData(header, payload);
-      // Only the head is needed later: versions point at their record, the bytes stay on the device.
-      else this.hold({ header, payload: Buffer.from(payload.subarray(0, DATA_BYTES_OFFSET)) });
+      else this.hold({ header, dataHead: Buffer.from(payload.subarray(0, DATA_BYTES_OFFSET)) });
       return;
     }
     if (header.type !== RecordType.Meta) return;
     const op = decodeMetaOp(payload, header.lsn);
     if (!this.isWalOp(op)) {
-      this.hold({ header, payload });
+      this.hold({ header, op });
       return;
     }
     const segment = this.removedSegment(op);
@@ -179,10 +172,10 @@ export class StandbyGate {
     });
   }
 
-  private applyHeld({ header, payload }: HeldRecord): void {
-    if (header.type === RecordType.Data) this.state.applyData(header, payload);
-    else this.state.applyMeta(header, decodeMetaOp(payload, header.lsn));
-    this.viewTimeMs = header.timeMs;
+  private applyHeld(record: HeldRecord): void {
+    if ('op' in record) this.state.applyMeta(record.header, record.op);
+    else this.state.applyData(record.header, record.dataHead);
+    this.viewTimeMs = record.header.timeMs;
   }
 
   private isWalOp(op: MetaOp): boolean {

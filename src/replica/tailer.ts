@@ -15,6 +15,7 @@ import { LogReader, LogRecord } from '../log/log-reader';
 import { readSuperblock } from '../log/superblock';
 import { applyRecord } from '../volume/recovery';
 import { VolumeState } from '../volume/state';
+import { assert } from '../util/errors';
 import { writeSlot } from './slots';
 import { StandbyGate } from './standby-gate';
 
@@ -106,15 +107,15 @@ export class Tailer {
     this.timer = setTimeout(tick, this.options.pollIntervalMs);
   }
 
-  /** Replaces the state (after a reload) and continues from `startLsn`. */
+  /** Replaces the state (after a reload) and continues from `startLsn`. A standby's mount never reloads (its tree must stay at L). */
   reset(state: VolumeState, startLsn: number, epoch: number, viewTimeMs: number): void {
+    assert(this.gate === null, 'a standby mount does not reload from a checkpoint');
     this.state = state;
     this.appliedLsn = this.viewLsn = startLsn;
     this.viewTimeMs = viewTimeMs;
     this.lastEpoch = epoch;
     this.fellBehind = null;
     this.slotStale = true;
-    this.gate?.reset(state);
   }
 
   /** Runs `task` between two polling rounds: no round is reading or applying records meanwhile. */

@@ -24,7 +24,7 @@ import path from 'node:path';
 import pino from 'pino';
 import { BlockDevice } from '../device/device';
 import { FsError, UserError } from '../util/errors';
-import { parseControlFile } from '../pg/control';
+import { CONTROL_FILE_SUFFIX, parseControlFile } from '../pg/control';
 import { StandbyGate } from '../replica/standby-gate';
 import { AttrChange, FileSystem } from './file-system';
 import { PageStore } from './page-store';
@@ -39,7 +39,6 @@ const OVERLAY_INO_BASE = 0x8000_0000;
 export const OVERLAY_SWEEP_INTERVAL_MS = 1000;
 /** Shared pages read per sweep, so a sweep never floods the device. */
 const SWEEP_PAGE_READS = 512;
-const CONTROL_SUFFIX = '/global/pg_control';
 /** Relation data files (base/<db>/<relfilenode>[_fork][.segment], global/…, tablespaces): their pages carry pd_lsn. */
 const RELATION_FILE = /\/(global|base\/\d+|pg_tblspc\/\d+\/[^/]+\/\d+)\/\d+(_(fsm|vm|init))?(\.\d+)?$/;
 
@@ -148,14 +147,10 @@ export class StandbyVolume implements FileSystem {
     const key = normalize(path);
     const node = this.nodes.get(key);
     if (node) return this.nodeStat(node);
+    // sharedAt resolves every directory on the way and none may be hidden: the parent shows too.
     const inode = this.sharedAt(key);
-    if (!inode || !this.parentVisible(key)) throw new FsError('ENOENT', path);
+    if (!inode) throw new FsError('ENOENT', path);
     return this.shared.stat(inode);
-  }
-
-  /** A shared entry shows only while its parent directory shows (the standby may have removed an overlay-only parent). */
-  private parentVisible(path: string): boolean {
-    return path === '/' || this.nodes.has(parentPath(path)) || this.sharedAt(parentPath(path)) !== null;
   }
 
   fgetattr(ino: number, path: string): Stat {
@@ -415,7 +410,7 @@ export class StandbyVolume implements FileSystem {
       node.size = Math.max(node.size, position + data.length);
       node.mtimeMs = node.ctimeMs = Date.now();
     });
-    if (position === 0 && node.path.endsWith(CONTROL_SUFFIX)) this.learnFromControlFile(data);
+    if (position === 0 && node.path.endsWith(CONTROL_FILE_SUFFIX)) this.learnFromControlFile(data);
     return data.length;
   }
 

@@ -227,9 +227,6 @@ export class Volume implements FileSystem {
     return volume;
   }
 
-  /** The database LSN: the highest PostgreSQL WAL position written through this mount (0 = none seen). */
-  get walLsn(): number { return this.writer?.walLsn ?? 0; }
-
   /** Reads pg_control of every PostgreSQL data directory on the volume (a directory holding pg_wal/ and global/pg_control). */
   private async learnDataDirectories(): Promise<void> {
     const visit = async (dirPath: string, dir: Inode, depth: number): Promise<void> => {

@@ -12,13 +12,12 @@
  * pg_control exists; until then PostgreSQL's default of 16 MiB is assumed).
  */
 import pino from 'pino';
-import { isWalSegmentName, parseControlFile, walSegmentStartLsn } from '../pg/control';
+import { CONTROL_FILE_SUFFIX, isWalSegmentName, parseControlFile, walSegmentStartLsn } from '../pg/control';
 
 const log = pino({ name: 'lsnfs-wal' }, pino.destination(2));
 
 /** PostgreSQL's default --wal-segsize. */
 export const DEFAULT_WAL_SEGMENT_BYTES = 16 * 1024 * 1024;
-const CONTROL_SUFFIX = '/global/pg_control';
 const WAL_DIR = 'pg_wal';
 
 /** `/a/b/pg_wal/000000010000000000000003` -> { dataDir: '/a/b', segment: '0000…03' }; null for anything else. */
@@ -49,8 +48,8 @@ export class WalPositionTracker {
    * null. A whole-file write of pg_control teaches the segment size.
    */
   observeWrite(path: string, position: number, data: Buffer): number | null {
-    if (path.endsWith(CONTROL_SUFFIX)) {
-      if (position === 0) this.learnControlFile(path.slice(0, -CONTROL_SUFFIX.length) || '/', data);
+    if (path.endsWith(CONTROL_FILE_SUFFIX)) {
+      if (position === 0) this.learnControlFile(path.slice(0, -CONTROL_FILE_SUFFIX.length) || '/', data);
       return null;
     }
     const wal = walSegmentPath(path);

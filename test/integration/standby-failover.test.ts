@@ -15,8 +15,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { crashDaemon, lsnfsOk, makeVolume, sleep } from '../support/harness';
-import { PgStandby, deviceStatus, runPgScenario, startConsistencyOracle, startPgStandby } from '../support/pg';
+import { crashDaemon, lsnfsOk, sleep } from '../support/harness';
+import { PgStandby, deviceStatus, makePgVolume, runPgScenario, startConsistencyOracle, startPgStandby } from '../support/pg';
 import {
   PGBENCH_TABLES, PgCluster, flushLsn, formatPgLsn, parsePgLsn, pgbenchInit, startPgbench, tableChecksums, tpcbBalances, waitForReplay,
 } from '../../src/pg';
@@ -31,10 +31,7 @@ const CATCH_UP_TIMEOUT_MS = 60_000;
 const MARKER = 'written on node-b after its promotion';
 
 test('a hot standby keeps following the new primary across a failover (new timeline), consistent throughout', { timeout: 300_000 }, async (t) => {
-  const volume = await makeVolume({ name: 'standby-failover', size: '4G' });
-  await fsp.chmod(volume.dir, 0o755); // PostgreSQL runs as postgres and must reach the mounts and run dirs
-  const runDir = (name: string): string => path.join(volume.dir, `run-${name}`);
-  const nodeA = new PgCluster({ dataDir: path.join(volume.mountpoint, 'pgdata'), runDir: runDir('node-a'), port: PORT_A });
+  const { volume, runDir, primary: nodeA } = await makePgVolume('standby-failover', 'node-a', PORT_A);
   const standbys: PgStandby[] = [];
 
   await runPgScenario(t, volume, nodeA, standbys, scenario);

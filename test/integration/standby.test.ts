@@ -13,8 +13,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { TestVolume, crashDaemon, lsnfs, lsnfsOk, makeVolume, sleep } from '../support/harness';
-import { PgStandby, deviceStatus, runPgScenario, startConsistencyOracle, startPgStandby } from '../support/pg';
+import { TestVolume, crashDaemon, lsnfs, lsnfsOk, sleep } from '../support/harness';
+import { PgStandby, deviceStatus, makePgVolume, runPgScenario, startConsistencyOracle, startPgStandby } from '../support/pg';
 import {
   PGBENCH_TABLES, PgCluster, flushLsn, formatPgLsn, parsePgLsn, pgbenchInit, startPgbench, tableChecksums, tpcbBalances, waitForReplay,
 } from '../../src/pg';
@@ -26,10 +26,7 @@ const PRIMARY_PORT = 20000 + (process.pid % 10000) * 2;
 const CATCH_UP_TIMEOUT_MS = 60_000;
 
 test('PostgreSQL hot standbys on replica mounts: consistent reads under pgbench, DDL, catch-up, restart, bad input', { timeout: 600_000 }, async (t) => {
-  const volume = await makeVolume({ name: 'standby', size: '4G' });
-  await fsp.chmod(volume.dir, 0o755); // PostgreSQL runs as postgres and must reach the mounts and run dirs
-  const runDir = (name: string): string => path.join(volume.dir, `run-${name}`);
-  const primary = new PgCluster({ dataDir: path.join(volume.mountpoint, 'pgdata'), runDir: runDir('primary'), port: PRIMARY_PORT });
+  const { volume, runDir, primary } = await makePgVolume('standby', 'primary', PRIMARY_PORT);
   const standbys: PgStandby[] = [];
   const mountpointOf = (name: string): string => path.join(volume.dir, `mnt-${name}`);
   const withMountpoint = (mountpoint: string): TestVolume => ({ ...volume, mountpoint });

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { TestContext } from 'node:test';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { TestVolume, destroyVolume, lsnfs, lsnfsOk, run } from './harness';
+import { TestVolume, destroyVolume, lsnfs, lsnfsOk, makeVolume, run } from './harness';
 import { PgCluster, tpcbBalances } from '../../src/pg';
 
 export interface PgStandby { name: string; mountpoint: string; overlay: string; port: number; cluster: PgCluster }
@@ -111,4 +111,15 @@ export async function runPgScenario(
     await reportLogs(t, volume, [primary, ...standbys.map((s) => s.cluster)]);
     throw error;
   }
+}
+
+/**
+ * A 4 GiB test volume that PostgreSQL (user postgres) can reach, `runDir(name)` for each server's socket and
+ * log, and the primary's cluster on the volume's mount (`pgdata`), run dir `primaryName`.
+ */
+export async function makePgVolume(name: string, primaryName: string, port: number): Promise<{ volume: TestVolume; runDir(name: string): string; primary: PgCluster }> {
+  const volume = await makeVolume({ name, size: '4G' });
+  await fsp.chmod(volume.dir, 0o755);
+  const runDir = (server: string): string => path.join(volume.dir, `run-${server}`);
+  return { volume, runDir, primary: new PgCluster({ dataDir: path.join(volume.mountpoint, 'pgdata'), runDir: runDir(primaryName), port }) };
 }
