@@ -5,8 +5,13 @@ import path from 'node:path';
 import { Command } from 'commander';
 import { execOk } from '../src/pg';
 
-const REPO_ROOT = path.resolve(__dirname, '..', '..');
+export const REPO_ROOT = path.resolve(__dirname, '..', '..');
 export const LSNFS_BIN = path.join(REPO_ROOT, 'bin', 'lsnfs');
+
+/** Runs the lsnfs CLI (never in a process that serves a mount); resolves with its stdout. */
+export function lsnfsCli(args: string[], env: NodeJS.ProcessEnv): Promise<string> {
+  return execOk(process.execPath, [LSNFS_BIN, ...args], { env });
+}
 
 /** An lsnfs file device with its mountpoint and private runtime directory, driven through the CLI. */
 export class LsnfsVolume {
@@ -19,7 +24,7 @@ export class LsnfsVolume {
     this.env = { LSNFS_RUNTIME_DIR: path.join(dir, 'run') };
   }
   cli(args: string[]): Promise<string> {
-    return execOk(process.execPath, [LSNFS_BIN, ...args], { env: this.env });
+    return lsnfsCli(args, this.env);
   }
   async create(size: string): Promise<void> {
     await fsp.mkdir(this.mountpoint, { recursive: true });

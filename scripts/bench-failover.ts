@@ -20,14 +20,11 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { Command } from 'commander';
-import { log, makeWorkDir, median, removeWorkDir, round1, round2, round3, positiveInt, runBenchProgram } from './bench-common';
+import { REPO_ROOT, log, lsnfsCli, makeWorkDir, median, removeWorkDir, round1, round2, round3, positiveInt, runBenchProgram } from './bench-common';
 import { DrillRound, runDrill } from '../src/cli/drill';
 import { percentile } from '../src/util/stats';
 import { formatBytes } from '../src/util/units';
 import { LSNFS_SETTINGS, PgCluster, execOk, pgbenchInit, runPgbench } from '../src/pg';
-
-const REPO_ROOT = path.resolve(__dirname, '..', '..');
-const LSNFS_BIN = path.join(REPO_ROOT, 'bin', 'lsnfs');
 
 interface BenchOptions { rounds: number; block: number; scale: number; killAfter: string; duration: number; runs: number; dir?: string; keep: boolean; json: boolean }
 type DeviceKind = 'file' | 'iscsi';
@@ -43,10 +40,6 @@ async function startTarget(dir: string, port: number): Promise<string> {
   return out.trim().split('\n').pop()!;
 }
 
-async function lsnfs(args: string[], env: NodeJS.ProcessEnv): Promise<string> {
-  return execOk(process.execPath, [LSNFS_BIN, ...args], { env });
-}
-
 /** pgbench tpcb-like TPS of a primary on each device, alternated. */
 async function measureTps(dir: string, devices: Record<DeviceKind, string>, options: BenchOptions): Promise<Record<DeviceKind, number>> {
   const env = { LSNFS_RUNTIME_DIR: path.join(dir, 'run') };
@@ -57,8 +50,8 @@ async function measureTps(dir: string, devices: Record<DeviceKind, string>, opti
     for (const [i, kind] of (['file', 'iscsi'] as const).entries()) {
       mountpoints[kind] = path.join(dir, `tps-${kind}`);
       await fsp.mkdir(mountpoints[kind], { recursive: true });
-      await lsnfs(['mkfs', '--device', devices[kind], '--force', ...(kind === 'file' ? ['--size', '8G'] : [])], env);
-      await lsnfs(['mount', '--device', devices[kind], '--mountpoint', mountpoints[kind], '--allow-other', '--host', `tps-${kind}`], env);
+      await lsnfsCli(['mkfs', '--device', devices[kind], '--force', ...(kind === 'file' ? ['--size', '8G'] : [])], env);
+      await lsnfsCli(['mount', '--device', devices[kind], '--mountpoint', mountpoints[kind], '--allow-other', '--host', `tps-${kind}`], env);
       clusters[kind] = new PgCluster({
         dataDir: path.join(mountpoints[kind], 'pgdata'), runDir: path.join(dir, `tps-${kind}-run`), port: portBase + i,
         settings: { ...LSNFS_SETTINGS, full_page_writes: false },
@@ -80,7 +73,7 @@ async function measureTps(dir: string, devices: Record<DeviceKind, string>, opti
   } finally {
     for (const kind of ['file', 'iscsi'] as const) {
       await clusters[kind]?.stopQuietly('fast');
-      if (mountpoints[kind]) await lsnfs(['umount', '--mountpoint', mountpoints[kind]], env).catch(() => undefined);
+      if (mountpoints[kind]) await lsnfsCli(['umount', '--mountpoint', mountpoints[kind]], env).catch(() => undefined);
     }
   }
 }
