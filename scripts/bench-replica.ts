@@ -16,6 +16,12 @@
  *    when a pread shows N (see runReader for how it keeps the number of
  *    preads low: the replica applies the log in order).
  *
+ * A replica is another host. By default the primary host (its daemon and
+ * the writer) runs on CPU 0 and the replica hosts (their daemons and
+ * readers) on the other CPUs, so the throughput runs measure what replicas
+ * cost the primary through the shared device; --shared-cpus puts everything
+ * on every CPU (what co-locating them on this machine costs).
+ *
  * Both stamp with process.hrtime (CLOCK_MONOTONIC: one clock for every
  * process on the machine, immune to wall-clock steps), so lag = t_seen -
  * t_ack needs no calibration.
@@ -30,7 +36,7 @@
  *
  * Usage (as root): scripts/bench-replica [--duration S] [--rounds N] [--samples N]
  *   [--poll-interval-ms MS] [--reader-interval-ms MS] [--load-reader-interval-ms MS]
- *   [--lag-gap-ms MS] [--priority NICE] [--replica-priority NICE] [--size SIZE]
+ *   [--lag-gap-ms MS] [--priority NICE] [--replica-priority NICE] [--shared-cpus] [--size SIZE]
  *   [--dir DIR] [--keep] [--verbose] [--json]
  * --json prints one object on stdout:
  *   {"lag_ms":{"p50":N,"p99":N,"max":N},"primary_ops":{"r0":N,"r1":N,"r3":N},"slowdown_r3":R}
@@ -291,12 +297,12 @@ class Child<R> {
   readonly proc: ChildProcess;
   readonly exited: Promise<number | null>;
   readonly ready: Promise<void>;
-  constructor(readonly name: string, mode: '__writer' | '__reader', args: WriterArgs | ReaderArgs, private readonly resultFile: string, priority: number) {
-    // nice(1) execs node, so every thread of the child runs at `priority`.
-    const argv = [process.execPath, __filename, mode, JSON.stringify(args)];
-    this.proc = priority === 0
-      ? spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] })
-      : spawn('nice', ['-n', String(priority), ...argv], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+  constructor(readonly name: string, mode: '__writer' | '__reader', args: WriterArgs | ReaderArgs, private readonly resultFile: string, host: Host) {
+    // nice(1) and taskset(1) exec node, so every thread of the child runs at the host's priority, on its CPUs.
+    let argv = [process.execPath, __filename, mode, JSON.stringify(args)];
+    if (host.nice !== 0) argv = ['nice', '-n', String(host.nice), ...argv];
+    if (host.cpus !== null) argv = ['taskset', '-c', host.cpus, ...argv];
+    this.proc = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
     this.exited = new Promise((resolve) => this.proc.on('exit', (code, signal) => resolve(signal ? -1 : code)));
     this.ready = new Promise((resolve, reject) => {
       this.proc.on('message', (message: { ready?: boolean }) => { if (message.ready) resolve(); });
@@ -455,12 +461,34 @@ class SlotSampler {
 // ---------------------------------------------------------------------------
 // The volume and its mounts
 
+/**
+ * Where one simulated host's processes run: a nice value and, unless the
+ * bench runs with --shared-cpus, a CPU list (taskset syntax).
+ */
+interface Host { nice: number; cpus: string | null }
+
+/**
+ * By default the primary host (its daemon and the writer) gets CPU 0 and the
+ * replica hosts (their daemons and readers) the other CPUs: a replica is
+ * another host, so what the throughput runs measure is what replicas cost
+ * the primary through the shared device, not three more processes competing
+ * for the primary's cores. --shared-cpus runs everything on every CPU.
+ */
+function hostsOf(options: BenchOptions): { primary: Host; replica: Host } {
+  const cpuCount = os.cpus().length;
+  const split = !options.sharedCpus && cpuCount >= 2;
+  return {
+    primary: { nice: options.priority, cpus: split ? '0' : null },
+    replica: { nice: options.replicaPriority ?? options.priority, cpus: split ? `1-${cpuCount - 1}` : null },
+  };
+}
+
 class Mounts {
   readonly device: string;
   readonly env: NodeJS.ProcessEnv;
   /** Mountpoints currently mounted (primary first). */
   private readonly mounted: string[] = [];
-  constructor(readonly dir: string, private readonly pollIntervalMs: number, private readonly priority: number, private readonly replicaPriority: number) {
+  constructor(readonly dir: string, private readonly pollIntervalMs: number, private readonly hosts: { primary: Host; replica: Host }) {
     this.device = path.join(dir, 'device.img');
     this.env = { LSNFS_RUNTIME_DIR: path.join(dir, 'run') };
   }
@@ -478,19 +506,20 @@ class Mounts {
   async mountPrimary(): Promise<void> {
     await this.cli(['mount', '--device', this.device, '--mountpoint', this.primary, '--role', 'primary', '--host', 'bench-primary']);
     this.mounted.push(this.primary);
-    this.prioritize(this.primary, this.priority);
+    await this.place(this.primary, this.hosts.primary);
   }
   async mountReplica(index: number): Promise<void> {
     await this.cli(['mount', '--device', this.device, '--mountpoint', this.replica(index), '--role', 'replica',
       '--host', `bench-replica-${index}`, '--poll-interval-ms', String(this.pollIntervalMs)]);
     this.mounted.push(this.replica(index));
-    this.prioritize(this.replica(index), this.replicaPriority);
+    await this.place(this.replica(index), this.hosts.replica);
   }
-  /** Renices the daemon (all its threads: libuv's pool does the device I/O). */
-  private prioritize(mountpoint: string, priority: number): void {
+  /** Moves the daemon (all its threads: libuv's pool does the device I/O) to its host's priority and CPUs. */
+  private async place(mountpoint: string, host: Host): Promise<void> {
     const pid = this.daemonPid(mountpoint);
-    if (priority === 0 || pid === null) return;
-    for (const tid of readdirSync(`/proc/${pid}/task`)) os.setPriority(Number(tid), priority);
+    if (pid === null) return;
+    if (host.nice !== 0) for (const tid of readdirSync(`/proc/${pid}/task`)) os.setPriority(Number(tid), host.nice);
+    if (host.cpus !== null) await execOk('taskset', ['-a', '-cp', host.cpus, String(pid)]);
   }
   async umount(mountpoint: string): Promise<void> {
     const at = this.mounted.indexOf(mountpoint);
@@ -533,8 +562,8 @@ class Mounts {
 
 interface BenchOptions {
   duration: number; rounds: number; samples: number; pollIntervalMs: number; readerIntervalMs: number;
-  loadReaderIntervalMs: number; lagGapMs: number; priority: number; replicaPriority?: number; size: string; dir?: string; keep: boolean; json: boolean;
-  verbose: boolean;
+  loadReaderIntervalMs: number; lagGapMs: number; priority: number; replicaPriority?: number; sharedCpus: boolean; size: string; dir?: string;
+  keep: boolean; json: boolean; verbose: boolean;
 }
 
 interface LagFigures {
@@ -587,8 +616,8 @@ async function bench(options: BenchOptions): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('bench-replica mounts lsnfs (FUSE): run it as root');
   const dir = options.dir ? path.resolve(options.dir) : mkdtempSync(path.join(os.tmpdir(), 'lsnfs-bench-replica-'));
   await fsp.mkdir(dir, { recursive: true });
-  const replicaPriority = options.replicaPriority ?? options.priority;
-  const mounts = new Mounts(dir, options.pollIntervalMs, options.priority, replicaPriority);
+  const hosts = hostsOf(options);
+  const mounts = new Mounts(dir, options.pollIntervalMs, hosts);
   const children = new Set<Child<unknown>>();
   const resultsDir = path.join(dir, 'results');
   let resultCount = 0;
@@ -600,14 +629,14 @@ async function bench(options: BenchOptions): Promise<void> {
 
   const startWriter = (args: Omit<WriterArgs, 'file' | 'ackFile' | 'firstSeq' | 'resultFile' | 'gapMs'> & { gapMs?: number }): Child<WriterResult> => {
     const out = resultFile('writer');
-    const child = new Child<WriterResult>('writer', '__writer', { file: file(mounts.primary), ackFile, firstSeq: nextSeq, gapMs: 0, ...args, resultFile: out }, out, options.priority);
+    const child = new Child<WriterResult>('writer', '__writer', { file: file(mounts.primary), ackFile, firstSeq: nextSeq, gapMs: 0, ...args, resultFile: out }, out, hosts.primary);
     children.add(child);
     return child;
   };
   const startReader = async (replica: number, intervalMs: number, lastSeq?: number): Promise<Child<ReaderResult>> => {
     const out = resultFile(`reader-${replica}`);
     const child = new Child<ReaderResult>(`reader on replica ${replica}`, '__reader',
-      { file: file(mounts.replica(replica)), ackFile, firstSeq: nextSeq, intervalMs, resultFile: out, ...(lastSeq !== undefined ? { lastSeq } : {}) }, out, replicaPriority);
+      { file: file(mounts.replica(replica)), ackFile, firstSeq: nextSeq, intervalMs, resultFile: out, ...(lastSeq !== undefined ? { lastSeq } : {}) }, out, hosts.replica);
     children.add(child);
     await child.ready;
     return child;
@@ -643,7 +672,8 @@ async function bench(options: BenchOptions): Promise<void> {
 
   try {
     const loadStart = loadavg();
-    log(`bench: in ${dir}; ${os.cpus().length} CPUs, load average ${loadStart}`);
+    log(`bench: in ${dir}; ${os.cpus().length} CPUs, load average ${loadStart}; ` +
+      (hosts.primary.cpus === null ? 'every process on every CPU (--shared-cpus)' : `primary host on CPU ${hosts.primary.cpus}, replica hosts on CPUs ${hosts.replica.cpus}`));
     await fsp.mkdir(resultsDir, { recursive: true });
     await fsp.writeFile(ackFile, Buffer.alloc(8));
     await mounts.create(options.size);
@@ -801,6 +831,7 @@ function main(): void {
     .option('--lag-gap-ms <ms>', 'lag phase: pause after each acknowledged record (0: back to back)', nonNegativeNumber('--lag-gap-ms'), 0)
     .option('--priority <nice>', 'nice value for every daemon, the writer and the readers (e.g. -10 to shield them from other load)', niceValue, 0)
     .option('--replica-priority <nice>', 'nice value for the replica daemons and their readers only (default: --priority)', niceValue)
+    .option('--shared-cpus', 'run the replica hosts on the primary\'s CPUs too (default: the primary on CPU 0, the replicas on the others)', false)
     .option('--verbose', 'per-run detail on stderr (reader and replica-side lag) for the throughput runs too', false)
     .option('--size <size>', 'device size', '4G')
     .option('--dir <dir>', 'working directory (default: a temp dir, removed afterwards)')
