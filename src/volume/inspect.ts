@@ -89,8 +89,7 @@ export async function volumeStatus(device: BlockDevice, replicaTimeoutMs = DEFAU
   const horizon = Math.min(retentionFloor, ...replicas.filter((r) => r.live).map((r) => r.viewLsn));
   // Recovery kept tombstones by its own reading of the slots (default timeout) and the checkpoint
   // may hold ones the primary has since dropped: report what the primary keeps at this horizon.
-  recovered.state.horizonLsn = horizon;
-  recovered.state.sweepTombstones();
+  recovered.state.setHorizon(horizon);
   const tombstones: TombstoneStatus[] = [...recovered.state.tombstones.values()].map((t) => ({
     ino: t.inode.ino, name: t.name, deletedAtLsn: t.deletedAtLsn,
     bytes: [...t.inode.pages?.values() ?? []].flat().reduce((sum, v) => sum + versionLogBytes(v), 0),

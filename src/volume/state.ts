@@ -83,6 +83,15 @@ export class VolumeState {
    * replicas and retention lower it.
    */
   horizonLsn = Number.POSITIVE_INFINITY;
+  /**
+   * Pages that kept older versions because their newest base was at or above
+   * the horizon when it was added, in log order from `pendingTrimsHead`: once
+   * the horizon passes such a base, the versions before it are unreachable
+   * (setHorizon trims them). Without this a page written once while a reader
+   * held the horizon kept its old version until its next write.
+   */
+  private readonly pendingTrims: Array<{ baseLsn: number; versions: PageVersion[] }> = [];
+  private pendingTrimsHead = 0;
 
   constructor(readonly pageBytes: number) {}
 
@@ -270,6 +279,7 @@ export class VolumeState {
     for (const [pageNo, versions] of inode.pages ?? []) {
       if (pageNo < firstDroppedPage) continue;
       for (const version of versions) this.liveBytes -= versionLogBytes(version);
+      versions.length = 0; // a pending trim may still name this array
       inode.pages!.delete(pageNo);
     }
   }
@@ -279,7 +289,22 @@ export class VolumeState {
     if (!versions) { versions = []; inode.pages!.set(pageNo, versions); }
     versions.push(version);
     this.liveBytes += versionLogBytes(version);
-    if (isBaseVersion(version, this.pageBytes)) this.trimPage(versions);
+    if (!isBaseVersion(version, this.pageBytes)) return;
+    this.trimPage(versions);
+    if (versions.length > 1) this.pendingTrims.push({ baseLsn: version.versionLsn, versions });
+  }
+
+  /** Moves the horizon: drops the versions and tombstones no reader can see any more. */
+  setHorizon(horizonLsn: number): void {
+    this.horizonLsn = horizonLsn;
+    while (this.pendingTrimsHead < this.pendingTrims.length && this.pendingTrims[this.pendingTrimsHead]!.baseLsn < horizonLsn) {
+      this.trimPage(this.pendingTrims[this.pendingTrimsHead++]!.versions);
+    }
+    if (this.pendingTrimsHead > 1024 && this.pendingTrimsHead * 2 > this.pendingTrims.length) {
+      this.pendingTrims.splice(0, this.pendingTrimsHead);
+      this.pendingTrimsHead = 0;
+    }
+    this.sweepTombstones();
   }
 
   /** Drops versions hidden behind the newest base at or below the horizon. */
@@ -294,7 +319,7 @@ export class VolumeState {
   }
 
   /** After the horizon moved: drop the tombstones nobody can read any more. */
-  sweepTombstones(): void {
+  private sweepTombstones(): void {
     for (const [ino, tombstone] of this.tombstones) {
       if (tombstone.deletedAtLsn >= this.horizonLsn) continue;
       this.dropPages(tombstone.inode, 0);

@@ -306,8 +306,7 @@ export class Volume implements FileSystem {
   async updateHorizon(): Promise<void> {
     const horizon = await readHorizonLsn(this.device, this.checkpoints, this.superblock.retainMs, this.replicaTimeoutMs);
     if (horizon === this.state.horizonLsn) return;
-    this.state.horizonLsn = horizon;
-    this.state.sweepTombstones();
+    this.state.setHorizon(horizon);
   }
 
   /** Live readers that have not yet consumed the log up to `lsn` (the cleaner waits for them). */

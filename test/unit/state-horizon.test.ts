@@ -1,0 +1,67 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { RecordHeader, RecordType, encodeDataPayload, recordBytes } from '../../src/log/format';
+import { ROOT_INO, S_IFREG, VolumeState, versionLogBytes } from '../../src/volume/state';
+
+const PAGE = 4096;
+
+/** Appends records with consecutive LSNs to `state`, as a primary's log would. */
+class Log {
+  lsn = 4096;
+  constructor(readonly state: VolumeState) {}
+  private header(type: RecordType, payloadBytes: number): RecordHeader {
+    const header = { lsn: this.lsn, epoch: 1, type, flags: 0, payloadBytes, payloadCrc: 0, timeMs: this.lsn, durableLsn: 0, walLsn: 0 };
+    this.lsn += recordBytes(payloadBytes);
+    return header;
+  }
+  create(ino: number, name: string): void {
+    this.state.applyMeta(this.header(RecordType.Meta, 64), { op: 'create', parent: ROOT_INO, name, ino, mode: S_IFREG | 0o644, uid: 0, gid: 0 });
+  }
+  /** Writes page `pageNo` of `ino` whole (a base version), or `length` bytes at `offset` (a delta). Returns the record's LSN. */
+  write(ino: number, pageNo: number, offset = 0, length = PAGE): number {
+    const payload = encodeDataPayload({ ino, pageNo, offsetInPage: offset, length, versionLsn: 0 }, Buffer.alloc(length, 1));
+    const header = this.header(RecordType.Data, payload.length);
+    this.state.applyData(header, payload);
+    return header.lsn;
+  }
+}
+
+function indexedBytes(state: VolumeState): number {
+  let bytes = 0;
+  for (const inode of state.inodes.values()) for (const versions of inode.pages?.values() ?? []) for (const v of versions) bytes += versionLogBytes(v);
+  return bytes;
+}
+
+test('moving the horizon drops versions a newer base at or below it hides, even on pages not written again', () => {
+  const state = VolumeState.empty(PAGE, 0o755, 0);
+  const log = new Log(state);
+  log.create(2, 'f');
+  state.setHorizon(log.lsn); // a reader holds the view here
+  const reader = log.lsn;
+  for (let page = 0; page < 3; page++) log.write(2, page);
+  const firstRewrite = log.write(2, 0); // page 0 rewritten once
+  log.write(2, 1, 100, 10); // page 1 gets a delta on top of its base
+  const file = state.inode(2);
+  assert.equal(file.pages!.get(0)!.length, 2, 'the reader may still read the old page 0');
+  const atReader = [0, 1, 2].map((page) => state.versionsAt(file, page, reader));
+  const atTail = [0, 1, 2].map((page) => state.versionsAt(file, page, Infinity));
+
+  // The reader moves to just past the rewrite: page 0's first version is unreachable now.
+  state.setHorizon(firstRewrite + 1);
+  assert.equal(file.pages!.get(0)!.length, 1, 'page 0 keeps only the version visible at the horizon');
+  assert.equal(file.pages!.get(1)!.length, 2, 'page 1 keeps its base and the delta on it');
+  assert.deepEqual([0, 1, 2].map((page) => state.versionsAt(file, page, Infinity)), atTail, 'reads at the tail unchanged');
+  assert.equal(state.liveBytes, indexedBytes(state), 'liveBytes counts exactly the versions still indexed');
+  assert.notDeepEqual(atReader[0], atTail[0]);
+
+  // A truncate while the reader still looks: the pending trims of the covered pages come up after it.
+  log.write(2, 2);
+  state.applyMeta({ lsn: log.lsn, epoch: 1, type: RecordType.Meta, flags: 0, payloadBytes: 64, payloadCrc: 0, timeMs: log.lsn, durableLsn: 0, walLsn: 0 },
+    { op: 'truncate', ino: 2, size: 0 });
+  log.lsn += recordBytes(64);
+  state.setHorizon(log.lsn + 1);
+  // The truncate covered the pages with zeros for older readers; past the horizon only the zeros remain.
+  for (const versions of file.pages!.values()) assert.deepEqual(versions.map((v) => v.kind), ['zero']);
+  assert.equal(state.liveBytes, indexedBytes(state), 'liveBytes after the truncate and the trims');
+  assert.equal(state.liveBytes, 0);
+});
