@@ -31,7 +31,7 @@
  *     back to back; p50/p99/max of t_seen - t_ack.
  *  2. throughput: write+fdatasync ops/s over --duration seconds with 0, 1 and
  *     3 replicas attached, each replica with an active reader, alternated
- *     r0 r1 r3 r0 r1 r3 ... for --rounds rounds; medians; slowdown_r3 =
+ *     r0 r1 r3, r1 r3 r0, r3 r0 r1 ... for --rounds rounds; medians; slowdown_r3 =
  *     1 - r3/r0. Replicas are mounted before and unmounted after each run.
  *
  * Usage (as root): scripts/bench-replica [--duration S] [--rounds N] [--samples N]
@@ -720,7 +720,10 @@ async function bench(options: BenchOptions): Promise<void> {
     // Phase 2: primary throughput with 0, 1 and 3 replicas, alternated.
     const runs: RunRecord[] = [];
     for (let round = 1; round <= options.rounds; round++) {
-      for (const replicas of REPLICA_COUNTS) {
+      // The order rotates from round to round (r0 r1 r3, r1 r3 r0, r3 r0 r1): no replica count always runs
+      // first, or right after the others' mounts and unmounts.
+      const order = REPLICA_COUNTS.map((_, i) => REPLICA_COUNTS[(i + round - 1) % REPLICA_COUNTS.length]!);
+      for (const replicas of order) {
         for (let i = 1; i <= replicas; i++) await mounts.mountReplica(i);
         const readers: Array<Child<ReaderResult>> = [];
         for (let i = 1; i <= replicas; i++) readers.push(await startReader(i, i === 1 ? options.readerIntervalMs : options.loadReaderIntervalMs));
@@ -823,7 +826,7 @@ function main(): void {
   const program = new Command('bench-replica')
     .description('replica visibility lag, and primary write+fdatasync throughput with 0, 1 and 3 replicas')
     .option('--duration <seconds>', 'seconds per throughput run', positiveInt('--duration'), 10)
-    .option('--rounds <n>', 'rounds of r0, r1, r3 (alternated)', positiveInt('--rounds'), 2)
+    .option('--rounds <n>', 'rounds of r0, r1, r3 (alternated, the order rotating)', positiveInt('--rounds'), 3)
     .option('--samples <n>', 'records measured for the visibility lag', positiveInt('--samples'), 3000)
     .option('--poll-interval-ms <ms>', 'replica mounts: --poll-interval-ms', nonNegativeNumber('--poll-interval-ms'), 5)
     .option('--reader-interval-ms <ms>', 'pause between probes of the reader that measures lag (replica 1)', nonNegativeNumber('--reader-interval-ms'), 1)
