@@ -22,9 +22,17 @@ export class FileDevice implements BlockDevice {
   ) {}
 
   static async open(path: string, options: { readOnly: boolean }): Promise<FileDevice> {
+    const access = options.readOnly ? fsConstants.O_RDONLY : fsConstants.O_RDWR;
     let handle: fsp.FileHandle;
     try {
-      handle = await fsp.open(path, options.readOnly ? fsConstants.O_RDONLY : fsConstants.O_RDWR);
+      // O_NOATIME: a device file is read all the time (a replica polls its tail every few ms) while the
+      // primary writes it, so with relatime nearly every read would dirty the inode for a new atime: a
+      // journal update per poll on the host filesystem, which a replica must not write and whose journal
+      // the primary's fdatasync shares. Only the file's owner (or root) may ask for it.
+      handle = await fsp.open(path, access | fsConstants.O_NOATIME).catch((error: NodeJS.ErrnoException) => {
+        if (error.code === 'EPERM') return fsp.open(path, access);
+        throw error;
+      });
     } catch (error) {
       throw new UserError(`device ${path}: cannot open (${(error as NodeJS.ErrnoException).code ?? error})`);
     }
