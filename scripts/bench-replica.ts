@@ -30,7 +30,9 @@
  *  1. lag: 1 replica, the writer loops --samples records (after a warm-up)
  *     back to back; p50/p99/max of t_seen - t_ack.
  *  2. throughput: write+fdatasync ops/s over --duration seconds with 0, 1 and
- *     3 replicas attached, each replica with an active reader, alternated
+ *     3 replicas attached (replica 1 with a reader measuring the lag under
+ *     load, replicas 2 and 3 following the log; --load-reader-interval-ms
+ *     gives them readers too), alternated
  *     r0 r1 r3, r1 r3 r0, r3 r0 r1 ... for --rounds rounds; medians; slowdown_r3 =
  *     1 - r3/r0. Replicas are mounted before and unmounted after each run.
  *
@@ -562,7 +564,7 @@ class Mounts {
 
 interface BenchOptions {
   duration: number; rounds: number; samples: number; pollIntervalMs: number; readerIntervalMs: number;
-  loadReaderIntervalMs: number; lagGapMs: number; priority: number; replicaPriority?: number; sharedCpus: boolean; size: string; dir?: string;
+  loadReaderIntervalMs?: number; lagGapMs: number; priority: number; replicaPriority?: number; sharedCpus: boolean; size: string; dir?: string;
   keep: boolean; json: boolean; verbose: boolean;
 }
 
@@ -726,7 +728,12 @@ async function bench(options: BenchOptions): Promise<void> {
       for (const replicas of order) {
         for (let i = 1; i <= replicas; i++) await mounts.mountReplica(i);
         const readers: Array<Child<ReaderResult>> = [];
-        for (let i = 1; i <= replicas; i++) readers.push(await startReader(i, i === 1 ? options.readerIntervalMs : options.loadReaderIntervalMs));
+        // Replica 1's reader measures the lag under load; replicas 2 and 3 only follow the log unless
+        // --load-reader-interval-ms gives them readers too.
+        for (let i = 1; i <= replicas; i++) {
+          if (i === 1) readers.push(await startReader(i, options.readerIntervalMs));
+          else if (options.loadReaderIntervalMs !== undefined) readers.push(await startReader(i, options.loadReaderIntervalMs));
+        }
         await sleep(SETTLE_MS);
         const profiler = new Profiler(daemonPids(replicas));
         const slots = new SlotSampler(mounts.device);
@@ -830,7 +837,7 @@ function main(): void {
     .option('--samples <n>', 'records measured for the visibility lag', positiveInt('--samples'), 3000)
     .option('--poll-interval-ms <ms>', 'replica mounts: --poll-interval-ms', nonNegativeNumber('--poll-interval-ms'), 5)
     .option('--reader-interval-ms <ms>', 'pause between probes of the reader that measures lag (replica 1)', nonNegativeNumber('--reader-interval-ms'), 1)
-    .option('--load-reader-interval-ms <ms>', 'pause between probes of the readers on replicas 2 and 3', nonNegativeNumber('--load-reader-interval-ms'), 1)
+    .option('--load-reader-interval-ms <ms>', 'give replicas 2 and 3 readers too, with this pause between probes (default: they only follow the log)', nonNegativeNumber('--load-reader-interval-ms'))
     .option('--lag-gap-ms <ms>', 'lag phase: pause after each acknowledged record (0: back to back)', nonNegativeNumber('--lag-gap-ms'), 0)
     .option('--priority <nice>', 'nice value for every daemon, the writer and the readers (e.g. -10 to shield them from other load)', niceValue, 0)
     .option('--replica-priority <nice>', 'nice value for the replica daemons and their readers only (default: --priority)', niceValue)

@@ -67,10 +67,18 @@ export async function ownedDirectory(dir: string, mode: number, osUser = 'postgr
   await fsp.chmod(dir, mode);
 }
 
-/** uid and gid of an OS user. */
-export async function osIds(user: string): Promise<{ uid: number; gid: number }> {
-  const [uid, gid] = await Promise.all([execOk('id', ['-u', user]), execOk('id', ['-g', user])]);
-  return { uid: Number(uid.trim()), gid: Number(gid.trim()) };
+const osIdsByUser = new Map<string, Promise<{ uid: number; gid: number }>>();
+
+/** uid and gid of an OS user (asked of `id` once per process). */
+export function osIds(user: string): Promise<{ uid: number; gid: number }> {
+  let ids = osIdsByUser.get(user);
+  if (!ids) {
+    ids = Promise.all([execOk('id', ['-u', user]), execOk('id', ['-g', user])])
+      .then(([uid, gid]) => ({ uid: Number(uid.trim()), gid: Number(gid.trim()) }));
+    ids.catch(() => osIdsByUser.delete(user));
+    osIdsByUser.set(user, ids);
+  }
+  return ids;
 }
 
 /** Children of `pid`, from /proc. */
@@ -110,6 +118,17 @@ function pidExists(pid: number): boolean {
   } catch (error) {
     return (error as NodeJS.ErrnoException).code === 'EPERM';
   }
+}
+
+/**
+ * postmaster.pid says the postmaster accepts connections: its status line
+ * (the 8th, LOCK_FILE_LINE_PM_STATUS) is "ready" (or "standby" for a hot
+ * standby), and its pid (the 1st line) is alive. What pg_ctl -w waits for.
+ */
+function isAcceptingConnections(pidFile: string): boolean {
+  const lines = pidFile.split('\n');
+  const status = lines[7]?.trim();
+  return (status === 'ready' || status === 'standby') && pidExists(Number(lines[0]));
 }
 
 /** How often waits for a server state look again (pg_ctl -w looks every 100 ms: a failover waits on it twice). */
@@ -175,15 +194,38 @@ export class PgCluster {
     await fsp.appendFile(path.join(this.dataDir, 'postgresql.conf'), `\n# lsnfs test settings\n${lines.join('\n')}\n`);
   }
 
-  /** pg_ctl start -w; on failure the error carries the end of the server log. `settings` apply to this start only. */
+  /**
+   * pg_ctl start -w; resolves once the server accepts connections (read-only ones, for a hot standby). On
+   * failure the error carries the end of the server log. `settings` apply to this start only.
+   *
+   * pg_ctl -w looks at the server's state every 100 ms; postmaster.pid's status line is looked at here
+   * every few ms as well, and whichever sees the server ready first ends the wait (pg_ctl then exits on
+   * its own). pg_ctl still reports a server that fails to start.
+   */
   async start(options: { timeoutS?: number; settings?: Settings } = {}): Promise<void> {
     const once = Object.entries(options.settings ?? {}).map(([name, value]) => ` -c ${name}=${formatSetting(value)}`).join('');
-    const result = await exec(await pgProgram('pg_ctl'),
+    const pidFile = path.join(this.dataDir, 'postmaster.pid');
+    const stalePidFile = await fsp.readFile(pidFile, 'utf8').catch(() => null);
+    const pgCtl = exec(await pgProgram('pg_ctl'),
       // Port and socket directory from this object, whatever postgresql.conf says: after a failover the
       // data directory's configuration is the old host's.
       ['-D', this.dataDir, '-l', this.logFile, '-o', `-p ${this.port} -k ${this.runDir}${once}`, '-w', '-t', String(options.timeoutS ?? 600), 'start'],
       { user: this.osUser });
-    if (result.code !== 0) throw new Error(`${new CommandError(result).message}\nserver log:\n${await this.logTail(30)}`);
+    let pgCtlDone = false;
+    const pgCtlResult = pgCtl.then((result) => {
+      pgCtlDone = true;
+      return result;
+    });
+    for (;;) {
+      if (pgCtlDone) {
+        const result = await pgCtlResult;
+        if (result.code !== 0) throw new Error(`${new CommandError(result).message}\nserver log:\n${await this.logTail(30)}`);
+        return;
+      }
+      const content = await fsp.readFile(pidFile, 'utf8').catch(() => null);
+      if (content !== null && content !== stalePidFile && isAcceptingConnections(content)) return;
+      await Promise.race([pgCtlResult, new Promise((resolve) => setTimeout(resolve, EXIT_POLL_MS))]);
+    }
   }
 
   async stop(mode: 'smart' | 'fast' | 'immediate' = 'fast', options: { timeoutS?: number } = {}): Promise<void> {
