@@ -42,6 +42,15 @@ import { Inode, PageVersion, ROOT_INO, S_IFDIR, S_IFLNK, VolumeState, isDir, isR
 const CHECKPOINT_CHUNK_BYTES = 1024 * 1024;
 /** Log growth after which a new checkpoint is written (bounds replay time). */
 const CHECKPOINT_INTERVAL_BYTES = 64 * 1024 * 1024;
+/**
+ * A primary that has written nothing for IDLE_CHECKPOINT_MS checkpoints if at
+ * least IDLE_CHECKPOINT_MIN_BYTES of log came after its last checkpoint:
+ * every mount (a new replica or standby, a failover) replays the log from the
+ * newest checkpoint, up to CHECKPOINT_INTERVAL_BYTES of it; after a burst of
+ * writes that is most of a mount's time, and an idle moment costs nothing.
+ */
+const IDLE_CHECKPOINT_MS = 1000;
+const IDLE_CHECKPOINT_MIN_BYTES = 1024 * 1024;
 /** Deltas on one page before a read folds them into a fresh image. */
 const MAX_DELTAS_PER_PAGE = 16;
 /** Room a metadata operation asks for (one record, with slack for a pad). */
@@ -90,6 +99,8 @@ export class Volume implements FileSystem {
   private timers: NodeJS.Timeout[] = [];
   private checkpointInFlight: Promise<void> | null = null;
   private superblockLock: Promise<void> = Promise.resolve();
+  /** About where the newest checkpoint's records end (the superblock names where they start). */
+  private checkpointEndLsn: number;
   private markerWrite: Promise<void> = Promise.resolve();
   private closed = false;
   readonly cleaner: Cleaner | null;
@@ -117,6 +128,7 @@ export class Volume implements FileSystem {
   ) {
     this.cleaner = role === 'primary' && writer ? new Cleaner(this, writer) : null;
     this.checkpoints = checkpoints;
+    this.checkpointEndLsn = superblock.checkpointLsn + checkpointBytes;
   }
 
   get pageBytes(): number { return this.state.pageBytes; }
@@ -170,6 +182,14 @@ export class Volume implements FileSystem {
     primary.every(HOLDER_HEARTBEAT_INTERVAL_MS, () => reservation.heartbeat());
     primary.every(HORIZON_POLL_MS, () => primary.updateHorizon());
     primary.every(BACKGROUND_FLUSH_MS, async () => { if (writer.tailLsn > writer.durableLsn) await writer.sync(); });
+    let tailSeenLsn = writer.tailLsn;
+    primary.every(IDLE_CHECKPOINT_MS, async () => {
+      const idle = writer.tailLsn === tailSeenLsn;
+      tailSeenLsn = writer.tailLsn;
+      if (!idle || writer.tailLsn - primary.checkpointEndLsn < IDLE_CHECKPOINT_MIN_BYTES) return;
+      await primary.checkpoint().catch((error: Error) => { if (!(error instanceof FsError && error.errno === 'ENOSPC')) throw error; });
+      tailSeenLsn = writer.tailLsn;
+    });
     return volume;
   }
 
@@ -665,6 +685,7 @@ export class Volume implements FileSystem {
         if (offset === 0) firstLsn = header.lsn;
       }
       this.checkpointBytes = bytes.length;
+      this.checkpointEndLsn = writer.tailLsn;
       await writer.sync();
       await this.updateSuperblock({ checkpointLsn: firstLsn });
       this.checkpoints.push({ lsn: firstLsn, timeMs });
