@@ -30,7 +30,6 @@
 import { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { Command, Option } from 'commander';
 import { withDevice } from '../device/open';
 import { readHolder } from '../fence/holder-block';
 import { fsck, FsckReport } from '../volume/inspect';
@@ -126,14 +125,6 @@ const FENCE_NOTICE_TIMEOUT_MS = 15_000;
 const LAG_SAMPLE_INTERVAL_MS = 200;
 const HOSTS = ['node-a', 'node-b'] as const;
 
-function parseCount(what: string, min: number) {
-  return (text: string): number => {
-    const value = Number(text);
-    if (!Number.isSafeInteger(value) || value < min) throw new UserError(`${what}: "${text}" must be an integer >= ${min}`);
-    return value;
-  };
-}
-
 function parseKillWindow(text: string): { minS: number; maxS: number } {
   const match = /^\s*(\d+(?:\.\d+)?)\s*(?:-\s*(\d+(?:\.\d+)?))?\s*$/.exec(text);
   if (!match) throw new UserError(`--kill-after: "${text}" is not SECONDS or MIN-MAX (e.g. 3-12)`);
@@ -224,7 +215,7 @@ function sampleStandbyLag(standby: PgCluster): { stop: () => Promise<number[]> }
   return { stop: async () => { running = false; await loop; return samples; } };
 }
 
-type Progress = (message: string) => void;
+export type Progress = (message: string) => void;
 
 export async function runDrill(options: DrillOptions, progress: Progress): Promise<DrillReport> {
   const killWindow = parseKillWindow(options.killAfter);
@@ -462,26 +453,3 @@ export function formatReport(report: DrillReport): string {
 }
 
 /** Adds `lsnfs drill` to the program. */
-export function registerDrill(program: Command): void {
-  program.command('drill')
-    .description('failover drill: PostgreSQL + pgbench on a fresh volume, kill or freeze the primary host, fail over to the replica host, verify every acknowledged commit (RPO), the fence, and time it (RTO)')
-    .option('--dir <dir>', 'empty directory for the device file, mountpoints and logs (default: a temp dir, removed if the drill passes)')
-    .option('--device <spec>', 'run on this device instead of a file in --dir, e.g. iscsi://127.0.0.1:3260/IQN/1 (formatted!)')
-    .option('--size <size>', 'size of the file device', '4G')
-    .option('--rounds <n>', 'failover rounds (each fails over the other way)', parseCount('--rounds', 1), 1)
-    .option('--scale <n>', 'pgbench scale factor', parseCount('--scale', 1), 10)
-    .option('--clients <n>', 'pgbench clients', parseCount('--clients', 1), 4)
-    .option('--kill-after <seconds>', 'fail the primary at a random moment this many seconds into the load (MIN-MAX)', '3-15')
-    .addOption(new Option('--failure <mode>', 'how the primary host fails: kill (SIGKILL), freeze (SIGSTOP, resumed after the fence), alternate').choices(['kill', 'freeze', 'alternate']).default('alternate'))
-    .option('--port <port>', 'PostgreSQL port of node-a (node-b uses the next one); sockets are in private directories', parseCount('--port', 1024), 54329)
-    .addOption(new Option('--full-page-writes <on|off>', 'PostgreSQL full_page_writes (off is safe on lsnfs)').choices(['on', 'off']).default('off'))
-    .option('--force', 'format --device even if it holds an lsnfs volume', false)
-    .option('--keep', 'keep the drill directory even if the drill passes', false)
-    .option('--json', 'print the report as JSON', false)
-    .action(async (options: DrillOptions) => {
-      const progress: Progress = (message) => process.stderr.write(`${message}\n`);
-      const report = await runDrill(options, progress);
-      process.stdout.write(options.json ? JSON.stringify(report, null, 2) + '\n' : formatReport(report));
-      if (!report.ok) process.exitCode = 2;
-    });
-}

@@ -5,18 +5,16 @@
 import { existsSync, promises as fsp } from 'node:fs';
 import os from 'node:os';
 import { Command, Option } from 'commander';
-import { withDevice } from '../device/open';
 import { UserError } from '../util/errors';
 import { formatBytes, parseDurationMs, parseSizeBytes } from '../util/units';
-import { mkfs, refuseExistingVolume } from '../volume/mkfs';
-import { fsck, listRecords, pageVersions, pathHistory, volumeStatus } from '../volume/inspect';
-import { mountInBackground, runMountDaemon, umount } from './mount';
+import { mountInBackground, umount } from './mount';
 import type { MountRole } from '../volume/volume';
-import { registerDrill } from './drill';
-import { failover } from './failover';
-import { fenceHost } from '../fence/fence';
+import { registerDrill } from './drill-command';
 import { registerPg } from './pg';
 import { formatPgLsn } from '../pg/control';
+
+// A command loads the modules it runs when it runs (`await import`): the volume, fencing and the drill
+// take ~80 ms to load, which every command -- and every mount daemon's start -- would otherwise pay.
 
 function printJson(value: unknown): void {
   process.stdout.write(JSON.stringify(value, null, 2) + '\n');
@@ -49,6 +47,7 @@ export function buildProgram(): Command {
     .option('--retain <duration>', 'keep every state of this age readable as a snapshot, e.g. 1h, 30m', '0')
     .option('--force', 'overwrite an existing lsnfs volume', false)
     .action(async (options: { device: string; size?: string; pageSize: number; force: boolean; retain: string }) => {
+      const [{ withDevice }, { mkfs, refuseExistingVolume }] = await Promise.all([import('../device/open'), import('../volume/mkfs')]);
       const retainMs = parseDurationMs(options.retain, '--retain');
       if (options.size) {
         const sizeBytes = parseSizeBytes(options.size, '--size');
@@ -96,6 +95,7 @@ export function buildProgram(): Command {
       const mountOptions = { ...options, ...(atTimeMs !== undefined ? { atTimeMs } : {}), ...(replicaTimeoutMs !== undefined ? { replicaTimeoutMs } : {}) };
       if (options.foreground) {
         servingMount = true;
+        const { runMountDaemon } = await import('./mount-daemon');
         await runMountDaemon(mountOptions);
         return;
       }
@@ -121,6 +121,7 @@ export function buildProgram(): Command {
     .option('--replica-timeout <duration>', 'a replica whose heartbeat is older than this counts as gone (use the primary\'s --replica-timeout)', '10s')
     .action(async (options: { device: string; json: boolean; replicaTimeout: string }) => {
       const replicaTimeoutMs = parseDurationMs(options.replicaTimeout, '--replica-timeout');
+      const [{ withDevice }, { volumeStatus }] = await Promise.all([import('../device/open'), import('../volume/inspect')]);
       const status = await withDevice(options.device, { readOnly: true }, (device) => volumeStatus(device, replicaTimeoutMs));
       if (options.json) { printJson(status); return; }
       const rows: Array<[string, string]> = [
@@ -152,6 +153,7 @@ export function buildProgram(): Command {
     .requiredOption('--device <path>', 'lsnfs device')
     .option('--json', 'machine-readable output', false)
     .action(async (options: { device: string; json: boolean }) => {
+      const [{ withDevice }, { fsck }] = await Promise.all([import('../device/open'), import('../volume/inspect')]);
       const report = await withDevice(options.device, { readOnly: true }, fsck);
       if (options.json) printJson(report);
       else {
@@ -173,6 +175,7 @@ export function buildProgram(): Command {
     .option('--history <path>', 'what happened at this path (creates, renames, deletes, writes) over the retained log')
     .option('--json', 'machine-readable output', false)
     .action(async (options: { device: string; from?: number; limit: number; path?: string; page?: number; history?: string; json: boolean }) => {
+      const [{ withDevice }, { listRecords, pageVersions, pathHistory }] = await Promise.all([import('../device/open'), import('../volume/inspect')]);
       if (options.history !== undefined) {
         const history = await withDevice(options.device, { readOnly: true }, (device) => pathHistory(device, options.history!));
         if (options.json) { printJson(history); return; }
@@ -207,6 +210,7 @@ export function buildProgram(): Command {
     .option('--as <name>', 'the fencing host\'s name (its reservation key holds the device until the next primary takes it)', `fence@${os.hostname()}`)
     .option('--json', 'machine-readable output', false)
     .action(async (options: { device: string; host: string; as: string; json: boolean }) => {
+      const [{ withDevice }, { fenceHost }] = await Promise.all([import('../device/open'), import('../fence/fence')]);
       const result = await withDevice(options.device, { readOnly: false, host: options.as }, (device) => fenceHost(device, options.host, options.as));
       if (options.json) { printJson(result); return; }
       const how = result.backend === 'scsi' ? `SCSI-3 PREEMPT of key ${result.preemptedKey}, enforced by the target`
@@ -225,6 +229,7 @@ export function buildProgram(): Command {
     .option('--replica-timeout <duration>', 'the new primary\'s --replica-timeout')
     .option('--json', 'machine-readable output', false)
     .action(async (options: { device: string; host: string; mountpoint: string; force: boolean; allowOther: boolean; replicaTimeout?: string; json: boolean }) => {
+      const { failover } = await import('./failover');
       const report = await failover({
         device: options.device, host: options.host, mountpoint: options.mountpoint, force: options.force, allowOther: options.allowOther,
         ...(options.replicaTimeout !== undefined ? { replicaTimeoutMs: parseDurationMs(options.replicaTimeout, '--replica-timeout') } : {}),
