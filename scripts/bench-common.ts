@@ -1,9 +1,9 @@
 /** Small helpers shared by the benchmarks in scripts/. */
-import { mkdtempSync, promises as fsp } from 'node:fs';
+import { mkdtempSync, promises as fsp, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Command } from 'commander';
-import { execOk } from '../src/pg';
+import { childPids, execOk } from '../src/pg';
 
 export const REPO_ROOT = path.resolve(__dirname, '..', '..');
 export const LSNFS_BIN = path.join(REPO_ROOT, 'bin', 'lsnfs');
@@ -84,4 +84,32 @@ export function runBenchProgram<T>(program: Command, action: (options: T) => Pro
     process.stderr.write(`${program.name()}: ${error.message}\n`);
     process.exitCode = 1;
   });
+}
+
+/** The pid of the daemon serving `mountpoint`, from its mount record in the runtime directory of `env`. */
+export function daemonPid(env: NodeJS.ProcessEnv, mountpoint: string): number | null {
+  const id = path.resolve(mountpoint).replace(/[^A-Za-z0-9._-]+/g, '_');
+  try {
+    return (JSON.parse(readFileSync(path.join(env.LSNFS_RUNTIME_DIR!, `${id}.json`), 'utf8')) as { pid: number }).pid;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * CPUs of the simulated hosts of a benchmark: a primary and the hosts that
+ * follow it (replicas, standbys) are different machines, so by default the
+ * primary gets CPU 0 and the others the rest; null (--shared-cpus, or one
+ * CPU) runs everything everywhere.
+ */
+export function hostCpus(sharedCpus: boolean): { primary: string; followers: string } | null {
+  const cpuCount = os.cpus().length;
+  return sharedCpus || cpuCount < 2 ? null : { primary: '0', followers: `1-${cpuCount - 1}` };
+}
+
+/** Moves `pid`, its threads and its descendants to `cpus` (taskset syntax); processes they start later inherit it. */
+export async function pinProcessTree(pid: number, cpus: string): Promise<void> {
+  const tree = [pid];
+  for (let i = 0; i < tree.length; i++) tree.push(...await childPids(tree[i]!));
+  for (const member of tree) await execOk('taskset', ['-a', '-cp', cpus, String(member)]).catch(() => undefined); // gone meanwhile
 }

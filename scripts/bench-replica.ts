@@ -53,7 +53,7 @@ import { closeSync, fdatasyncSync, mkdtempSync, openSync, promises as fsp, readF
 import os from 'node:os';
 import path from 'node:path';
 import { Command } from 'commander';
-import { log, median, round1, round2, round3, positiveInt } from './bench-common';
+import { daemonPid, hostCpus, log, median, round1, round2, round3, positiveInt } from './bench-common';
 import { exec, execOk } from '../src/pg/exec';
 import { REPLICA_SLOTS_OFFSET, REPLICA_SLOT_BYTES, REPLICA_SLOT_COUNT } from '../src/log/format';
 import { decodeSlot } from '../src/replica/slots';
@@ -469,19 +469,12 @@ class SlotSampler {
  */
 interface Host { nice: number; cpus: string | null }
 
-/**
- * By default the primary host (its daemon and the writer) gets CPU 0 and the
- * replica hosts (their daemons and readers) the other CPUs: a replica is
- * another host, so what the throughput runs measure is what replicas cost
- * the primary through the shared device, not three more processes competing
- * for the primary's cores. --shared-cpus runs everything on every CPU.
- */
+/** Where each simulated host's processes run (see hostCpus): the primary host, or a replica host. */
 function hostsOf(options: BenchOptions): { primary: Host; replica: Host } {
-  const cpuCount = os.cpus().length;
-  const split = !options.sharedCpus && cpuCount >= 2;
+  const cpus = hostCpus(options.sharedCpus);
   return {
-    primary: { nice: options.priority, cpus: split ? '0' : null },
-    replica: { nice: options.replicaPriority ?? options.priority, cpus: split ? `1-${cpuCount - 1}` : null },
+    primary: { nice: options.priority, cpus: cpus?.primary ?? null },
+    replica: { nice: options.replicaPriority ?? options.priority, cpus: cpus?.followers ?? null },
   };
 }
 
@@ -547,12 +540,7 @@ class Mounts {
     for (const mountpoint of [...this.mounted].reverse()) await this.umount(mountpoint);
   }
   daemonPid(mountpoint: string): number | null {
-    const id = path.resolve(mountpoint).replace(/[^A-Za-z0-9._-]+/g, '_');
-    try {
-      return (JSON.parse(readFileSync(path.join(this.env.LSNFS_RUNTIME_DIR!, `${id}.json`), 'utf8')) as { pid: number }).pid;
-    } catch {
-      return null;
-    }
+    return daemonPid(this.env, mountpoint);
   }
   logFile(mountpoint: string): string {
     return path.join(this.env.LSNFS_RUNTIME_DIR!, `${path.resolve(mountpoint).replace(/[^A-Za-z0-9._-]+/g, '_')}.log`);

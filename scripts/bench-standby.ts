@@ -16,7 +16,11 @@
  *   host, one clock); the lag of a primary sample is the time until a standby
  *   sample shows replay at or past it.
  *
- * Usage (as root): scripts/bench-standby [--scale N] [--duration S] [--clients N] [--dir DIR] [--keep] [--json]
+ * Hosts: the primary (its PostgreSQL, its lsnfs daemon, pgbench, its
+ * sampler) runs on CPU 0 and every standby, lsnfs or streaming, on the other
+ * CPUs, as on separate machines; --shared-cpus runs everything everywhere.
+ *
+ * Usage (as root): scripts/bench-standby [--scale N] [--duration S] [--clients N] [--shared-cpus] [--dir DIR] [--keep] [--json]
  * --json prints one object on stdout:
  *   {"replay_lag_ms":{"p50":N,"p99":N},"streaming_lag_ms":{"p50":N,"p99":N},
  *    "create_s":{"lsnfs":N,"basebackup":N,"ratio":R},"storage_ratio_3_standbys":R}
@@ -26,12 +30,14 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { Command } from 'commander';
 import { percentile } from '../src/util/stats';
-import { LsnfsVolume, log, makeWorkDir, removeWorkDir, runBenchProgram, median, positiveInt, round1, round2, round3 } from './bench-common';
+import {
+  LsnfsVolume, daemonPid, hostCpus, log, makeWorkDir, median, pinProcessTree, positiveInt, removeWorkDir, round1, round2, round3, runBenchProgram,
+} from './bench-common';
 import {
   PgCluster, RunningCommand, execOk, parsePgLsn, pgProgram, pgbenchInit, ownedDirectory, startCommand, startPgbench,
 } from '../src/pg';
 
-interface BenchOptions { scale: number; duration: number; clients: number; dir?: string; keep: boolean; json: boolean }
+interface BenchOptions { scale: number; duration: number; clients: number; sharedCpus: boolean; dir?: string; keep: boolean; json: boolean }
 
 interface Sample { lsn: number; timeMs: number }
 
@@ -40,7 +46,7 @@ const SAMPLE_INTERVAL_S = 0.02;
 const LSNFS_STANDBYS = 3;
 
 /** psql \watch of `sql` (returning an LSN and an epoch in seconds) on `cluster`; samples accumulate until stop(). */
-async function sampler(cluster: PgCluster, dir: string, name: string, sql: string): Promise<{ samples: Sample[]; stop(): Promise<void> }> {
+async function sampler(cluster: PgCluster, dir: string, name: string, sql: string): Promise<{ samples: Sample[]; pid: number | undefined; stop(): Promise<void> }> {
   const file = path.join(dir, `watch-${name}.sql`);
   await fsp.writeFile(file, `${sql}\n\\watch ${SAMPLE_INTERVAL_S}\n`);
   await fsp.chmod(file, 0o644);
@@ -58,6 +64,7 @@ async function sampler(cluster: PgCluster, dir: string, name: string, sql: strin
   });
   return {
     samples,
+    pid: running.child.pid,
     stop: async () => { running.kill('SIGTERM'); await running.result; },
   };
 }
@@ -81,6 +88,14 @@ async function duBytes(dir: string): Promise<number> {
 
 async function bench(options: BenchOptions): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('bench-standby mounts lsnfs and runs PostgreSQL as user postgres: run it as root');
+  // Standbys are other hosts than the primary: this process (and so everything it starts) runs on the
+  // standby hosts' CPUs, and the primary's processes are moved to its own as they start.
+  const cpus = hostCpus(options.sharedCpus);
+  if (cpus) await pinProcessTree(process.pid, cpus.followers);
+  const onPrimaryHost = async (pid: number | null | undefined): Promise<void> => {
+    if (cpus && pid) await pinProcessTree(pid, cpus.primary);
+  };
+  log(`bench: ${cpus ? `primary host on CPU ${cpus.primary}, standby hosts (lsnfs and streaming) on CPUs ${cpus.followers}` : 'every process on every CPU (--shared-cpus)'}`);
   const dir = await makeWorkDir(options, 'lsnfs-bench-standby-');
   const volume = new LsnfsVolume(path.join(dir, 'lsnfs'));
   const portBase = 22000 + (process.pid % 5000) * 2;
@@ -94,6 +109,8 @@ async function bench(options: BenchOptions): Promise<void> {
     await volume.create('16G');
     await volume.cli(['pg', 'primary', '--device', volume.device, '--mountpoint', volume.mountpoint, '--port', String(primary.port), '--run-dir', primary.runDir]);
     primaryMounted = true;
+    await onPrimaryHost(daemonPid(volume.env, volume.mountpoint));
+    await onPrimaryHost(await primary.postmasterPid());
     const initS = await pgbenchInit(primary, options.scale);
     const dbBytes = Number(await primary.psql("SELECT pg_database_size('postgres')"));
     log(`bench: pgbench -i -s ${options.scale} on lsnfs: ${initS.toFixed(1)} s, database ${(dbBytes / 1e9).toFixed(2)} GB`);
@@ -127,10 +144,13 @@ async function bench(options: BenchOptions): Promise<void> {
     const flushSql = "SELECT pg_current_wal_flush_lsn(), extract(epoch FROM clock_timestamp())";
     const replaySql = "SELECT pg_last_wal_replay_lsn(), extract(epoch FROM clock_timestamp())";
     const primarySampler = await sampler(primary, dir, 'primary', flushSql);
+    await onPrimaryHost(primarySampler.pid);
     const standbySamplers = await Promise.all(standbys.map((s, i) => sampler(s.cluster, dir, `standby-${i}`, replaySql)));
     const streamingSampler = await sampler(streaming, dir, 'streaming', replaySql);
     stoppers.push(primarySampler.stop, streamingSampler.stop, ...standbySamplers.map((s) => s.stop));
-    const load = await (await startPgbench(primary, { clients: options.clients, threads: Math.min(options.clients, 2), durationS: options.duration, noVacuum: true })).result;
+    const pgbench = await startPgbench(primary, { clients: options.clients, threads: Math.min(options.clients, 2), durationS: options.duration, noVacuum: true });
+    await onPrimaryHost(pgbench.child.pid);
+    const load = await pgbench.result;
     log(`bench: pgbench tpcb-like ${options.duration} s on the primary: ${load.tps} tps`);
     await new Promise((resolve) => setTimeout(resolve, 2000)); // let every standby show the last LSNs
     for (const stop of stoppers.splice(0)) await stop();
@@ -180,5 +200,6 @@ const program = new Command('bench-standby')
   .description('PostgreSQL hot standbys on lsnfs vs a streaming standby on local disk: replay lag, creation time, storage')
   .option('--scale <n>', 'pgbench scale factor (67 is about 1 GB)', positiveInt('--scale'), 67)
   .option('--duration <seconds>', 'seconds of pgbench load while lag is sampled', positiveInt('--duration'), 30)
-  .option('--clients <n>', 'pgbench clients', positiveInt('--clients'), 4);
+  .option('--clients <n>', 'pgbench clients', positiveInt('--clients'), 4)
+  .option('--shared-cpus', 'run the standbys on the primary\'s CPUs too (default: the primary on CPU 0, the standbys on the others)', false);
 runBenchProgram(program, bench);
