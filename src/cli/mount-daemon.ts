@@ -21,6 +21,8 @@ const LARGEST_WRITE_BYTES = 128 * 1024;
  * readahead page is a page lsnfs reconstructs for nothing.
  */
 const STANDBY_READAHEAD_BYTES = 8192;
+/** How often the daemon checks that its kernel mount is still there. */
+const MOUNT_WATCH_INTERVAL_MS = 1000;
 
 /** The daemon: serves the mount until SIGTERM/SIGINT, then closes the volume cleanly. */
 export async function runMountDaemon(options: MountOptions): Promise<void> {
@@ -68,19 +70,24 @@ export async function runMountDaemon(options: MountOptions): Promise<void> {
   // uptime: from the process start (Node and module loading included) to serving.
   log.info({ device: options.device, mountpoint, role: options.role, epoch: volume.epoch, lsn: volume.tailLsn, uptimeMs: Math.round(process.uptime() * 1000) }, 'mounted');
   notify({ ready: true, epoch: volume.epoch });
-  // fuse-native keeps no handle open on the event loop; this keeps the daemon alive.
-  const keepAlive = setInterval(() => undefined, 1 << 30);
   let stopping = false;
-  const stop = async (signal: string): Promise<void> => {
+  // A plain `umount` (root; there is no fusermount here) ends the kernel mount without telling the daemon:
+  // it notices within a second and closes the volume as `lsnfs umount` would have (checkpoint, release).
+  // This timer also keeps the daemon alive: fuse-native holds no handle on the event loop.
+  const watchMount = setInterval(() => {
+    if (stopping) return;
+    isMounted(mountpoint).then((mounted) => { if (!mounted) void stop('the kernel mount is gone'); }, () => undefined);
+  }, MOUNT_WATCH_INTERVAL_MS);
+  const stop = async (reason: string): Promise<void> => {
     if (stopping) return;
     stopping = true;
-    log.info({ signal }, 'unmounting');
+    log.info({ reason }, 'unmounting');
     try {
       if (await isMounted(mountpoint)) await runUmount(mountpoint);
       await served.close();
       await removeMountRecord(mountpoint);
       log.info({ tailLsn: volume.tailLsn }, 'unmounted cleanly');
-      clearInterval(keepAlive);
+      clearInterval(watchMount);
       process.exit(0);
     } catch (error) {
       log.error({ err: error }, 'unmount failed');

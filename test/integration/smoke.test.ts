@@ -2,7 +2,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { destroyVolume, lsnfsOk, makeVolume, mount, umount } from '../support/harness';
+import { daemonPid, destroyVolume, lsnfsOk, makeVolume, mount, processExists, umount } from '../support/harness';
+import { execOk } from '../../src/pg/exec';
 
 test('a file written on the mount survives umount and remount', async (t) => {
   const volume = await makeVolume({ name: 'smoke' });
@@ -42,5 +43,21 @@ test('an idle primary checkpoints, so the next mount replays little of the log',
   // Nothing new to cover: no further checkpoints while it stays idle.
   await new Promise((resolve) => setTimeout(resolve, 2500));
   assert.equal((await status()).checkpointLsn, now.checkpointLsn, 'an idle primary with nothing new does not checkpoint again');
+  await umount(volume);
+});
+
+test('a plain umount (no lsnfs umount) ends the daemon cleanly: it checkpoints and releases the device', async (t) => {
+  const volume = await makeVolume({ name: 'plain-umount' });
+  t.after(() => destroyVolume(volume));
+  await mount(volume);
+  const pid = daemonPid(volume);
+  await fsp.writeFile(path.join(volume.mountpoint, 'kept.txt'), 'kept\n');
+  await execOk('umount', [volume.mountpoint]);
+  for (let waitedMs = 0; processExists(pid) && waitedMs < 10_000; waitedMs += 50) await new Promise((resolve) => setTimeout(resolve, 50));
+  assert.equal(processExists(pid), false, 'the daemon exited after its mount went away');
+  const status = JSON.parse(await lsnfsOk(['status', '--device', volume.device, '--json'], volume.env)) as { holder: unknown; checkpointLsn: number; tailLsn: number };
+  assert.equal(status.holder, null, 'the device was released');
+  await mount(volume);
+  assert.equal(await fsp.readFile(path.join(volume.mountpoint, 'kept.txt'), 'utf8'), 'kept\n');
   await umount(volume);
 });
