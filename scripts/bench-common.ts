@@ -3,6 +3,7 @@ import { mkdtempSync, promises as fsp, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Command } from 'commander';
+import { runtimeFileIn } from '../src/cli/runtime';
 import { childPids, execOk } from '../src/pg';
 
 export const REPO_ROOT = path.resolve(__dirname, '..', '..');
@@ -88,9 +89,8 @@ export function runBenchProgram<T>(program: Command, action: (options: T) => Pro
 
 /** The pid of the daemon serving `mountpoint`, from its mount record in the runtime directory of `env`. */
 export function daemonPid(env: NodeJS.ProcessEnv, mountpoint: string): number | null {
-  const id = path.resolve(mountpoint).replace(/[^A-Za-z0-9._-]+/g, '_');
   try {
-    return (JSON.parse(readFileSync(path.join(env.LSNFS_RUNTIME_DIR!, `${id}.json`), 'utf8')) as { pid: number }).pid;
+    return (JSON.parse(readFileSync(runtimeFileIn(env.LSNFS_RUNTIME_DIR!, mountpoint, 'json'), 'utf8')) as { pid: number }).pid;
   } catch {
     return null;
   }

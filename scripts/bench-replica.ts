@@ -57,6 +57,7 @@ import { daemonPid, hostCpus, log, median, round1, round2, round3, positiveInt }
 import { exec, execOk } from '../src/pg/exec';
 import { REPLICA_SLOTS_OFFSET, REPLICA_SLOT_BYTES, REPLICA_SLOT_COUNT } from '../src/log/format';
 import { decodeSlot } from '../src/replica/slots';
+import { runtimeFileIn } from '../src/cli/runtime';
 
 const REPO_ROOT = path.resolve(__dirname, '..', '..');
 const LSNFS_BIN = path.join(REPO_ROOT, 'bin', 'lsnfs');
@@ -543,7 +544,7 @@ class Mounts {
     return daemonPid(this.env, mountpoint);
   }
   logFile(mountpoint: string): string {
-    return path.join(this.env.LSNFS_RUNTIME_DIR!, `${path.resolve(mountpoint).replace(/[^A-Za-z0-9._-]+/g, '_')}.log`);
+    return runtimeFileIn(this.env.LSNFS_RUNTIME_DIR!, mountpoint, 'log');
   }
 }
 

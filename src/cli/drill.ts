@@ -215,7 +215,7 @@ function sampleStandbyLag(standby: PgCluster): { stop: () => Promise<number[]> }
   return { stop: async () => { running = false; await loop; return samples; } };
 }
 
-export type Progress = (message: string) => void;
+type Progress = (message: string) => void;
 
 export async function runDrill(options: DrillOptions, progress: Progress): Promise<DrillReport> {
   const killWindow = parseKillWindow(options.killAfter);
@@ -451,5 +451,3 @@ export function formatReport(report: DrillReport): string {
   lines.push(report.ok ? 'drill passed' : `drill FAILED (files kept in ${report.dir})`);
   return lines.join('\n') + '\n';
 }
-
-/** Adds `lsnfs drill` to the program. */

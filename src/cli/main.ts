@@ -13,8 +13,9 @@ import { registerDrill } from './drill-command';
 import { registerPg } from './pg';
 import { formatPgLsn } from '../pg/control';
 
-// A command loads the modules it runs when it runs (`await import`): the volume, fencing and the drill
-// take ~80 ms to load, which every command -- and every mount daemon's start -- would otherwise pay.
+// A command loads the modules it runs when it runs (`await import`): the volume, inspection, fencing and
+// the drill take ~50 ms to load, which a command that needs none of them (lsnfs pg standby starts a
+// mount daemon and PostgreSQL) would otherwise pay; the daemon itself loads no drill, inspection or fencing.
 
 function printJson(value: unknown): void {
   process.stdout.write(JSON.stringify(value, null, 2) + '\n');

@@ -1,8 +1,9 @@
 /**
  * The mount daemon: opens the device, mounts FUSE over the volume (or a
  * standby's overlay), tells its starter (mount.ts) it is live, and serves
- * until SIGTERM/SIGINT, then closes the volume cleanly.
+ * until SIGTERM/SIGINT or a plain umount, then closes the volume cleanly.
  */
+import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import Fuse from 'fuse-native';
 import pino from 'pino';
@@ -24,12 +25,14 @@ const STANDBY_READAHEAD_BYTES = 8192;
 /** How often the daemon checks that its kernel mount is still there. */
 const MOUNT_WATCH_INTERVAL_MS = 1000;
 
-/** The daemon: serves the mount until SIGTERM/SIGINT, then closes the volume cleanly. */
+/** The daemon: serves the mount until SIGTERM/SIGINT or until its kernel mount is gone, then closes the volume cleanly. */
 export async function runMountDaemon(options: MountOptions): Promise<void> {
   const log = pino({ name: 'lsnfs-mount' }, pino.destination(2));
   const notify = (message: object): void => { if (process.send) process.send(message); };
   let volume: Volume;
   let served: FileSystem & { close(): Promise<void> };
+  /** The mountpoint as the kernel lists it (symlinks resolved), for the watch below. */
+  let kernelMountpoint: string;
   try {
     // The host's name is its iSCSI initiator name too: one nexus per host.
     const device = await openDevice(options.device, { readOnly: false, host: options.host });
@@ -44,6 +47,7 @@ export async function runMountDaemon(options: MountOptions): Promise<void> {
       await mountNow;
     }
     await checkMountpoint(options.mountpoint);
+    kernelMountpoint = await fsp.realpath(options.mountpoint);
     if (options.role === 'replica' && options.overlay !== undefined) {
       const standby = await openStandby(device, { host: options.host, overlayDir: path.resolve(options.overlay), pollIntervalMs: options.pollIntervalMs });
       volume = standby.shared;
@@ -76,14 +80,15 @@ export async function runMountDaemon(options: MountOptions): Promise<void> {
   // This timer also keeps the daemon alive: fuse-native holds no handle on the event loop.
   const watchMount = setInterval(() => {
     if (stopping) return;
-    isMounted(mountpoint).then((mounted) => { if (!mounted) void stop('the kernel mount is gone'); }, () => undefined);
+    isMounted(kernelMountpoint).then((mounted) => { if (!mounted) void stop('the kernel mount is gone', { mountGone: true }); }, () => undefined);
   }, MOUNT_WATCH_INTERVAL_MS);
-  const stop = async (reason: string): Promise<void> => {
+  const stop = async (reason: string, how: { mountGone: boolean } = { mountGone: false }): Promise<void> => {
     if (stopping) return;
     stopping = true;
     log.info({ reason }, 'unmounting');
     try {
-      if (await isMounted(mountpoint)) await runUmount(mountpoint);
+      // Once its own mount is gone, whatever is mounted there now is someone else's (a failover's new primary).
+      if (!how.mountGone && await isMounted(kernelMountpoint)) await runUmount(mountpoint);
       await served.close();
       await removeMountRecord(mountpoint);
       log.info({ tailLsn: volume.tailLsn }, 'unmounted cleanly');
@@ -91,6 +96,8 @@ export async function runMountDaemon(options: MountOptions): Promise<void> {
       process.exit(0);
     } catch (error) {
       log.error({ err: error }, 'unmount failed');
+      // A signal may try again (the mount may have been busy); with the mount gone there is nothing left to serve.
+      if (how.mountGone) process.exit(1);
       stopping = false;
     }
   };

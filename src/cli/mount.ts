@@ -164,7 +164,8 @@ export async function umount(mountpoint: string): Promise<void> {
     else await runUmountLazy(mountpoint); // the daemon died: only the kernel's stale mount is left
   }
   if (record && daemonAlive) {
-    process.kill(record.pid, 'SIGTERM');
+    // It may have seen its mount go and be exiting already.
+    try { process.kill(record.pid, 'SIGTERM'); } catch (error) { if ((error as NodeJS.ErrnoException).code !== 'ESRCH') throw error; }
     const deadline = Date.now() + UMOUNT_WAIT_MS;
     while (processAlive(record.pid)) {
       if (Date.now() > deadline) throw new UserError(`mountpoint ${mountpoint}: daemon pid ${record.pid} did not exit; see ${record.logFile}`);

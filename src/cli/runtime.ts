@@ -22,16 +22,17 @@ export function runtimeDir(): string {
   return process.env.LSNFS_RUNTIME_DIR ?? '/run/lsnfs';
 }
 
-function idOf(mountpoint: string): string {
-  return path.resolve(mountpoint).replace(/[^A-Za-z0-9._-]+/g, '_');
+/** A mount's file in runtime directory `dir`: its record (`json`) or its daemon's log (`log`). */
+export function runtimeFileIn(dir: string, mountpoint: string, kind: 'json' | 'log'): string {
+  return path.join(dir, `${path.resolve(mountpoint).replace(/[^A-Za-z0-9._-]+/g, '_')}.${kind}`);
 }
 
 export function mountRecordPath(mountpoint: string): string {
-  return path.join(runtimeDir(), `${idOf(mountpoint)}.json`);
+  return runtimeFileIn(runtimeDir(), mountpoint, 'json');
 }
 
 export function mountLogPath(mountpoint: string): string {
-  return path.join(runtimeDir(), `${idOf(mountpoint)}.log`);
+  return runtimeFileIn(runtimeDir(), mountpoint, 'log');
 }
 
 export async function writeMountRecord(record: MountRecord): Promise<void> {
@@ -51,9 +52,13 @@ export async function removeMountRecord(mountpoint: string): Promise<void> {
   await fsp.rm(mountRecordPath(mountpoint), { force: true });
 }
 
-/** True when the kernel lists `mountpoint` as a mount (from /proc/self/mounts). */
+/**
+ * True when the kernel lists `mountpoint` as a mount (from /proc/self/mounts,
+ * which names mounts by their canonical path, with space, tab, newline and
+ * backslash escaped in octal). A path through a symlink is not resolved here.
+ */
 export async function isMounted(mountpoint: string): Promise<boolean> {
   const target = path.resolve(mountpoint);
   const mounts = await fsp.readFile('/proc/self/mounts', 'utf8');
-  return mounts.split('\n').some((line) => line.split(' ')[1]?.replace(/\\040/g, ' ') === target);
+  return mounts.split('\n').some((line) => line.split(' ')[1]?.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(parseInt(octal, 8))) === target);
 }

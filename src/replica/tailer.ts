@@ -79,6 +79,12 @@ export class Tailer {
   private slotStale = false;
   /** Log bytes the last round found (applied or not): the next round's first read is twice that. */
   private lastRoundBytes = 0;
+  /**
+   * The last round applied records to the view (a replica's or a standby's): the next one starts sooner.
+   * Not records merely found: ones that never become durable (a primary killed mid-batch) would keep a
+   * replica polling fast for nothing, and a snapshot's view never moves.
+   */
+  private lastRoundApplied = false;
   private lastHeadCheckMs = Date.now();
   /** Set when the primary reclaimed log this reader still needed; the mount must reload. */
   fellBehind: string | null = null;
@@ -109,7 +115,7 @@ export class Tailer {
         .catch((error: Error) => log.error({ err: error }, 'tailing failed; retrying'))
         .finally(() => {
           if (this.stopped) return;
-          const intervalMs = this.lastRoundBytes > 0 ? Math.min(BUSY_POLL_INTERVAL_MS, this.options.pollIntervalMs) : this.options.pollIntervalMs;
+          const intervalMs = this.lastRoundApplied ? Math.min(BUSY_POLL_INTERVAL_MS, this.options.pollIntervalMs) : this.options.pollIntervalMs;
           this.timer = setTimeout(tick, Math.max(0, intervalMs - (Date.now() - startedMs)));
         });
     };
@@ -184,6 +190,7 @@ export class Tailer {
       applied++;
     }
     if (applied > 0) this.slotStale = true;
+    this.lastRoundApplied = applied > 0 && mode === 'replica';
     this.followGate();
     const now = Date.now();
     const sinceSlotWriteMs = now - this.lastSlotWriteMs;

@@ -104,5 +104,6 @@ export function deserializeState(bytes: Buffer): { state: VolumeState; history: 
       state.liveBytes += versionLogBytes(version);
     }
   }
+  state.queueLoadedTrims();
   return { state, history: parsed.history ?? [] };
 }

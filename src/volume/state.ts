@@ -294,6 +294,26 @@ export class VolumeState {
     if (versions.length > 1) this.pendingTrims.push({ baseLsn: version.versionLsn, versions });
   }
 
+  /**
+   * After loading a checkpoint: its pages that still hold older versions wait for the horizon like
+   * pages written since (in the order of their newest base, before anything the log adds later).
+   */
+  queueLoadedTrims(): void {
+    const loaded: Array<{ baseLsn: number; versions: PageVersion[] }> = [];
+    const files = [...this.inodes.values(), ...[...this.tombstones.values()].map((t) => t.inode)];
+    for (const inode of files) {
+      for (const versions of inode.pages?.values() ?? []) {
+        if (versions.length < 2) continue;
+        for (let i = versions.length - 1; i > 0; i--) {
+          if (isBaseVersion(versions[i]!, this.pageBytes)) { loaded.push({ baseLsn: versions[i]!.versionLsn, versions }); break; }
+        }
+      }
+    }
+    loaded.sort((a, b) => a.baseLsn - b.baseLsn);
+    assert(this.pendingTrims.length === 0, 'trims are queued from a checkpoint before any record is applied');
+    for (const entry of loaded) this.pendingTrims.push(entry);
+  }
+
   /** Moves the horizon: drops the versions and tombstones no reader can see any more. */
   setHorizon(horizonLsn: number): void {
     this.horizonLsn = horizonLsn;

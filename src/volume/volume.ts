@@ -44,7 +44,8 @@ const CHECKPOINT_CHUNK_BYTES = 1024 * 1024;
 const CHECKPOINT_INTERVAL_BYTES = 64 * 1024 * 1024;
 /**
  * A primary that has written nothing for IDLE_CHECKPOINT_MS checkpoints if at
- * least IDLE_CHECKPOINT_MIN_BYTES of log came after its last checkpoint:
+ * least IDLE_CHECKPOINT_MIN_BYTES of log, and more than its last checkpoint's
+ * size, came after that checkpoint:
  * every mount (a new replica or standby, a failover) replays the log from the
  * newest checkpoint, up to CHECKPOINT_INTERVAL_BYTES of it; after a burst of
  * writes that is most of a mount's time, and an idle moment costs nothing.
@@ -183,11 +184,17 @@ export class Volume implements FileSystem {
     primary.every(HORIZON_POLL_MS, () => primary.updateHorizon());
     primary.every(BACKGROUND_FLUSH_MS, async () => { if (writer.tailLsn > writer.durableLsn) await writer.sync(); });
     let tailSeenLsn = writer.tailLsn;
+    let noRoomAtLsn = -1;
     primary.every(IDLE_CHECKPOINT_MS, async () => {
       const idle = writer.tailLsn === tailSeenLsn;
       tailSeenLsn = writer.tailLsn;
-      if (!idle || writer.tailLsn - primary.checkpointEndLsn < IDLE_CHECKPOINT_MIN_BYTES) return;
-      await primary.checkpoint().catch((error: Error) => { if (!(error instanceof FsError && error.errno === 'ENOSPC')) throw error; });
+      // Worth it only when the log to replay outweighs the checkpoint a mount would read instead.
+      const replayBytes = writer.tailLsn - primary.checkpointEndLsn;
+      if (!idle || replayBytes < Math.max(IDLE_CHECKPOINT_MIN_BYTES, primary.checkpointBytes) || noRoomAtLsn === writer.tailLsn) return;
+      await primary.checkpoint().catch((error: Error) => {
+        if (!(error instanceof FsError && error.errno === 'ENOSPC')) throw error;
+        noRoomAtLsn = writer.tailLsn; // no room: try again once something changed
+      });
       tailSeenLsn = writer.tailLsn;
     });
     return volume;
@@ -713,8 +720,11 @@ export class Volume implements FileSystem {
     for (const timer of this.timers) clearInterval(timer);
     await this.cleaner?.stop();
     if (this.role === 'primary' && !this.writer!.failed) {
-      // Without room for it, skip the checkpoint: the next mount replays a little more.
-      await this.checkpoint().catch((error: Error) => { if (!(error instanceof FsError && error.errno === 'ENOSPC')) throw error; });
+      // Without room for it, skip the checkpoint: the next mount replays a little more. An idle checkpoint
+      // may already cover the tail.
+      if (this.checkpointInFlight || this.writer!.tailLsn !== this.checkpointEndLsn) {
+        await this.checkpoint().catch((error: Error) => { if (!(error instanceof FsError && error.errno === 'ENOSPC')) throw error; });
+      }
       await this.markerWrite;
       await this.reservation!.release();
     }

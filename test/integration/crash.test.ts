@@ -15,7 +15,7 @@ import { ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { processAlive } from '../../src/util/process';
-import { daemonPid, destroyVolume, lsnfs, makeVolume, mount, run, sleep, TestVolume, umount } from '../support/harness';
+import { daemonPid, destroyVolume, lsnfs, makeVolume, mount, run, runtimeFile, sleep, TestVolume, umount } from '../support/harness';
 
 const ROUNDS = Number(process.env.LSNFS_CRASH_ROUNDS ?? 60);
 const MIN_ROUNDS = Math.min(ROUNDS, 50);
@@ -191,8 +191,7 @@ async function crashDaemon(volume: TestVolume, whileDead: () => Promise<void>): 
   while (processAlive(pid)) await sleep(5);
   await whileDead();
   await run('umount', ['-l', volume.mountpoint]).catch(() => undefined);
-  const id = path.resolve(volume.mountpoint).replace(/[^A-Za-z0-9._-]+/g, '_');
-  await fsp.rm(path.join(volume.env.LSNFS_RUNTIME_DIR!, `${id}.json`), { force: true });
+  await fsp.rm(runtimeFile(volume.env, volume.mountpoint, 'json'), { force: true });
 }
 
 interface RoundResult { acked: Op[]; pending: Op | null; lines: number; error: string | null }

@@ -35,7 +35,7 @@ import path from 'node:path';
 import readline from 'node:readline';
 import { processAlive } from '../../src/util/process';
 import { Rng, makeRng } from '../support/core';
-import { TestVolume, destroyVolume, lsnfs, lsnfsOk, makeVolume, mount, run, sleep, umount } from '../support/harness';
+import { TestVolume, destroyVolume, lsnfs, lsnfsOk, makeVolume, mount, run, runtimeFile, sleep, umount } from '../support/harness';
 
 const PAGE = 8192;
 const TOTAL_OPS = Number(process.env.LSNFS_REPLICA_OPS ?? 10_000);
@@ -94,11 +94,11 @@ class Fixture {
   }
 
   private recordPath(mp: string): string {
-    return path.join(this.volume.env.LSNFS_RUNTIME_DIR!, `${path.resolve(mp).replace(/[^A-Za-z0-9._-]+/g, '_')}.json`);
+    return runtimeFile(this.volume.env, mp, 'json');
   }
 
   daemonLogPath(mp: string): string {
-    return path.join(this.volume.env.LSNFS_RUNTIME_DIR!, `${path.resolve(mp).replace(/[^A-Za-z0-9._-]+/g, '_')}.log`);
+    return runtimeFile(this.volume.env, mp, 'log');
   }
 
   daemonPid(mp: string): number {

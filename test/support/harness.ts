@@ -5,6 +5,7 @@
  * serving process's event loop, so sync I/O against it would deadlock).
  */
 import { execFile, spawn } from 'node:child_process';
+import { runtimeFileIn } from '../../src/cli/runtime';
 import { existsSync, mkdtempSync, promises as fsp, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -64,7 +65,7 @@ export async function umount(volume: TestVolume): Promise<void> {
 
 /** A mount's file in the runtime directory: its record (`json`) or its daemon's log (`log`). */
 export function runtimeFile(env: NodeJS.ProcessEnv, mountpoint: string, kind: 'json' | 'log'): string {
-  return path.join(env.LSNFS_RUNTIME_DIR!, `${path.resolve(mountpoint).replace(/[^A-Za-z0-9._-]+/g, '_')}.${kind}`);
+  return runtimeFileIn(env.LSNFS_RUNTIME_DIR!, mountpoint, kind);
 }
 
 /** The pid of the daemon serving `mountpoint`. */

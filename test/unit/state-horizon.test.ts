@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { RecordHeader, RecordType, encodeDataPayload, recordBytes } from '../../src/log/format';
 import { ROOT_INO, S_IFREG, VolumeState, versionLogBytes } from '../../src/volume/state';
+import { deserializeState, serializeState } from '../../src/volume/checkpoint';
 
 const PAGE = 4096;
 
@@ -64,4 +65,19 @@ test('moving the horizon drops versions a newer base at or below it hides, even 
   for (const versions of file.pages!.values()) assert.deepEqual(versions.map((v) => v.kind), ['zero']);
   assert.equal(state.liveBytes, indexedBytes(state), 'liveBytes after the truncate and the trims');
   assert.equal(state.liveBytes, 0);
+});
+
+test('versions a checkpoint kept for a reader are dropped once the horizon passes them after a reload', () => {
+  const state = VolumeState.empty(PAGE, 0o755, 0);
+  const log = new Log(state);
+  log.create(2, 'f');
+  state.setHorizon(log.lsn);
+  log.write(2, 0);
+  const rewrite = log.write(2, 0);
+  const loaded = deserializeState(serializeState(state, [])).state;
+  loaded.setHorizon(state.horizonLsn);
+  assert.equal(loaded.inode(2).pages!.get(0)!.length, 2, 'the reader still holds the old version after the reload');
+  loaded.setHorizon(rewrite + 1);
+  assert.equal(loaded.inode(2).pages!.get(0)!.length, 1, 'dropped once the horizon passed the rewrite');
+  assert.equal(loaded.liveBytes, indexedBytes(loaded));
 });
