@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { Command } from 'commander';
 import { UserError } from '../util/errors';
-import { formatPgLsn, startPrimary, startStandby } from '../pg';
+import { PG_OS_USER, binariesMajorVersion, formatPgLsn, osIds, startPrimary, startStandby } from '../pg';
 import { mountInBackground } from './mount';
 import { isMounted, readMountRecord } from './runtime';
 
@@ -82,6 +82,9 @@ export function registerPg(program: Command): void {
     .option('--overlay <dir>', 'local directory for what the standby writes (emptied at mount)')
     .action(async (options: PgCommandOptions) => {
       const host = options.host ?? `${os.hostname()}-standby-${options.port}`;
+      // What does not need the mount is asked while it comes up (both answers are kept for the start).
+      const early = Promise.all([binariesMajorVersion(), osIds(PG_OS_USER)]);
+      early.catch(() => undefined); // asked again, and reported, by startStandby
       await ensureMounted(options, 'replica', host);
       const runDir = path.resolve(options.runDir ?? path.join(os.tmpdir(), `lsnfs-pg-${options.port}`));
       const { minRecoveryPoint } = await startStandby({ dataDir: path.join(options.mountpoint, options.pgdata), runDir, port: options.port });

@@ -34,6 +34,8 @@ export const LSNFS_SETTINGS: Readonly<Settings> = {
 };
 
 export const SUPERUSER = 'postgres';
+/** The OS user that runs PostgreSQL unless a cluster names another. */
+export const PG_OS_USER = 'postgres';
 
 export interface ClusterOptions {
   /** Data directory (made absolute). */
@@ -60,7 +62,7 @@ export function formatSetting(value: SettingValue): string {
 }
 
 /** Makes `dir` (and its parents) and gives it to the PostgreSQL OS user with `mode` (a run directory: 0o755). */
-export async function ownedDirectory(dir: string, mode: number, osUser = 'postgres'): Promise<void> {
+export async function ownedDirectory(dir: string, mode: number, osUser = PG_OS_USER): Promise<void> {
   const { uid, gid } = await osIds(osUser);
   await fsp.mkdir(dir, { recursive: true });
   await fsp.chown(dir, uid, gid);
@@ -156,7 +158,7 @@ export class PgCluster {
     this.dataDir = path.resolve(options.dataDir);
     this.runDir = path.resolve(options.runDir);
     this.port = options.port;
-    this.osUser = options.osUser ?? 'postgres';
+    this.osUser = options.osUser ?? PG_OS_USER;
     this.settings = { ...BASE_SETTINGS, ...options.settings, port: options.port, unix_socket_directories: this.runDir };
   }
 

@@ -55,12 +55,18 @@ export const STANDBY_SETTINGS: Readonly<Settings> = {
   max_standby_streaming_delay: -1,
 };
 
-/** Major version of this host's PostgreSQL binaries (from `postgres --version`). */
-export async function binariesMajorVersion(): Promise<number> {
-  const out = await execOk(await pgProgram('postgres'), ['--version']);
-  const match = /\(PostgreSQL\) (\d+)/.exec(out);
-  if (!match) throw new Error(`cannot read the PostgreSQL version from "${out.trim()}"`);
-  return Number(match[1]);
+let binariesMajor: Promise<number> | null = null;
+
+/** Major version of this host's PostgreSQL binaries (from `postgres --version`, asked once per process). */
+export function binariesMajorVersion(): Promise<number> {
+  binariesMajor ??= (async () => {
+    const out = await execOk(await pgProgram('postgres'), ['--version']);
+    const match = /\(PostgreSQL\) (\d+)/.exec(out);
+    if (!match) throw new Error(`cannot read the PostgreSQL version from "${out.trim()}"`);
+    return Number(match[1]);
+  })();
+  binariesMajor.catch(() => { binariesMajor = null; });
+  return binariesMajor;
 }
 
 /**
