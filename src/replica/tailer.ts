@@ -40,14 +40,6 @@ export const SLOT_HEARTBEAT_MS = 200;
  * horizon lower for a moment (safe); it is never published early.
  */
 const SLOT_PUBLISH_MIN_INTERVAL_MS = 20;
-/**
- * While records keep coming, the next round starts after this much (or the
- * poll interval, if shorter) instead of the poll interval: a record waits for
- * the next round, so the interval is most of the visibility lag, and under
- * load a round costs its records, not the wake-up. Idle rounds keep the poll
- * interval (their cost is the wake-up).
- */
-const BUSY_POLL_INTERVAL_MS = 2;
 /** How often the tailer checks that the primary's cleaner has not passed it. */
 const HEAD_CHECK_MS = 500;
 
@@ -79,12 +71,6 @@ export class Tailer {
   private slotStale = false;
   /** Log bytes the last round found (applied or not): the next round's first read is twice that. */
   private lastRoundBytes = 0;
-  /**
-   * The last round applied records to the view (a replica's or a standby's): the next one starts sooner.
-   * Not records merely found: ones that never become durable (a primary killed mid-batch) would keep a
-   * replica polling fast for nothing, and a snapshot's view never moves.
-   */
-  private lastRoundApplied = false;
   private lastHeadCheckMs = Date.now();
   /** Set when the primary reclaimed log this reader still needed; the mount must reload. */
   fellBehind: string | null = null;
@@ -106,8 +92,8 @@ export class Tailer {
   /** Publishes the slot first (so the primary keeps what this reader needs), then starts polling. */
   async start(): Promise<void> {
     await this.publish();
-    // Rounds start every interval (not an interval after the previous one ended): the time a round
-    // takes does not add to the visibility lag.
+    // Rounds start every pollIntervalMs (not pollIntervalMs after the previous one ended): the time a
+    // round takes does not add to the visibility lag.
     const tick = (): void => {
       if (this.stopped) return;
       const startedMs = Date.now();
@@ -115,8 +101,7 @@ export class Tailer {
         .catch((error: Error) => log.error({ err: error }, 'tailing failed; retrying'))
         .finally(() => {
           if (this.stopped) return;
-          const intervalMs = this.lastRoundApplied ? Math.min(BUSY_POLL_INTERVAL_MS, this.options.pollIntervalMs) : this.options.pollIntervalMs;
-          this.timer = setTimeout(tick, Math.max(0, intervalMs - (Date.now() - startedMs)));
+          this.timer = setTimeout(tick, Math.max(0, this.options.pollIntervalMs - (Date.now() - startedMs)));
         });
     };
     this.timer = setTimeout(tick, this.options.pollIntervalMs);
@@ -190,7 +175,6 @@ export class Tailer {
       applied++;
     }
     if (applied > 0) this.slotStale = true;
-    this.lastRoundApplied = applied > 0 && mode === 'replica';
     this.followGate();
     const now = Date.now();
     const sinceSlotWriteMs = now - this.lastSlotWriteMs;
