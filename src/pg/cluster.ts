@@ -6,7 +6,7 @@
  */
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { CommandError, exec, execOk } from './exec';
+import { CommandError, ExecResult, exec, execOk } from './exec';
 import { pgProgram } from './binaries';
 import { processAlive } from '../util/process';
 import { DB_IN_PRODUCTION, parseControlFile } from './control';
@@ -208,26 +208,19 @@ export class PgCluster {
     const once = Object.entries(options.settings ?? {}).map(([name, value]) => ` -c ${name}=${formatSetting(value)}`).join('');
     const pidFile = path.join(this.dataDir, 'postmaster.pid');
     const stalePidFile = await fsp.readFile(pidFile, 'utf8').catch(() => null);
+    let pgCtlResult: ExecResult | null = null;
     const pgCtl = exec(await pgProgram('pg_ctl'),
       // Port and socket directory from this object, whatever postgresql.conf says: after a failover the
       // data directory's configuration is the old host's.
       ['-D', this.dataDir, '-l', this.logFile, '-o', `-p ${this.port} -k ${this.runDir}${once}`, '-w', '-t', String(options.timeoutS ?? 600), 'start'],
-      { user: this.osUser });
-    let pgCtlDone = false;
-    const pgCtlResult = pgCtl.then((result) => {
-      pgCtlDone = true;
-      return result;
-    });
-    for (;;) {
-      if (pgCtlDone) {
-        const result = await pgCtlResult;
-        if (result.code !== 0) throw new Error(`${new CommandError(result).message}\nserver log:\n${await this.logTail(30)}`);
-        return;
-      }
+      { user: this.osUser }).then((result) => { pgCtlResult = result; });
+    while (pgCtlResult === null) {
       const content = await fsp.readFile(pidFile, 'utf8').catch(() => null);
       if (content !== null && content !== stalePidFile && isAcceptingConnections(content)) return;
-      await Promise.race([pgCtlResult, new Promise((resolve) => setTimeout(resolve, EXIT_POLL_MS))]);
+      await Promise.race([pgCtl, new Promise((resolve) => setTimeout(resolve, EXIT_POLL_MS))]);
     }
+    const result: ExecResult = pgCtlResult;
+    if (result.code !== 0) throw new Error(`${new CommandError(result).message}\nserver log:\n${await this.logTail(30)}`);
   }
 
   async stop(mode: 'smart' | 'fast' | 'immediate' = 'fast', options: { timeoutS?: number } = {}): Promise<void> {

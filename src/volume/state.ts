@@ -85,13 +85,21 @@ export class VolumeState {
   horizonLsn = Number.POSITIVE_INFINITY;
   /**
    * Pages that kept older versions because their newest base was at or above
-   * the horizon when it was added, in log order from `pendingTrimsHead`: once
-   * the horizon passes such a base, the versions before it are unreachable
-   * (setHorizon trims them). Without this a page written once while a reader
-   * held the horizon kept its old version until its next write.
+   * the horizon when it was added, from `pendingTrimsHead` on, in log order of
+   * that base: once the horizon passes it, the versions before it are
+   * unreachable (setHorizon trims them). A page written again while queued
+   * keeps its place and is queued anew at its next base after that trim, at
+   * the end (trimmed a little late, never early). Without this a page written
+   * once while a reader held the horizon kept its old version until its next
+   * write.
    */
   private readonly pendingTrims: Array<{ baseLsn: number; versions: PageVersion[] }> = [];
   private pendingTrimsHead = 0;
+  /**
+   * The pages in pendingTrims: one entry per page, so the queue grows with the pages written while
+   * the horizon stands still, not with every write (a long retention window would hold them all).
+   */
+  private readonly queuedPages = new Set<PageVersion[]>();
 
   constructor(readonly pageBytes: number) {}
 
@@ -291,7 +299,21 @@ export class VolumeState {
     this.liveBytes += versionLogBytes(version);
     if (!isBaseVersion(version, this.pageBytes)) return;
     this.trimPage(versions);
-    if (versions.length > 1) this.pendingTrims.push({ baseLsn: version.versionLsn, versions });
+    this.queueTrim(versions);
+  }
+
+  /**
+   * Queues a page that keeps versions before a later base: the first such base is where the horizon
+   * next makes some of them unreachable.
+   */
+  private queueTrim(versions: PageVersion[]): void {
+    if (this.queuedPages.has(versions)) return; // trimmed, then queued again at its next base, when its turn comes
+    for (let i = 1; i < versions.length; i++) {
+      if (!isBaseVersion(versions[i]!, this.pageBytes)) continue;
+      this.pendingTrims.push({ baseLsn: versions[i]!.versionLsn, versions });
+      this.queuedPages.add(versions);
+      return;
+    }
   }
 
   /**
@@ -299,26 +321,20 @@ export class VolumeState {
    * pages written since (in the order of their newest base, before anything the log adds later).
    */
   queueLoadedTrims(): void {
-    const loaded: Array<{ baseLsn: number; versions: PageVersion[] }> = [];
-    const files = [...this.inodes.values(), ...[...this.tombstones.values()].map((t) => t.inode)];
-    for (const inode of files) {
-      for (const versions of inode.pages?.values() ?? []) {
-        if (versions.length < 2) continue;
-        for (let i = versions.length - 1; i > 0; i--) {
-          if (isBaseVersion(versions[i]!, this.pageBytes)) { loaded.push({ baseLsn: versions[i]!.versionLsn, versions }); break; }
-        }
-      }
-    }
-    loaded.sort((a, b) => a.baseLsn - b.baseLsn);
     assert(this.pendingTrims.length === 0, 'trims are queued from a checkpoint before any record is applied');
-    for (const entry of loaded) this.pendingTrims.push(entry);
+    const files = [...this.inodes.values(), ...[...this.tombstones.values()].map((t) => t.inode)];
+    for (const inode of files) for (const versions of inode.pages?.values() ?? []) this.queueTrim(versions);
+    this.pendingTrims.sort((a, b) => a.baseLsn - b.baseLsn);
   }
 
   /** Moves the horizon: drops the versions and tombstones no reader can see any more. */
   setHorizon(horizonLsn: number): void {
     this.horizonLsn = horizonLsn;
     while (this.pendingTrimsHead < this.pendingTrims.length && this.pendingTrims[this.pendingTrimsHead]!.baseLsn < horizonLsn) {
-      this.trimPage(this.pendingTrims[this.pendingTrimsHead++]!.versions);
+      const { versions } = this.pendingTrims[this.pendingTrimsHead++]!;
+      this.queuedPages.delete(versions);
+      this.trimPage(versions);
+      this.queueTrim(versions); // a later base the horizon has not passed yet
     }
     if (this.pendingTrimsHead > 1024 && this.pendingTrimsHead * 2 > this.pendingTrims.length) {
       this.pendingTrims.splice(0, this.pendingTrimsHead);
