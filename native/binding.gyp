@@ -7,7 +7,8 @@
       "sources": [
         "addon.c",
         "crc32c.c",
-        "iscsi.c"
+        "iscsi.c",
+        "fuse.c"
       ],
       # iscsi.c uses libiscsi (Debian: libiscsi-dev).
       "libraries": [ "<!@(pkg-config --libs libiscsi)" ],

@@ -9,13 +9,12 @@
  */
 import { EventEmitter } from 'node:events';
 import { lookup } from 'node:dns/promises';
-import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
-import * as path from 'node:path';
 import PQueue from 'p-queue';
 import { BlockDevice } from './device';
 import { UserError, assert } from '../util/errors';
+import { nativeAddon } from '../util/native';
 
 /** Commands in flight per session: libiscsi pipelines them on one connection. */
 const ISCSI_MAX_IN_FLIGHT = 16;
@@ -41,27 +40,6 @@ interface NativeSession {
 }
 
 interface NativeModule { IscsiSession: new () => NativeSession }
-
-const ADDON_RELATIVE_PATH = path.join('native', 'build', 'Release', 'lsnfs_native.node');
-
-/** Same lookup as src/util/crc32c.ts: the package root holds native/build. */
-function loadNative(): NativeModule {
-  let dir = __dirname;
-  for (;;) {
-    const candidate = path.join(dir, ADDON_RELATIVE_PATH);
-    if (fs.existsSync(path.join(dir, 'package.json')) && fs.existsSync(candidate)) {
-      // eslint-disable-next-line @typescript-eslint/no-require-imports
-      const mod = require(candidate) as Partial<NativeModule>;
-      if (typeof mod.IscsiSession !== 'function') {
-        throw new Error(`lsnfs native addon at ${candidate} has no iSCSI support; it is out of date, run \`npm run build\``);
-      }
-      return mod as NativeModule;
-    }
-    const parent = path.dirname(dir);
-    if (parent === dir) throw new Error('lsnfs native addon is not built; run `npm run build`');
-    dir = parent;
-  }
-}
 
 let native: NativeModule | undefined;
 
@@ -169,7 +147,7 @@ export class IscsiSession extends EventEmitter {
   }
 
   static async connect(url: string, options: IscsiConnectOptions = {}): Promise<IscsiSession> {
-    native ??= loadNative();
+    native ??= nativeAddon<NativeModule>(['IscsiSession']);
     const initiatorIqn = options.initiatorIqn ?? initiatorIqnForHost(options.host ?? os.hostname());
     const handle = new native.IscsiSession();
     const capacity = await handle.connect(

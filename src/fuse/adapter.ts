@@ -1,129 +1,361 @@
 /**
- * fuse-native ops -> Volume calls. Translation only: paths and handles in,
- * errno out. Every decision about the filesystem lives in the Volume.
+ * FUSE requests -> FileSystem calls. Translation only: node ids, names and
+ * handles in; attributes, data and errno out. Every decision about the
+ * filesystem lives in the volume.
  *
- * fuse-native does not tell us the calling process's uid/gid, so a new file
- * or directory takes the owner of its parent directory (chown a directory to
- * give its future contents an owner, as PostgreSQL's data directory is).
- * fuse-native 2.2.6 also passes atime as mtime to utimens; both get the value.
+ * The kernel names files by node id; lsnfs uses the volume's inode number as
+ * the node id (hard links share one, as they share an inode), and the
+ * FileSystem is addressed by path. So the adapter keeps, per node the kernel
+ * holds, the names it was looked up by (parent node, name), and rebuilds a
+ * path from them. On a primary every change to the tree comes through here,
+ * so those names are exact. On a reader another host changes the tree, so a
+ * path is used only after checking that it still leads to the same inode
+ * (the kernel looks every name up again anyway: entry timeouts are 0 there).
+ *
+ * A file unlinked (or renamed over) while it is open is renamed to
+ * `.fuse_hidden<ino><n>` in its directory instead, and unlinked at its last
+ * close: the volume forgets an unlinked inode, and an open file must stay
+ * readable and writable (libfuse's high-level API does the same).
+ *
+ * A new file or directory takes the owner of its parent directory (chown a
+ * directory to give its future contents an owner, as PostgreSQL's data
+ * directory is), as it did under fuse-native, which could not tell the
+ * caller's uid.
  */
-import Fuse, { FuseOps, FuseStat } from 'fuse-native';
+import { constants as os } from 'node:os';
 import pino from 'pino';
 import { FsError } from '../util/errors';
-import { Stat } from '../volume/volume';
-import { FileSystem } from '../volume/file-system';
+import type { Stat } from '../volume/volume';
+import type { AttrChange, FileSystem } from '../volume/file-system';
 import { S_IFREG } from '../volume/state';
+import { FuseChannel } from './channel';
+import {
+  FUSE_KERNEL_MINOR_VERSION, FUSE_KERNEL_VERSION, FUSE_ROOT_ID, InitFlag, Opcode, OpenReplyFlag, Request, SetattrValid, WRITE_IN_BYTES,
+  attrOut, decodeInit, decodeIo, decodeSetattr, direntsOut, entryOut, initOut, names, openOut, readU64, statfsOut, writeOut,
+} from './protocol';
 
 const log = pino({ name: 'lsnfs-fuse' }, pino.destination(2));
-const UID_UNCHANGED = 0xffffffff;
+const errnos = os.errno as Record<string, number>;
+/** The kernel's page size: max_write in pages. */
+const KERNEL_PAGE_BYTES = 4096;
 
-function toFuseStat(stat: Stat): FuseStat {
-  return {
-    mode: stat.mode, uid: stat.uid, gid: stat.gid, size: stat.size, nlink: stat.nlink, ino: stat.ino,
-    atime: stat.atimeMs, mtime: stat.mtimeMs, ctime: stat.ctimeMs, blocks: stat.blocks, blksize: stat.blksize,
-  };
+export interface ServeOptions {
+  /** How long the kernel may trust names and attributes: 0 when another host changes the tree. */
+  cacheValidSeconds: number;
+  /** Open replies: keep the page cache across opens (only this host writes) and/or bypass it (a plain replica). */
+  keepCache: boolean;
+  directIo: boolean;
+  /** 0: the kernel's default. */
+  maxReadaheadBytes: number;
+  maxWriteBytes: number;
+  allowOther: boolean;
+  /** Paths are checked against the tree before use (another host changes it). */
+  verifyPaths: boolean;
 }
 
-function errnoOf(error: unknown, op: string, path: string): number {
-  if (error instanceof FsError) return Fuse[error.errno] ?? -5;
-  log.error({ err: error, op, path }, 'unexpected error in filesystem operation');
-  return Fuse.EIO!;
+interface Node {
+  /** The (parent node, name) pairs the kernel knows this node by, newest last. */
+  links: Array<[number, string]>;
+  /** Lookups the kernel has not forgotten yet. */
+  lookups: number;
 }
 
-export function fuseOps(volume: FileSystem): FuseOps {
-  const openFiles = new Map<number, number>(); // handle -> ino
+interface OpenFile { ino: number; names: string[] | null }
+
+/** Where a file unlinked while open lives until its last close. */
+interface HiddenFile { parent: number; name: string }
+
+function errnoOf(error: unknown, request: Request): number {
+  if (error instanceof FsError) return errnos[error.errno] ?? errnos.EIO!;
+  log.error({ err: error, op: Opcode[request.opcode] ?? request.opcode, nodeid: request.nodeid }, 'unexpected error in filesystem operation');
+  return errnos.EIO!;
+}
+
+function child(dir: string, name: string): string {
+  return dir === '/' ? `/${name}` : `${dir}/${name}`;
+}
+
+/** Mounts `fs` at `mountpoint` and serves it until the kernel ends the mount. */
+export function serveFuse(fs: FileSystem, mountpoint: string, options: ServeOptions): FuseChannel {
+  const nodes = new Map<number, Node>();
+  const openFiles = new Map<number, OpenFile>();
+  /** Open handles per inode (files only), to know when an unlinked file may go. */
+  const openCounts = new Map<number, number>();
+  const hiddenFiles = new Map<number, HiddenFile>();
+  let hiddenFilesMade = 0;
   let nextHandle = 1;
-  const inoOf = (fd: number, path: string): number => openFiles.get(fd) ?? volume.lookupIno(path);
+  const openReplyFlags = (options.keepCache ? OpenReplyFlag.KEEP_CACHE : 0) | (options.directIo ? OpenReplyFlag.DIRECT_IO : 0);
 
-  /** Runs an op and answers the kernel: 0 or the value on success, a negative errno on failure. */
-  function run<T>(op: string, path: string, cb: (errno: number, value?: T) => void, body: () => T | Promise<T>): void {
-    let result: T | Promise<T>;
+  const inoAt = (path: string): number | undefined => {
     try {
-      result = body();
-    } catch (error) {
-      cb(errnoOf(error, op, path));
+      return fs.lookupIno(path);
+    } catch {
+      return undefined;
+    }
+  };
+  /** A path that leads to `nodeid` now, or undefined (unlinked, or renamed behind the kernel's back). */
+  const pathOf = (nodeid: number): string | undefined => {
+    if (nodeid === FUSE_ROOT_ID) return '/';
+    const node = nodes.get(nodeid);
+    if (!node) return undefined;
+    for (let i = node.links.length - 1; i >= 0; i--) {
+      const [parent, name] = node.links[i]!;
+      const dir = pathOf(parent);
+      if (dir === undefined) continue;
+      const path = child(dir, name);
+      if (!options.verifyPaths || inoAt(path) === nodeid) return path;
+    }
+    return undefined;
+  };
+  const requirePath = (nodeid: number): string => {
+    const path = pathOf(nodeid);
+    if (path === undefined) throw new FsError('ENOENT', `inode ${nodeid}: no longer has a name`);
+    return path;
+  };
+  const addLink = (ino: number, parent: number, name: string, lookups: number): void => {
+    if (ino === FUSE_ROOT_ID) return;
+    let node = nodes.get(ino);
+    if (!node) nodes.set(ino, node = { links: [], lookups: 0 });
+    node.links = node.links.filter(([p, n]) => p !== parent || n !== name);
+    node.links.push([parent, name]);
+    node.lookups += lookups;
+  };
+  const removeLink = (ino: number | undefined, parent: number, name: string): void => {
+    const node = ino === undefined ? undefined : nodes.get(ino);
+    if (node) node.links = node.links.filter(([p, n]) => p !== parent || n !== name);
+  };
+  const statOf = (nodeid: number): Stat => (nodeid === FUSE_ROOT_ID
+    ? fs.getattr('/')
+    // Open files keep their attributes after an unlink: by inode number first.
+    : fs.fgetattr(nodeid, pathOf(nodeid) ?? `(inode ${nodeid}, unlinked)`));
+  const ownerOf = (dirNode: number): { uid: number; gid: number } => {
+    const dir = statOf(dirNode);
+    return { uid: dir.uid, gid: dir.gid };
+  };
+  /** Looks up what was just created at parent/name and answers with its entry (counts as a lookup). */
+  const entryFor = (parent: number, name: string): Buffer => {
+    const stat = fs.getattr(child(requirePath(parent), name));
+    addLink(stat.ino, parent, name, 1);
+    return entryOut(stat, options.cacheValidSeconds);
+  };
+  const openHandle = (ino: number, isFile: boolean): number => {
+    const handle = nextHandle++;
+    openFiles.set(handle, { ino, names: null });
+    if (isFile) openCounts.set(ino, (openCounts.get(ino) ?? 0) + 1);
+    return handle;
+  };
+  /** If `ino` (at parent/name) is open, renames it out of the way so that it survives what comes next. */
+  const hideIfOpen = async (ino: number | undefined, parent: number, name: string): Promise<boolean> => {
+    if (ino === undefined || !openCounts.has(ino) || hiddenFiles.has(ino)) return false;
+    const hex = (n: number): string => n.toString(16).padStart(8, '0');
+    const hiddenName = `.fuse_hidden${hex(ino)}${hex(hiddenFilesMade++)}`;
+    const dir = requirePath(parent);
+    await fs.rename(child(dir, name), child(dir, hiddenName));
+    removeLink(ino, parent, name);
+    addLink(ino, parent, hiddenName, 0);
+    hiddenFiles.set(ino, { parent, name: hiddenName });
+    return true;
+  };
+  const release = async (handle: number): Promise<void> => {
+    const file = openFiles.get(handle);
+    openFiles.delete(handle);
+    if (!file || !openCounts.has(file.ino)) return;
+    const left = openCounts.get(file.ino)! - 1;
+    if (left > 0) {
+      openCounts.set(file.ino, left);
       return;
     }
-    if (result instanceof Promise) result.then((value) => cb(0, value), (error) => cb(errnoOf(error, op, path)));
-    else cb(0, result);
-  }
-  const ownerOfParent = (path: string): { uid: number; gid: number } => {
-    const parent = volume.getattr(path.slice(0, path.lastIndexOf('/')) || '/');
-    return { uid: parent.uid, gid: parent.gid };
+    openCounts.delete(file.ino);
+    const hidden = hiddenFiles.get(file.ino);
+    if (!hidden) return;
+    hiddenFiles.delete(file.ino);
+    const dir = pathOf(hidden.parent);
+    if (dir !== undefined) await fs.unlink(child(dir, hidden.name));
+    removeLink(file.ino, hidden.parent, hidden.name);
   };
-  const openHandle = (ino: number): number => { const fd = nextHandle++; openFiles.set(fd, ino); return fd; };
+  const fileOf = (handle: number): OpenFile => {
+    const file = openFiles.get(handle);
+    if (!file) throw new FsError('EBADF', `file handle ${handle}`);
+    return file;
+  };
+  const forget = (nodeid: number, count: number): void => {
+    const node = nodes.get(nodeid);
+    if (node && (node.lookups -= count) <= 0) nodes.delete(nodeid);
+  };
 
-  return {
-    init: (cb) => cb(0),
-    statfs: (path, cb) => run('statfs', path, cb, () => {
-      const s = volume.statfs();
-      return {
-        bsize: s.blockBytes, frsize: s.blockBytes, blocks: s.totalBlocks, bfree: s.freeBlocks, bavail: s.freeBlocks,
-        files: s.files, ffree: s.freeFiles, favail: s.freeFiles, fsid: 0, flag: 0, namemax: s.nameMax,
-      };
-    }),
-    getattr: (path, cb) => run('getattr', path, cb, () => toFuseStat(volume.getattr(path))),
-    fgetattr: (path, fd, cb) => run('fgetattr', path, cb, () => toFuseStat(volume.fgetattr(inoOf(fd, path), path))),
-    access: (path, _mode, cb) => run('access', path, cb, () => { volume.lookupIno(path); }),
-    readdir: (path, cb) => {
-      try {
-        cb(0, ['.', '..', ...volume.readdir(path)]);
-      } catch (error) {
-        cb(errnoOf(error, 'readdir', path));
+  /** The answer to one request: a reply body, nothing (empty success), or null (the kernel expects no reply). */
+  function answer(request: Request): Buffer | undefined | null | Promise<Buffer | undefined> {
+    const { nodeid, body } = request;
+    switch (request.opcode) {
+      case Opcode.INIT: {
+        const init = decodeInit(body);
+        if (init.major !== FUSE_KERNEL_VERSION) throw new FsError('EPROTO', `FUSE protocol ${init.major}.${init.minor} (lsnfs speaks 7.x)`);
+        const wanted = InitFlag.ASYNC_READ | InitFlag.BIG_WRITES | InitFlag.PARALLEL_DIROPS | InitFlag.MAX_PAGES;
+        return initOut({
+          minor: Math.min(init.minor, FUSE_KERNEL_MINOR_VERSION),
+          maxReadaheadBytes: options.maxReadaheadBytes > 0 ? Math.min(options.maxReadaheadBytes, init.maxReadaheadBytes) : init.maxReadaheadBytes,
+          flags: init.flags & wanted,
+          maxBackground: 32, congestionThreshold: 24,
+          maxWriteBytes: options.maxWriteBytes, maxPages: options.maxWriteBytes / KERNEL_PAGE_BYTES,
+        });
       }
-    },
-    opendir: (path, _flags, cb) => run('opendir', path, cb, () => { volume.lookupIno(path); return 0; }),
-    releasedir: (_path, _fd, cb) => cb(0),
-    open: (path, _flags, cb) => run('open', path, cb, () => openHandle(volume.lookupIno(path))),
-    create: (path, mode, cb) => run('create', path, cb, async () => {
-      const { uid, gid } = ownerOfParent(path);
-      const inode = await volume.create(path, S_IFREG | (mode & 0o7777), uid, gid);
-      return openHandle(inode.ino);
-    }),
-    mknod: (path, mode, _dev, cb) => run('mknod', path, cb, async () => {
-      if ((mode & 0o170000) !== S_IFREG) throw new FsError('EPERM', `${path}: only regular files can be created with mknod`);
-      const { uid, gid } = ownerOfParent(path);
-      await volume.create(path, mode, uid, gid);
-    }),
-    release: (_path, fd, cb) => { openFiles.delete(fd); cb(0); },
-    read: (path, fd, buf, len, pos, cb) => {
-      volume.read(inoOf(fd, path), pos, len).then(
-        (data) => { data.copy(buf); cb(data.length); },
-        (error) => cb(errnoOf(error, 'read', path)),
+      case Opcode.LOOKUP: {
+        const [name] = names(body, 1);
+        return entryFor(nodeid, name!);
+      }
+      case Opcode.FORGET:
+        forget(nodeid, readU64(body, 0));
+        return null;
+      case Opcode.BATCH_FORGET: {
+        const count = body.readUInt32LE(0);
+        for (let i = 0; i < count; i++) forget(readU64(body, 8 + i * 16), readU64(body, 16 + i * 16));
+        return null;
+      }
+      case Opcode.GETATTR:
+        return attrOut(statOf(nodeid), options.cacheValidSeconds);
+      case Opcode.SETATTR: return (async () => {
+        const change = decodeSetattr(body);
+        const ino = nodeid;
+        if (change.valid & SetattrValid.SIZE) await fs.truncate(ino, change.size, pathOf(ino));
+        const attrs: AttrChange = {};
+        if (change.valid & SetattrValid.MODE) attrs.mode = change.mode;
+        if (change.valid & SetattrValid.UID) attrs.uid = change.uid;
+        if (change.valid & SetattrValid.GID) attrs.gid = change.gid;
+        if (change.valid & SetattrValid.ATIME) attrs.atimeMs = change.valid & SetattrValid.ATIME_NOW ? Date.now() : change.atimeMs;
+        if (change.valid & SetattrValid.MTIME) attrs.mtimeMs = change.valid & SetattrValid.MTIME_NOW ? Date.now() : change.mtimeMs;
+        if (Object.keys(attrs).length > 0) await fs.setattr(requirePath(ino), attrs);
+        return attrOut(statOf(ino), options.cacheValidSeconds);
+      })();
+      case Opcode.READLINK:
+        return Buffer.from(fs.readlink(requirePath(nodeid)), 'utf8');
+      case Opcode.SYMLINK: return (async () => {
+        const [name, target] = names(body, 2);
+        const { uid, gid } = ownerOf(nodeid);
+        await fs.symlink(target!, child(requirePath(nodeid), name!), uid, gid);
+        return entryFor(nodeid, name!);
+      })();
+      case Opcode.MKNOD: return (async () => {
+        const mode = body.readUInt32LE(0);
+        const [name] = names(body.subarray(16), 1);
+        if ((mode & 0o170000) !== S_IFREG) throw new FsError('EPERM', `${name}: only regular files can be created with mknod`);
+        const { uid, gid } = ownerOf(nodeid);
+        await fs.create(child(requirePath(nodeid), name!), mode, uid, gid);
+        return entryFor(nodeid, name!);
+      })();
+      case Opcode.MKDIR: return (async () => {
+        const mode = body.readUInt32LE(0);
+        const [name] = names(body.subarray(8), 1);
+        const { uid, gid } = ownerOf(nodeid);
+        await fs.mkdir(child(requirePath(nodeid), name!), mode, uid, gid);
+        return entryFor(nodeid, name!);
+      })();
+      case Opcode.UNLINK:
+      case Opcode.RMDIR: return (async () => {
+        const [name] = names(body, 1);
+        const path = child(requirePath(nodeid), name!);
+        const ino = inoAt(path);
+        if (request.opcode === Opcode.UNLINK && await hideIfOpen(ino, nodeid, name!)) return undefined;
+        await (request.opcode === Opcode.UNLINK ? fs.unlink(path) : fs.rmdir(path));
+        removeLink(ino, nodeid, name!);
+        return undefined;
+      })();
+      case Opcode.RENAME:
+      case Opcode.RENAME2: return (async () => {
+        const newParent = readU64(body, 0);
+        const namesAt = request.opcode === Opcode.RENAME ? 8 : 16;
+        if (request.opcode === Opcode.RENAME2 && body.readUInt32LE(8) !== 0) throw new FsError('EINVAL', 'rename flags (RENAME_NOREPLACE, RENAME_EXCHANGE) are not supported');
+        const [oldName, newName] = names(body.subarray(namesAt), 2);
+        const from = child(requirePath(nodeid), oldName!);
+        const to = child(requirePath(newParent), newName!);
+        const moved = inoAt(from);
+        const replaced = inoAt(to);
+        if (replaced !== moved) await hideIfOpen(replaced, newParent, newName!);
+        await fs.rename(from, to);
+        if (replaced !== moved) removeLink(replaced, newParent, newName!);
+        if (moved !== undefined) {
+          removeLink(moved, nodeid, oldName!);
+          addLink(moved, newParent, newName!, 0);
+        }
+        return undefined;
+      })();
+      case Opcode.LINK: return (async () => {
+        const target = readU64(body, 0);
+        const [name] = names(body.subarray(8), 1);
+        await fs.link(requirePath(target), child(requirePath(nodeid), name!));
+        return entryFor(nodeid, name!);
+      })();
+      case Opcode.OPEN:
+        return openOut(openHandle(nodeid, true), openReplyFlags);
+      case Opcode.CREATE: return (async () => {
+        const mode = body.readUInt32LE(4);
+        const [name] = names(body.subarray(16), 1);
+        const { uid, gid } = ownerOf(nodeid);
+        const created = await fs.create(child(requirePath(nodeid), name!), S_IFREG | (mode & 0o7777), uid, gid);
+        return Buffer.concat([entryFor(nodeid, name!), openOut(openHandle(created.ino, true), openReplyFlags)]);
+      })();
+      case Opcode.READ: {
+        const io = decodeIo(body);
+        return fs.read(fileOf(io.handle).ino, io.offset, io.size);
+      }
+      case Opcode.WRITE: return (async () => {
+        const io = decodeIo(body);
+        const ino = fileOf(io.handle).ino;
+        // The path lets a primary recognise WAL segments and pg_control.
+        const written = await fs.write(ino, io.offset, body.subarray(WRITE_IN_BYTES, WRITE_IN_BYTES + io.size), pathOf(ino));
+        return writeOut(written);
+      })();
+      case Opcode.STATFS:
+        return statfsOut(fs.statfs());
+      case Opcode.RELEASE:
+        return release(readU64(body, 0)).then(() => undefined);
+      case Opcode.RELEASEDIR:
+        openFiles.delete(readU64(body, 0));
+        return undefined;
+      case Opcode.FLUSH:
+        return undefined;
+      case Opcode.FSYNC:
+      case Opcode.FSYNCDIR:
+        return fs.sync().then(() => undefined);
+      case Opcode.OPENDIR:
+        return openOut(openHandle(nodeid, false), 0);
+      case Opcode.READDIR: {
+        const io = decodeIo(body);
+        const dir = fileOf(io.handle);
+        // One listing per open directory, taken at its first read: later reads continue the same list.
+        if (io.offset === 0 || dir.names === null) dir.names = ['.', '..', ...fs.readdir(requirePath(nodeid))];
+        return direntsOut(dir.names, io.offset, io.size);
+      }
+      case Opcode.INTERRUPT:
+        // Every operation finishes quickly or must finish (an fsync): let it.
+        return null;
+      case Opcode.DESTROY:
+        return undefined;
+      default:
+        // Extended attributes, locks by the server, fallocate, lseek, ...: the kernel stops asking.
+        throw new FsError('ENOSYS', `FUSE opcode ${Opcode[request.opcode] ?? request.opcode}`);
+    }
+  }
+
+  const channel: FuseChannel = new FuseChannel(mountpoint, {
+    mountOptions: [
+      'default_permissions', `max_read=${options.maxWriteBytes}`, ...(options.allowOther ? ['allow_other'] : []),
+    ],
+    maxWriteBytes: options.maxWriteBytes,
+  }, (request) => {
+    let result: ReturnType<typeof answer>;
+    try {
+      result = answer(request);
+    } catch (error) {
+      channel.reply(request, errnoOf(error, request));
+      return;
+    }
+    if (result === null) return;
+    if (result instanceof Promise) {
+      result.then(
+        (reply) => channel.reply(request, 0, reply),
+        (error: unknown) => channel.reply(request, errnoOf(error, request)),
       );
-    },
-    write: (path, fd, buf, len, pos, cb) => {
-      let ino: number;
-      try {
-        ino = inoOf(fd, path);
-      } catch (error) {
-        cb(errnoOf(error, 'write', path));
-        return;
-      }
-      volume.write(ino, pos, buf.subarray(0, len), path).then(cb, (error) => cb(errnoOf(error, 'write', path)));
-    },
-    flush: (_path, _fd, cb) => cb(0),
-    fsync: (path, _datasync, _fd, cb) => run('fsync', path, cb, () => volume.sync()),
-    fsyncdir: (path, _datasync, _fd, cb) => run('fsyncdir', path, cb, () => volume.sync()),
-    truncate: (path, size, cb) => run('truncate', path, cb, () => volume.truncate(volume.lookupIno(path), size, path)),
-    ftruncate: (path, fd, size, cb) => run('ftruncate', path, cb, () => volume.truncate(inoOf(fd, path), size, path)),
-    readlink: (path, cb) => run('readlink', path, cb, () => volume.readlink(path)),
-    chown: (path, uid, gid, cb) => run('chown', path, cb, () => volume.setattr(path, {
-      ...(uid !== UID_UNCHANGED ? { uid } : {}), ...(gid !== UID_UNCHANGED ? { gid } : {}),
-    })),
-    chmod: (path, mode, cb) => run('chmod', path, cb, () => volume.setattr(path, { mode })),
-    utimens: (path, atime, mtime, cb) => run('utimens', path, cb, () => volume.setattr(path, { atimeMs: atime, mtimeMs: mtime })),
-    unlink: (path, cb) => run('unlink', path, cb, () => volume.unlink(path)),
-    rename: (src, dest, cb) => run('rename', src, cb, () => volume.rename(src, dest)),
-    link: (src, dest, cb) => run('link', src, cb, () => volume.link(src, dest)),
-    symlink: (target, path, cb) => run('symlink', path, cb, async () => {
-      const { uid, gid } = ownerOfParent(path);
-      await volume.symlink(target, path, uid, gid);
-    }),
-    mkdir: (path, mode, cb) => run('mkdir', path, cb, async () => {
-      const { uid, gid } = ownerOfParent(path);
-      await volume.mkdir(path, mode, uid, gid);
-    }),
-    rmdir: (path, cb) => run('rmdir', path, cb, () => volume.rmdir(path)),
-  };
+    } else channel.reply(request, 0, result);
+  });
+  return channel;
 }

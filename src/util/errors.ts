@@ -9,7 +9,7 @@
 export type ErrnoName =
   | 'ENOENT' | 'EEXIST' | 'ENOTDIR' | 'EISDIR' | 'ENOTEMPTY' | 'EINVAL'
   | 'EIO' | 'ENOSPC' | 'EROFS' | 'EBADF' | 'EPERM' | 'EACCES' | 'ENAMETOOLONG'
-  | 'EFBIG' | 'EXDEV' | 'ENOSYS' | 'EMLINK' | 'ELOOP' | 'EOPNOTSUPP';
+  | 'EFBIG' | 'EXDEV' | 'ENOSYS' | 'EMLINK' | 'ELOOP' | 'EOPNOTSUPP' | 'EPROTO';
 
 export class FsError extends Error {
   constructor(readonly errno: ErrnoName, message?: string) {
