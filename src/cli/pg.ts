@@ -72,7 +72,8 @@ export function registerPg(program: Command): void {
       const host = options.host ?? os.hostname();
       await ensureMounted(options, 'primary', host);
       const runDir = path.resolve(options.runDir ?? path.join(os.tmpdir(), `lsnfs-pg-${options.port}`));
-      const { initialized } = await startPrimary({ dataDir: path.join(options.mountpoint, options.pgdata), runDir, port: options.port });
+      // Absolute: PostgreSQL's programs run as another user, from another directory.
+      const { initialized } = await startPrimary({ dataDir: path.resolve(options.mountpoint, options.pgdata), runDir, port: options.port });
       process.stdout.write(`PostgreSQL primary ${initialized ? 'initialized and ' : ''}running on ${path.join(options.mountpoint, options.pgdata)} ` +
         `(port ${options.port}, socket and log in ${runDir})\n`);
     });
@@ -87,7 +88,7 @@ export function registerPg(program: Command): void {
       early.catch(() => undefined); // asked again, and reported, by startStandby
       await ensureMounted(options, 'replica', host);
       const runDir = path.resolve(options.runDir ?? path.join(os.tmpdir(), `lsnfs-pg-${options.port}`));
-      const { minRecoveryPoint } = await startStandby({ dataDir: path.join(options.mountpoint, options.pgdata), runDir, port: options.port });
+      const { minRecoveryPoint } = await startStandby({ dataDir: path.resolve(options.mountpoint, options.pgdata), runDir, port: options.port });
       process.stdout.write(`PostgreSQL hot standby running on ${path.join(options.mountpoint, options.pgdata)} (port ${options.port}, ` +
         `socket and log in ${runDir}); consistent from WAL position ${formatPgLsn(minRecoveryPoint)}\n`);
     });
