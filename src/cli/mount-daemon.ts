@@ -22,6 +22,12 @@ const LARGEST_WRITE_BYTES = 128 * 1024;
  * readahead page is a page lsnfs reconstructs for nothing.
  */
 const STANDBY_READAHEAD_BYTES = 8192;
+/**
+ * How long a standby's kernel trusts a directory's attributes: PostgreSQL's
+ * WAL retry (every 5 ms) walks pgdata/pg_wal/<segment> and the history file's
+ * path, and with 0 each walk asks for both directories' attributes first.
+ */
+const STANDBY_DIR_ATTR_VALID_SECONDS = 1;
 
 /** The daemon: serves the mount until SIGTERM/SIGINT or until its kernel mount is gone, then closes the volume cleanly. */
 export async function runMountDaemon(options: MountOptions): Promise<void> {
@@ -107,7 +113,9 @@ function mountFuse(volume: FileSystem, options: MountOptions): FuseChannel {
   try {
     if (options.role === 'primary') {
       // Only this mount changes the tree: the kernel may cache pages, names and attributes.
-      return serveFuse(volume, options.mountpoint, { ...common, cacheValidSeconds: 60, keepCache: true, directIo: false, maxReadaheadBytes: 0, verifyPaths: false });
+      return serveFuse(volume, options.mountpoint, {
+        ...common, cacheValidSeconds: 60, dirAttrValidSeconds: 60, keepCache: true, directIo: false, maxReadaheadBytes: 0, verifyPaths: false,
+      });
     }
     // Another host changes the tree: every lookup must come to us, and a plain replica's reads too.
     // A standby's mount may use the page cache: outside pg_wal/ its view only moves forward with
@@ -115,7 +123,7 @@ function mountFuse(volume: FileSystem, options: MountOptions): FuseChannel {
     // PostgreSQL reopens a WAL segment after every read that found no new record (each open
     // drops the file's cached pages: no keep_cache).
     return serveFuse(volume, options.mountpoint, {
-      ...common, cacheValidSeconds: 0, keepCache: false, directIo: !standby,
+      ...common, cacheValidSeconds: 0, dirAttrValidSeconds: standby ? STANDBY_DIR_ATTR_VALID_SECONDS : 0, keepCache: false, directIo: !standby,
       maxReadaheadBytes: standby ? STANDBY_READAHEAD_BYTES : 0, verifyPaths: true,
     });
   } catch (error) {

@@ -27,7 +27,7 @@ import pino from 'pino';
 import { FsError } from '../util/errors';
 import type { Stat } from '../volume/volume';
 import type { AttrChange, FileSystem } from '../volume/file-system';
-import { S_IFREG } from '../volume/state';
+import { S_IFDIR, S_IFMT, S_IFREG } from '../volume/state';
 import { FuseChannel } from './channel';
 import {
   FUSE_KERNEL_MINOR_VERSION, FUSE_KERNEL_VERSION, FUSE_ROOT_ID, InitFlag, Opcode, OpenReplyFlag, Request, SetattrValid, WRITE_IN_BYTES,
@@ -42,6 +42,13 @@ const KERNEL_PAGE_BYTES = 4096;
 export interface ServeOptions {
   /** How long the kernel may trust names and attributes: 0 when another host changes the tree. */
   cacheValidSeconds: number;
+  /**
+   * How long it may trust a directory's attributes. With 0 the kernel asks for
+   * every directory on every path it walks (default_permissions checks each);
+   * a PostgreSQL standby never depends on a directory's times, size or link
+   * count, and its modes change only by a chmod (seen a second later).
+   */
+  dirAttrValidSeconds: number;
   /** Open replies: keep the page cache across opens (only this host writes) and/or bypass it (a plain replica). */
   keepCache: boolean;
   directIo: boolean;
@@ -124,6 +131,7 @@ export function serveFuse(fs: FileSystem, mountpoint: string, options: ServeOpti
     const node = ino === undefined ? undefined : nodes.get(ino);
     if (node) node.links = node.links.filter(([p, n]) => p !== parent || n !== name);
   };
+  const attrValidSeconds = (stat: Stat): number => ((stat.mode & S_IFMT) === S_IFDIR ? options.dirAttrValidSeconds : options.cacheValidSeconds);
   const statOf = (nodeid: number): Stat => (nodeid === FUSE_ROOT_ID
     ? fs.getattr('/')
     // Open files keep their attributes after an unlink: by inode number first.
@@ -136,7 +144,7 @@ export function serveFuse(fs: FileSystem, mountpoint: string, options: ServeOpti
   const entryFor = (parent: number, name: string): Buffer => {
     const stat = fs.getattr(child(requirePath(parent), name));
     addLink(stat.ino, parent, name, 1);
-    return entryOut(stat, options.cacheValidSeconds);
+    return entryOut(stat, options.cacheValidSeconds, attrValidSeconds(stat));
   };
   const openHandle = (ino: number, isFile: boolean): number => {
     const handle = nextHandle++;
@@ -211,8 +219,10 @@ export function serveFuse(fs: FileSystem, mountpoint: string, options: ServeOpti
         for (let i = 0; i < count; i++) forget(readU64(body, 8 + i * 16), readU64(body, 16 + i * 16));
         return null;
       }
-      case Opcode.GETATTR:
-        return attrOut(statOf(nodeid), options.cacheValidSeconds);
+      case Opcode.GETATTR: {
+        const stat = statOf(nodeid);
+        return attrOut(stat, attrValidSeconds(stat));
+      }
       case Opcode.SETATTR: return (async () => {
         const change = decodeSetattr(body);
         const ino = nodeid;
@@ -224,7 +234,8 @@ export function serveFuse(fs: FileSystem, mountpoint: string, options: ServeOpti
         if (change.valid & SetattrValid.ATIME) attrs.atimeMs = change.valid & SetattrValid.ATIME_NOW ? Date.now() : change.atimeMs;
         if (change.valid & SetattrValid.MTIME) attrs.mtimeMs = change.valid & SetattrValid.MTIME_NOW ? Date.now() : change.mtimeMs;
         if (Object.keys(attrs).length > 0) await fs.setattr(requirePath(ino), attrs);
-        return attrOut(statOf(ino), options.cacheValidSeconds);
+        const stat = statOf(ino);
+        return attrOut(stat, attrValidSeconds(stat));
       })();
       case Opcode.READLINK:
         return Buffer.from(fs.readlink(requirePath(nodeid)), 'utf8');

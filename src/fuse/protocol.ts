@@ -131,13 +131,13 @@ function writeValidity(bytes: Buffer, seconds: number, secondsOffset: number, na
   bytes.writeUInt32LE(0, nanosOffset);
 }
 
-/** fuse_entry_out: the node the kernel will know `stat.ino` by, and how long it may trust name and attributes. */
-export function entryOut(stat: Stat, validSeconds: number): Buffer {
+/** fuse_entry_out: the node the kernel will know `stat.ino` by, and how long it may trust the name and the attributes. */
+export function entryOut(stat: Stat, entryValidSeconds: number, attrValidSeconds: number): Buffer {
   const bytes = Buffer.alloc(ENTRY_OUT_BYTES);
   writeU64(bytes, stat.ino, 0);
   // generation (8) stays 0: inode numbers are never reused.
-  writeValidity(bytes, validSeconds, 16, 32);
-  writeValidity(bytes, validSeconds, 24, 36);
+  writeValidity(bytes, entryValidSeconds, 16, 32);
+  writeValidity(bytes, attrValidSeconds, 24, 36);
   writeAttr(bytes, 40, stat);
   return bytes;
 }
