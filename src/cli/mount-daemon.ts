@@ -23,11 +23,18 @@ const LARGEST_WRITE_BYTES = 128 * 1024;
  */
 const STANDBY_READAHEAD_BYTES = 8192;
 /**
- * How long a standby's kernel trusts a directory's attributes: PostgreSQL's
- * WAL retry (every 5 ms) walks pgdata/pg_wal/<segment> and the history file's
- * path, and with 0 each walk asks for both directories' attributes first.
+ * How long a standby's kernel trusts attributes. PostgreSQL's WAL retry
+ * (every 5 ms) walks pgdata/pg_wal/<segment> and the next history file's
+ * path, and opens the segment; with 0 each walk asks for both directories'
+ * attributes and each open for the segment's again, right after the lookup
+ * that returned them. A standby never depends on a directory's times, size
+ * or link count, and modes change only by a chmod (seen a second later); a
+ * file's attributes stay fresh to the millisecond.
  */
-const STANDBY_DIR_ATTR_VALID_SECONDS = 1;
+const STANDBY_DIR_ATTR_VALID_MS = 1000;
+const STANDBY_FILE_ATTR_VALID_MS = 1;
+/** A primary's kernel: only this mount changes the tree. */
+const PRIMARY_CACHE_VALID_MS = 60_000;
 
 /** The daemon: serves the mount until SIGTERM/SIGINT or until its kernel mount is gone, then closes the volume cleanly. */
 export async function runMountDaemon(options: MountOptions): Promise<void> {
@@ -114,16 +121,17 @@ function mountFuse(volume: FileSystem, options: MountOptions): FuseChannel {
     if (options.role === 'primary') {
       // Only this mount changes the tree: the kernel may cache pages, names and attributes.
       return serveFuse(volume, options.mountpoint, {
-        ...common, cacheValidSeconds: 60, dirAttrValidSeconds: 60, keepCache: true, directIo: false, maxReadaheadBytes: 0, verifyPaths: false,
+        ...common, entryValidMs: PRIMARY_CACHE_VALID_MS, fileAttrValidMs: PRIMARY_CACHE_VALID_MS, dirAttrValidMs: PRIMARY_CACHE_VALID_MS,
+        keepCache: true, directIo: false, maxReadaheadBytes: 0, verifyPaths: false,
       });
     }
     // Another host changes the tree: every lookup must come to us, and a plain replica's reads too.
-    // A standby's mount may use the page cache: outside pg_wal/ its view only moves forward with
-    // the standby's own replay (an older cached page is one it could be served anyway), and
-    // PostgreSQL reopens a WAL segment after every read that found no new record (each open
-    // drops the file's cached pages: no keep_cache).
+    // A standby's mount may use the page cache outside pg_wal/: its view there only moves forward
+    // with the standby's own replay (an older cached page is one it could be served anyway). WAL
+    // segments bypass it (StandbyVolume.bypassesPageCache).
     return serveFuse(volume, options.mountpoint, {
-      ...common, cacheValidSeconds: 0, dirAttrValidSeconds: standby ? STANDBY_DIR_ATTR_VALID_SECONDS : 0, keepCache: false, directIo: !standby,
+      ...common, entryValidMs: 0, fileAttrValidMs: standby ? STANDBY_FILE_ATTR_VALID_MS : 0, dirAttrValidMs: standby ? STANDBY_DIR_ATTR_VALID_MS : 0,
+      keepCache: false, directIo: !standby,
       maxReadaheadBytes: standby ? STANDBY_READAHEAD_BYTES : 0, verifyPaths: true,
     });
   } catch (error) {

@@ -40,15 +40,15 @@ const errnos = os.errno as Record<string, number>;
 const KERNEL_PAGE_BYTES = 4096;
 
 export interface ServeOptions {
-  /** How long the kernel may trust names and attributes: 0 when another host changes the tree. */
-  cacheValidSeconds: number;
+  /** How long the kernel may trust a name: 0 when another host changes the tree. */
+  entryValidMs: number;
+  /** How long it may trust a file's attributes. */
+  fileAttrValidMs: number;
   /**
    * How long it may trust a directory's attributes. With 0 the kernel asks for
-   * every directory on every path it walks (default_permissions checks each);
-   * a PostgreSQL standby never depends on a directory's times, size or link
-   * count, and its modes change only by a chmod (seen a second later).
+   * every directory on every path it walks (default_permissions checks each).
    */
-  dirAttrValidSeconds: number;
+  dirAttrValidMs: number;
   /** Open replies: keep the page cache across opens (only this host writes) and/or bypass it (a plain replica). */
   keepCache: boolean;
   directIo: boolean;
@@ -91,7 +91,9 @@ export function serveFuse(fs: FileSystem, mountpoint: string, options: ServeOpti
   const hiddenFiles = new Map<number, HiddenFile>();
   let hiddenFilesMade = 0;
   let nextHandle = 1;
-  const openReplyFlags = (options.keepCache ? OpenReplyFlag.KEEP_CACHE : 0) | (options.directIo ? OpenReplyFlag.DIRECT_IO : 0);
+  // NOFLUSH: close(2) sends no FLUSH (lsnfs has nothing to do then: durability is fsync's).
+  const openReplyFlags = (ino: number): number => OpenReplyFlag.NOFLUSH | (options.keepCache ? OpenReplyFlag.KEEP_CACHE : 0) |
+    (options.directIo || fs.bypassesPageCache?.(ino) ? OpenReplyFlag.DIRECT_IO : 0);
 
   const inoAt = (path: string): number | undefined => {
     try {
@@ -131,7 +133,7 @@ export function serveFuse(fs: FileSystem, mountpoint: string, options: ServeOpti
     const node = ino === undefined ? undefined : nodes.get(ino);
     if (node) node.links = node.links.filter(([p, n]) => p !== parent || n !== name);
   };
-  const attrValidSeconds = (stat: Stat): number => ((stat.mode & S_IFMT) === S_IFDIR ? options.dirAttrValidSeconds : options.cacheValidSeconds);
+  const attrValidMs = (stat: Stat): number => ((stat.mode & S_IFMT) === S_IFDIR ? options.dirAttrValidMs : options.fileAttrValidMs);
   const statOf = (nodeid: number): Stat => (nodeid === FUSE_ROOT_ID
     ? fs.getattr('/')
     // Open files keep their attributes after an unlink: by inode number first.
@@ -144,7 +146,7 @@ export function serveFuse(fs: FileSystem, mountpoint: string, options: ServeOpti
   const entryFor = (parent: number, name: string): Buffer => {
     const stat = fs.getattr(child(requirePath(parent), name));
     addLink(stat.ino, parent, name, 1);
-    return entryOut(stat, options.cacheValidSeconds, attrValidSeconds(stat));
+    return entryOut(stat, options.entryValidMs, attrValidMs(stat));
   };
   const openHandle = (ino: number, isFile: boolean): number => {
     const handle = nextHandle++;
@@ -221,7 +223,7 @@ export function serveFuse(fs: FileSystem, mountpoint: string, options: ServeOpti
       }
       case Opcode.GETATTR: {
         const stat = statOf(nodeid);
-        return attrOut(stat, attrValidSeconds(stat));
+        return attrOut(stat, attrValidMs(stat));
       }
       case Opcode.SETATTR: return (async () => {
         const change = decodeSetattr(body);
@@ -235,7 +237,7 @@ export function serveFuse(fs: FileSystem, mountpoint: string, options: ServeOpti
         if (change.valid & SetattrValid.MTIME) attrs.mtimeMs = change.valid & SetattrValid.MTIME_NOW ? Date.now() : change.mtimeMs;
         if (Object.keys(attrs).length > 0) await fs.setattr(requirePath(ino), attrs);
         const stat = statOf(ino);
-        return attrOut(stat, attrValidSeconds(stat));
+        return attrOut(stat, attrValidMs(stat));
       })();
       case Opcode.READLINK:
         return Buffer.from(fs.readlink(requirePath(nodeid)), 'utf8');
@@ -296,13 +298,13 @@ export function serveFuse(fs: FileSystem, mountpoint: string, options: ServeOpti
         return entryFor(nodeid, name!);
       })();
       case Opcode.OPEN:
-        return openOut(openHandle(nodeid, true), openReplyFlags);
+        return openOut(openHandle(nodeid, true), openReplyFlags(nodeid));
       case Opcode.CREATE: return (async () => {
         const mode = body.readUInt32LE(4);
         const [name] = names(body.subarray(16), 1);
         const { uid, gid } = ownerOf(nodeid);
         const created = await fs.create(child(requirePath(nodeid), name!), S_IFREG | (mode & 0o7777), uid, gid);
-        return Buffer.concat([entryFor(nodeid, name!), openOut(openHandle(created.ino, true), openReplyFlags)]);
+        return Buffer.concat([entryFor(nodeid, name!), openOut(openHandle(created.ino, true), openReplyFlags(created.ino))]);
       })();
       case Opcode.READ: {
         const io = decodeIo(body);

@@ -27,7 +27,7 @@ export const InitFlag = {
 } as const;
 
 /** OPEN/CREATE reply flags (fuse_open_out.open_flags). */
-export const OpenReplyFlag = { DIRECT_IO: 1 << 0, KEEP_CACHE: 1 << 1 } as const;
+export const OpenReplyFlag = { DIRECT_IO: 1 << 0, KEEP_CACHE: 1 << 1, NOFLUSH: 1 << 5 } as const;
 
 /** SETATTR: which fields are valid (fuse_setattr_in.valid). */
 export const SetattrValid = {
@@ -126,25 +126,26 @@ function writeAttr(bytes: Buffer, offset: number, stat: Stat): void {
   bytes.writeUInt32LE(0, offset + 84); // flags
 }
 
-function writeValidity(bytes: Buffer, seconds: number, secondsOffset: number, nanosOffset: number): void {
+function writeValidity(bytes: Buffer, validMs: number, secondsOffset: number, nanosOffset: number): void {
+  const seconds = Math.floor(validMs / 1000);
   writeU64(bytes, seconds, secondsOffset);
-  bytes.writeUInt32LE(0, nanosOffset);
+  bytes.writeUInt32LE(Math.round((validMs - seconds * 1000) * 1e6), nanosOffset);
 }
 
 /** fuse_entry_out: the node the kernel will know `stat.ino` by, and how long it may trust the name and the attributes. */
-export function entryOut(stat: Stat, entryValidSeconds: number, attrValidSeconds: number): Buffer {
+export function entryOut(stat: Stat, entryValidMs: number, attrValidMs: number): Buffer {
   const bytes = Buffer.alloc(ENTRY_OUT_BYTES);
   writeU64(bytes, stat.ino, 0);
   // generation (8) stays 0: inode numbers are never reused.
-  writeValidity(bytes, entryValidSeconds, 16, 32);
-  writeValidity(bytes, attrValidSeconds, 24, 36);
+  writeValidity(bytes, entryValidMs, 16, 32);
+  writeValidity(bytes, attrValidMs, 24, 36);
   writeAttr(bytes, 40, stat);
   return bytes;
 }
 
-export function attrOut(stat: Stat, validSeconds: number): Buffer {
+export function attrOut(stat: Stat, validMs: number): Buffer {
   const bytes = Buffer.alloc(ATTR_OUT_BYTES);
-  writeValidity(bytes, validSeconds, 0, 8);
+  writeValidity(bytes, validMs, 0, 8);
   writeAttr(bytes, 16, stat);
   return bytes;
 }

@@ -73,6 +73,9 @@ export class StandbyGate {
   /** From the standby's pg_control (PostgreSQL's default until it has written one). */
   walSegmentBytes = DEFAULT_WAL_SEGMENT_BYTES;
 
+  /** A file of the WAL subtree (served at the log tail). */
+  isWalFile(ino: number): boolean { return this.walFiles.has(ino); }
+
   constructor(private readonly state: VolumeState, viewWalLsn: number) {
     this.viewWalLsn = viewWalLsn;
     this.indexWalSubtree();

@@ -29,4 +29,10 @@ export interface FileSystem {
   write(ino: number, position: number, data: Buffer, path?: string): Promise<number>;
   /** fsync of anything. */
   sync(): Promise<void>;
+  /**
+   * Whether reads of this file should bypass the kernel's page cache (FUSE
+   * direct I/O) even where the mount otherwise uses it: a file another host
+   * keeps appending to, whose cached pages every open would drop anyway.
+   */
+  bypassesPageCache?(ino: number): boolean;
 }

@@ -163,6 +163,13 @@ export class StandbyVolume implements FileSystem {
 
   lookupIno(path: string): number { return this.getattr(path).ino; }
 
+  /**
+   * WAL segments: PostgreSQL reopens the segment after every read that found
+   * no new record (every open drops its cached pages), and kernel readahead
+   * would fetch a page past the end of WAL at every retry.
+   */
+  bypassesPageCache(ino: number): boolean { return !this.nodesByIno.has(ino) && this.gate.isWalFile(ino); }
+
   statfs(): StatFs { return this.shared.statfs(); }
 
   readdir(path: string): string[] {
