@@ -102,19 +102,29 @@ export function serveFuse(fs: FileSystem, mountpoint: string, options: ServeOpti
       return undefined;
     }
   };
-  /** A path that leads to `nodeid` now, or undefined (unlinked, or renamed behind the kernel's back). */
-  const pathOf = (nodeid: number): string | undefined => {
+  /**
+   * A path that leads to `nodeid` now, or undefined (unlinked, or renamed behind the kernel's back).
+   * `below`: the nodes whose path asked for this one (their ancestors): on a reader, names the kernel
+   * learnt before directories moved on the primary can form a cycle, which no path follows.
+   */
+  const pathOf = (nodeid: number, below: Set<number> = new Set()): string | undefined => {
     if (nodeid === FUSE_ROOT_ID) return '/';
     const node = nodes.get(nodeid);
-    if (!node) return undefined;
-    for (let i = node.links.length - 1; i >= 0; i--) {
-      const [parent, name] = node.links[i]!;
-      const dir = pathOf(parent);
-      if (dir === undefined) continue;
-      const path = child(dir, name);
-      if (!options.verifyPaths || inoAt(path) === nodeid) return path;
+    if (!node || below.has(nodeid)) return undefined;
+    below.add(nodeid);
+    try {
+      for (let i = node.links.length - 1; i >= 0; i--) {
+        const [parent, name] = node.links[i]!;
+        const dir = pathOf(parent, below);
+        const path = dir === undefined ? undefined : child(dir, name);
+        if (path !== undefined && (!options.verifyPaths || inoAt(path) === nodeid)) return path;
+        // A name the node no longer has (a reader's tree moved): forget it; a lookup brings it back.
+        if (options.verifyPaths) node.links.splice(i, 1);
+      }
+      return undefined;
+    } finally {
+      below.delete(nodeid);
     }
-    return undefined;
   };
   const requirePath = (nodeid: number): string => {
     const path = pathOf(nodeid);
