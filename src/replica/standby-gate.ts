@@ -59,7 +59,7 @@ export class StandbyGate {
   private draining = false;
   /** WAL segment unlinks waiting for the standby to pass the segment, in log order. */
   private readonly deferred: DeferredUnlink[] = [];
-  /** Names in pg_wal/ that deferred ops touch: later ops on them wait behind (libfuse renames an open file to .fuse_hidden* before unlinking it). */
+  /** Names in pg_wal/ that deferred ops touch: later ops on them wait behind (the FUSE adapter renames a file still open to .fuse_hidden* instead of unlinking it). */
   private readonly deferredNames = new Set<string>();
   /** View L: non-WAL records tagged at or below it are applied. */
   viewWalLsn: number;
@@ -195,7 +195,7 @@ export class StandbyGate {
 
   /**
    * The WAL segment name `op` makes disappear: an unlink, or a rename away
-   * from it (libfuse hides a file that is still open by renaming it to
+   * from it (the FUSE adapter hides a file that is still open by renaming it to
    * .fuse_hidden*; PostgreSQL's own renames within pg_wal/ go *to* segment names).
    */
   private removedSegment(op: MetaOp): string | null {

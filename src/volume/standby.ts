@@ -33,7 +33,7 @@ import { Stat, StatFs, Volume } from './volume';
 
 const log = pino({ name: 'lsnfs-standby' }, pino.destination(2));
 
-/** Overlay inode numbers start here, far above any shared inode number (fuse-native reports 32 bits). */
+/** Overlay inode numbers start here, far above any shared inode number. */
 const OVERLAY_INO_BASE = 0x8000_0000;
 /** How often overlay pages are compared with the shared store (to drop the ones it caught up with). */
 export const OVERLAY_SWEEP_INTERVAL_MS = 1000;
