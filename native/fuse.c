@@ -45,8 +45,7 @@ static bool get_buffer(napi_env env, napi_value value, void **data, size_t *leng
 static napi_value throw_errno(napi_env env, const char *what, int err) {
   char message[512];
   snprintf(message, sizeof message, "%s: %s", what, strerror(err));
-  napi_value code, msg, error;
-  NAPI_CALL(env, napi_create_string_utf8(env, strerror(err), NAPI_AUTO_LENGTH, &code));
+  napi_value msg, error;
   NAPI_CALL(env, napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &msg));
   NAPI_CALL(env, napi_create_error(env, NULL, msg, &error));
   napi_value errno_value;

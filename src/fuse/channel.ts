@@ -7,6 +7,7 @@
  * answered whenever their handler finishes (asynchronously, in any order);
  * the kernel matches replies by `unique`.
  */
+import { constants as os } from 'node:os';
 import { nativeAddon } from '../util/native';
 import { IN_HEADER_BYTES, OUT_HEADER_BYTES, Request, decodeRequest, outHeader } from './protocol';
 
@@ -19,10 +20,7 @@ interface NativeFuse {
   fuseClose(fd: number): void;
 }
 
-const EINTR = 4;
-const EAGAIN = 11;
-const ENODEV = 19;
-const ENOENT = 2;
+const { EAGAIN, ENODEV, ENOENT } = os.errno;
 /**
  * Requests read per wake-up before yielding to the rest of the event loop
  * (device completions, the tailer, timers); the watch fires again at once
@@ -59,8 +57,8 @@ export class FuseChannel {
     for (let i = 0; i < REQUESTS_PER_WAKEUP && this.watch !== null; i++) {
       const bytes = this.native.fuseRead(this.fd, this.readBuffer);
       if (bytes === -EAGAIN) return;
-      // ENOENT: the request was interrupted before we read it.
-      if (bytes === -EINTR || bytes === -ENOENT) continue;
+      // ENOENT: the request was interrupted before we read it (native/fuse.c retries EINTR itself).
+      if (bytes === -ENOENT) continue;
       if (bytes === -ENODEV || bytes < 0) {
         this.stop();
         this.onUnmounted?.();
