@@ -8,7 +8,8 @@
         "addon.c",
         "crc32c.c",
         "iscsi.c",
-        "fuse.c"
+        "fuse.c",
+        "file-io.c"
       ],
       # iscsi.c uses libiscsi (Debian: libiscsi-dev).
       "libraries": [ "<!@(pkg-config --libs libiscsi)" ],

@@ -2,6 +2,14 @@ import { promises as fsp, constants as fsConstants } from 'node:fs';
 import PQueue from 'p-queue';
 import { BlockDevice } from './device';
 import { UserError, assert } from '../util/errors';
+import { nativeAddon } from '../util/native';
+
+interface NativeFileIo {
+  /** Bytes read into `buffer` (from its start), or -errno; -EAGAIN where the read would have waited. */
+  preadNoWait(fd: number, buffer: Uint8Array, offset: number): number;
+}
+
+const fileIo = nativeAddon<NativeFileIo>(['preadNoWait']);
 
 /** How many device reads/writes may be in flight at once (libuv has 4 threads). */
 const FILE_DEVICE_MAX_IN_FLIGHT = 8;
@@ -53,11 +61,19 @@ export class FileDevice implements BlockDevice {
     return new FileDevice(path, handle, sizeBytes, options.readOnly);
   }
 
+  /**
+   * What the page cache holds is copied in place, without waiting (RWF_NOWAIT); only the rest goes
+   * through the thread pool. A replica's poll of the log tail and the primary's holder-block check
+   * after every flush read what was just written: in place they cost ~2 us of CPU instead of ~20 us
+   * and two thread wake-ups (native/file-io.c).
+   */
   async read(offset: number, length: number): Promise<Buffer> {
     assert(offset >= 0 && offset + length <= this.sizeBytes, `read [${offset}, +${length}) beyond ${this.name}`);
     const buffer = Buffer.allocUnsafe(length);
+    const inPlaceBytes = Math.max(0, fileIo.preadNoWait(this.handle.fd, buffer, offset));
+    if (inPlaceBytes === length) return buffer;
     return this.queue.add(async () => {
-      let done = 0;
+      let done = inPlaceBytes;
       while (done < length) {
         const { bytesRead } = await this.handle.read(buffer, done, length - done, offset + done);
         if (bytesRead === 0) throw new Error(`device ${this.name}: short read at offset ${offset + done}`);
