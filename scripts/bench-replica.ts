@@ -43,7 +43,7 @@
  * --json prints one object on stdout:
  *   {"lag_ms":{"p50":N,"p99":N,"max":N},"primary_ops":{"r0":N,"r1":N,"r3":N},"slowdown_r3":R}
  * Progress, per-run figures and the profile go to stderr: CPU and syscalls
- * per daemon (/proc), machine busy cores and load average, the reader's
+ * per daemon (/proc), machine busy cores, steal time and load average, the reader's
  * pread latency, a lower bound of the lag, and the replica side of the lag
  * from the replicas' slots (publish time - the record's append time, and the
  * gap between publishes).
@@ -355,11 +355,16 @@ function sampleProc(pid: number): ProcSample | null {
   }
 }
 
-function machineTicks(): { busy: number; total: number } {
+/**
+ * The machine's CPU time (/proc/stat, all CPUs): busy, and stolen -- time the hypervisor ran someone
+ * else while a vCPU of ours wanted to run. A run with much steal measured the host's other tenants.
+ */
+function machineTicks(): { busy: number; steal: number; total: number } {
   const line = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
   const idle = line[3]! + (line[4] ?? 0);
+  const steal = line[7] ?? 0;
   const total = line.reduce((a, b) => a + b, 0);
-  return { busy: total - idle, total };
+  return { busy: total - idle - steal, steal, total };
 }
 
 const CLK_TCK = 100;
@@ -391,13 +396,15 @@ class Profiler {
   constructor(private readonly pids: Map<string, number>) {
     this.before = new Map([...pids].map(([name, pid]) => [name, sampleProc(pid)]));
   }
-  finish(): { seconds: number; procs: Map<string, ProcDelta | null>; machineBusyCores: number } {
+  finish(): { seconds: number; procs: Map<string, ProcDelta | null>; machineBusyCores: number; machineStealPct: number } {
     const seconds = (nowMs() - this.t0) / 1000;
     const machine = machineTicks();
     const procs = new Map([...this.pids].map(([name, pid]) => [name, procDelta(this.before.get(name)!, sampleProc(pid), seconds)]));
     const cores = os.cpus().length;
-    const machineBusyCores = ((machine.busy - this.machine0.busy) / Math.max(1, machine.total - this.machine0.total)) * cores;
-    return { seconds, procs, machineBusyCores };
+    const ticks = Math.max(1, machine.total - this.machine0.total);
+    const machineBusyCores = ((machine.busy - this.machine0.busy) / ticks) * cores;
+    const machineStealPct = ((machine.steal - this.machine0.steal) / ticks) * 100;
+    return { seconds, procs, machineBusyCores, machineStealPct };
   }
 }
 
@@ -704,7 +711,7 @@ async function bench(options: BenchOptions): Promise<void> {
     log(`bench: lag: ${fmtDist(lagDist)}; ${lag.missed} missed, ${lag.lapped} lapped; writer ${lagOpsPerS.toFixed(0)} ops/s, ` +
       `fdatasync ${fmtDist(dist(lagWriterResult.syncMs))}`);
     log(`bench: lag: reader ${lag.reads} preads (${(lag.reads / lagProfile.seconds).toFixed(0)}/s), cpu ${((lagReaderResult.cpuMs / 1000 / lagProfile.seconds) * 100).toFixed(0)}%; ` +
-      `writer cpu ${((lagWriterResult.cpuMs / lagWriterResult.elapsedMs) * 100).toFixed(0)}%; machine busy ${lagProfile.machineBusyCores.toFixed(2)} of ${os.cpus().length} cores`);
+      `writer cpu ${((lagWriterResult.cpuMs / lagWriterResult.elapsedMs) * 100).toFixed(0)}%; machine busy ${lagProfile.machineBusyCores.toFixed(2)} of ${os.cpus().length} cores, steal ${lagProfile.machineStealPct.toFixed(1)}%`);
     for (const [name, delta] of lagProfile.procs) log(`bench: lag:   ${name.padEnd(9)} ${fmtProc(delta)}`);
     logLagDetail('bench: lag:   ', lag, lagSlots, 1);
 
@@ -751,7 +758,7 @@ async function bench(options: BenchOptions): Promise<void> {
         log(`bench: round ${round} r${replicas}: ${run.opsPerS.toFixed(1)} ops/s; fdatasync p50 ${run.syncMs.p50.toFixed(2)} p99 ${run.syncMs.p99.toFixed(2)} ms, ` +
           `write p50 ${run.writeMs.p50.toFixed(2)} ms; cpu: primary ${profile.procs.get('primary')?.cpuPct.toFixed(0) ?? '?'}%, writer ${run.writerCpuPct.toFixed(0)}%, ` +
           `replicas ${replicaCpu.toFixed(0)}%, readers ${run.readersCpuPct.toFixed(0)}% (${run.readerReadsPerS.toFixed(0)} preads/s); ` +
-          `machine busy ${profile.machineBusyCores.toFixed(2)} cores; load ${loadavg()}` +
+          `machine busy ${profile.machineBusyCores.toFixed(2)} cores, steal ${profile.machineStealPct.toFixed(1)}%; load ${loadavg()}` +
           (run.lag ? `; replica-1 lag p50 ${run.lag.p50.toFixed(2)} p99 ${run.lag.p99.toFixed(2)} max ${run.lag.max.toFixed(2)} ms` : ''));
         for (const [name, delta] of profile.procs) log(`bench:   ${name.padEnd(9)} ${fmtProc(delta)}`);
         if (lagRun && options.verbose) logLagDetail('bench:   ', lagRun, slots, replicas);
@@ -777,12 +784,12 @@ async function bench(options: BenchOptions): Promise<void> {
         `  p50 ${lagDist.p50.toFixed(2)} ms   p99 ${lagDist.p99.toFixed(2)} ms   max ${lagDist.max.toFixed(2)} ms   (min ${lagDist.min.toFixed(2)}, writer ${lagOpsPerS.toFixed(0)} ops/s)`,
         '',
         `primary write+fdatasync (8 KiB), ${options.duration} s per run:`,
-        'round  replicas     ops/s  fsync p50  fsync p99  lag p99  busy cores',
+        'round  replicas     ops/s  fsync p50  fsync p99  lag p99  busy cores  steal %',
       ];
       for (const run of runs) {
         lines.push(`${String(run.round).padStart(5)}  ${String(run.replicas).padStart(8)}  ${run.opsPerS.toFixed(1).padStart(8)}  ` +
           `${run.syncMs.p50.toFixed(2).padStart(9)}  ${run.syncMs.p99.toFixed(2).padStart(9)}  ${(run.lag ? run.lag.p99.toFixed(2) : '-').padStart(7)}  ` +
-          `${run.profile.machineBusyCores.toFixed(2).padStart(10)}`);
+          `${run.profile.machineBusyCores.toFixed(2).padStart(10)}  ${run.profile.machineStealPct.toFixed(1).padStart(7)}`);
       }
       lines.push(
         '',

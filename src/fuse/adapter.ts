@@ -26,7 +26,7 @@ import { constants as os } from 'node:os';
 import pino from 'pino';
 import { FsError } from '../util/errors';
 import type { Stat } from '../volume/volume';
-import type { AttrChange, FileSystem } from '../volume/file-system';
+import type { AttrChange, DirEntry, FileSystem } from '../volume/file-system';
 import { S_IFDIR, S_IFMT, S_IFREG } from '../volume/state';
 import { FuseChannel } from './channel';
 import {
@@ -38,6 +38,7 @@ const log = pino({ name: 'lsnfs-fuse' }, pino.destination(2));
 const errnos = os.errno as Record<string, number>;
 /** The kernel's page size: max_write in pages. */
 const KERNEL_PAGE_BYTES = 4096;
+const DOT_ENTRIES: readonly DirEntry[] = [{ name: '.', fileType: S_IFDIR }, { name: '..', fileType: S_IFDIR }];
 
 export interface ServeOptions {
   /** How long the kernel may trust a name: 0 when another host changes the tree. */
@@ -67,10 +68,11 @@ interface Node {
   lookups: number;
 }
 
-interface OpenFile { ino: number; names: string[] | null }
+interface OpenFile { ino: number; entries: DirEntry[] | null }
 
 /** Where a file unlinked while open lives until its last close. */
-interface HiddenFile { parent: number; name: string }
+/** A file renamed out of the way while open; `renamed` settles when the volume has done the rename. */
+interface HiddenFile { parent: number; name: string; renamed: Promise<void> }
 
 function errnoOf(error: unknown, request: Request): number {
   if (error instanceof FsError) return errnos[error.errno] ?? errnos.EIO!;
@@ -160,21 +162,44 @@ export function serveFuse(fs: FileSystem, mountpoint: string, options: ServeOpti
   };
   const openHandle = (ino: number, isFile: boolean): number => {
     const handle = nextHandle++;
-    openFiles.set(handle, { ino, names: null });
+    openFiles.set(handle, { ino, entries: null });
     if (isFile) openCounts.set(ino, (openCounts.get(ino) ?? 0) + 1);
     return handle;
   };
-  /** If `ino` (at parent/name) is open, renames it out of the way so that it survives what comes next. */
-  const hideIfOpen = async (ino: number | undefined, parent: number, name: string): Promise<boolean> => {
-    if (ino === undefined || !openCounts.has(ino) || hiddenFiles.has(ino)) return false;
+  /** Whether removing the name `ino` has would take a file that is open: it must be hidden instead. */
+  const mustHide = (ino: number | undefined): ino is number => ino !== undefined && openCounts.has(ino) && !hiddenFiles.has(ino);
+  /**
+   * Renames an open file out of the way so that it survives what comes next. It counts as hidden from
+   * the start: a RELEASE while the volume renames waits for the rename and then removes the hidden name.
+   */
+  const hide = async (ino: number, parent: number, name: string): Promise<void> => {
     const hex = (n: number): string => n.toString(16).padStart(8, '0');
     const hiddenName = `.fuse_hidden${hex(ino)}${hex(hiddenFilesMade++)}`;
     const dir = requirePath(parent);
-    await fs.rename(child(dir, name), child(dir, hiddenName));
+    const renamed = fs.rename(child(dir, name), child(dir, hiddenName));
+    hiddenFiles.set(ino, { parent, name: hiddenName, renamed });
+    try {
+      await renamed;
+    } catch (error) {
+      hiddenFiles.delete(ino);
+      throw error;
+    }
     removeLink(ino, parent, name);
     addLink(ino, parent, hiddenName, 0);
-    hiddenFiles.set(ino, { parent, name: hiddenName });
-    return true;
+  };
+  /**
+   * Removes the name before the volume removes the file: an OPEN that arrives meanwhile (the kernel
+   * looked the name up before this request) then fails with ENOENT, as an open after an unlink does,
+   * instead of opening a file whose reads would fail. A failed removal puts the name back.
+   */
+  const removeNameWhile = async (ino: number | undefined, parent: number, name: string, removal: Promise<void>): Promise<void> => {
+    removeLink(ino, parent, name);
+    try {
+      await removal;
+    } catch (error) {
+      if (ino !== undefined) addLink(ino, parent, name, 0);
+      throw error;
+    }
   };
   const release = async (handle: number): Promise<void> => {
     const file = openFiles.get(handle);
@@ -189,6 +214,7 @@ export function serveFuse(fs: FileSystem, mountpoint: string, options: ServeOpti
     const hidden = hiddenFiles.get(file.ino);
     if (!hidden) return;
     hiddenFiles.delete(file.ino);
+    if (!(await hidden.renamed.then(() => true, () => false))) return; // the hide failed: it kept its name
     const dir = pathOf(hidden.parent);
     if (dir !== undefined) await fs.unlink(child(dir, hidden.name));
     removeLink(file.ino, hidden.parent, hidden.name);
@@ -277,9 +303,8 @@ export function serveFuse(fs: FileSystem, mountpoint: string, options: ServeOpti
         const [name] = names(body, 1);
         const path = child(requirePath(nodeid), name!);
         const ino = inoAt(path);
-        if (request.opcode === Opcode.UNLINK && await hideIfOpen(ino, nodeid, name!)) return undefined;
-        await (request.opcode === Opcode.UNLINK ? fs.unlink(path) : fs.rmdir(path));
-        removeLink(ino, nodeid, name!);
+        if (request.opcode === Opcode.UNLINK && mustHide(ino)) await hide(ino, nodeid, name!);
+        else await removeNameWhile(ino, nodeid, name!, request.opcode === Opcode.UNLINK ? fs.unlink(path) : fs.rmdir(path));
         return undefined;
       })();
       case Opcode.RENAME:
@@ -292,9 +317,9 @@ export function serveFuse(fs: FileSystem, mountpoint: string, options: ServeOpti
         const to = child(requirePath(newParent), newName!);
         const moved = inoAt(from);
         const replaced = inoAt(to);
-        if (replaced !== moved) await hideIfOpen(replaced, newParent, newName!);
-        await fs.rename(from, to);
-        if (replaced !== moved) removeLink(replaced, newParent, newName!);
+        const hidesReplaced = replaced !== moved && mustHide(replaced);
+        if (hidesReplaced) await hide(replaced!, newParent, newName!);
+        await removeNameWhile(replaced === moved || hidesReplaced ? undefined : replaced, newParent, newName!, fs.rename(from, to));
         if (moved !== undefined) {
           removeLink(moved, nodeid, oldName!);
           addLink(moved, newParent, newName!, 0);
@@ -308,6 +333,9 @@ export function serveFuse(fs: FileSystem, mountpoint: string, options: ServeOpti
         return entryFor(nodeid, name!);
       })();
       case Opcode.OPEN:
+        // The kernel looked the name up before this OPEN; another process may have unlinked it since. As on
+        // a local filesystem, that open fails (ENOENT) rather than opening a file whose reads would fail.
+        requirePath(nodeid);
         return openOut(openHandle(nodeid, true), openReplyFlags(nodeid));
       case Opcode.CREATE: return (async () => {
         const mode = body.readUInt32LE(4);
@@ -345,8 +373,8 @@ export function serveFuse(fs: FileSystem, mountpoint: string, options: ServeOpti
         const io = decodeIo(body);
         const dir = fileOf(io.handle);
         // One listing per open directory, taken at its first read: later reads continue the same list.
-        if (io.offset === 0 || dir.names === null) dir.names = ['.', '..', ...fs.readdir(requirePath(nodeid))];
-        return direntsOut(dir.names, io.offset, io.size);
+        if (io.offset === 0 || dir.entries === null) dir.entries = [...DOT_ENTRIES, ...fs.readdir(requirePath(nodeid))];
+        return direntsOut(dir.entries, io.offset, io.size);
       }
       case Opcode.INTERRUPT:
         // Every operation finishes quickly or must finish (an fsync): let it.

@@ -3,6 +3,7 @@
  * the requests lsnfs serves and of their replies. Bytes only; what a request
  * means for the filesystem is adapter.ts's business.
  */
+import type { DirEntry } from '../volume/file-system';
 import type { Stat, StatFs } from '../volume/volume';
 
 export const FUSE_KERNEL_VERSION = 7;
@@ -226,21 +227,23 @@ export function decodeSetattr(body: Buffer): SetattrRequest {
 }
 
 /**
- * Directory entries from `names[first..]` that fit in `maxBytes`, each with
+ * Directory entries from `entries[first..]` that fit in `maxBytes`, each with
  * the offset of the next (so a later READDIR at that offset resumes there).
  */
-export function direntsOut(entryNames: readonly string[], first: number, maxBytes: number): Buffer {
+export function direntsOut(entries: readonly DirEntry[], first: number, maxBytes: number): Buffer {
   const parts: Buffer[] = [];
   let total = 0;
-  for (let i = first; i < entryNames.length; i++) {
-    const name = Buffer.from(entryNames[i]!, 'utf8');
+  for (let i = first; i < entries.length; i++) {
+    const name = Buffer.from(entries[i]!.name, 'utf8');
     const recordBytes = (DIRENT_HEADER_BYTES + name.length + 7) & ~7;
     if (total + recordBytes > maxBytes) break;
     const record = Buffer.alloc(recordBytes);
     writeU64(record, UNKNOWN_INO, 0);
     writeU64(record, i + 1, 8);
     record.writeUInt32LE(name.length, 16);
-    record.writeUInt32LE(0, 20); // DT_UNKNOWN: the kernel and libc ask when they need the type
+    // d_type: DT_* is the S_IFMT bits shifted down. With it a directory walk (PostgreSQL's at startup,
+    // find, du) need not stat each entry to learn what it is.
+    record.writeUInt32LE(entries[i]!.fileType >> 12, 20);
     name.copy(record, DIRENT_HEADER_BYTES);
     parts.push(record);
     total += recordBytes;

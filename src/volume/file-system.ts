@@ -6,6 +6,9 @@
  */
 import type { Stat, StatFs } from './volume';
 
+/** A directory entry: its name and its file type (the S_IFMT bits of its mode). */
+export interface DirEntry { name: string; fileType: number }
+
 export type AttrChange = { mode?: number; uid?: number; gid?: number; atimeMs?: number; mtimeMs?: number };
 
 export interface FileSystem {
@@ -14,7 +17,7 @@ export interface FileSystem {
   /** Attributes of an open file (by the inode number it was opened as). */
   fgetattr(ino: number, path: string): Stat;
   lookupIno(path: string): number;
-  readdir(path: string): string[];
+  readdir(path: string): DirEntry[];
   readlink(path: string): string;
   create(path: string, mode: number, uid: number, gid: number): Promise<{ ino: number }>;
   mkdir(path: string, mode: number, uid: number, gid: number): Promise<unknown>;

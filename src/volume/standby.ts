@@ -26,7 +26,7 @@ import { BlockDevice } from '../device/device';
 import { FsError, UserError } from '../util/errors';
 import { CONTROL_FILE_SUFFIX, parseControlFile } from '../pg/control';
 import { StandbyGate } from '../replica/standby-gate';
-import { AttrChange, FileSystem } from './file-system';
+import { AttrChange, DirEntry, FileSystem } from './file-system';
 import { PageStore } from './page-store';
 import { Inode, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, isRegular, splitPath } from './state';
 import { Stat, StatFs, Volume } from './volume';
@@ -172,16 +172,19 @@ export class StandbyVolume implements FileSystem {
 
   statfs(): StatFs { return this.shared.statfs(); }
 
-  readdir(path: string): string[] {
+  readdir(path: string): DirEntry[] {
     const key = normalize(path);
     const node = this.nodes.get(key);
     const inode = this.sharedAt(key);
     if (node && (node.mode & S_IFMT) !== S_IFDIR) throw new FsError('ENOTDIR', path);
     if (!node && !inode) throw new FsError('ENOENT', path);
-    const names = new Set<string>();
-    if (inode?.entries) for (const [name, ino] of inode.entries) if (!this.hidden.has(ino)) names.add(name);
-    for (const name of this.children.get(key) ?? []) names.add(name);
-    return [...names];
+    // The overlay's own entries hide shared ones of the same name.
+    const fileTypes = new Map<string, number>();
+    if (inode?.entries) {
+      for (const [name, ino] of inode.entries) if (!this.hidden.has(ino)) fileTypes.set(name, this.shared.state.inode(ino).mode & S_IFMT);
+    }
+    for (const name of this.children.get(key) ?? []) fileTypes.set(name, this.nodes.get(normalize(`${key}/${name}`))!.mode & S_IFMT);
+    return [...fileTypes].map(([name, fileType]) => ({ name, fileType }));
   }
 
   readlink(path: string): string {

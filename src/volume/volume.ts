@@ -32,11 +32,11 @@ import { writeDurableMarker } from '../log/durable-marker';
 import { ReplicaSlot, claimSlot, liveSlots, readSlots, writeSlot } from '../replica/slots';
 import { Tailer } from '../replica/tailer';
 import { WalPositionTracker } from './wal-position';
-import type { AttrChange, FileSystem } from './file-system';
+import type { AttrChange, DirEntry, FileSystem } from './file-system';
 import pino from 'pino';
 
 const log = pino({ name: 'lsnfs-volume' }, pino.destination(2));
-import { Inode, PageVersion, ROOT_INO, S_IFDIR, S_IFLNK, VolumeState, isDir, isRegular, isSymlink } from './state';
+import { Inode, PageVersion, ROOT_INO, S_IFDIR, S_IFLNK, S_IFMT, VolumeState, isDir, isRegular, isSymlink } from './state';
 
 /** A checkpoint chunk; a checkpoint is a run of these records. */
 const CHECKPOINT_CHUNK_BYTES = 1024 * 1024;
@@ -364,10 +364,10 @@ export class Volume implements FileSystem {
     return (inode.pages.size * this.pageBytes) / 512;
   }
 
-  readdir(path: string): string[] {
+  readdir(path: string): DirEntry[] {
     const dir = this.resolve(path);
     if (!dir.entries) throw new FsError('ENOTDIR', path);
-    return [...dir.entries.keys()];
+    return [...dir.entries].map(([name, ino]) => ({ name, fileType: this.state.inode(ino).mode & S_IFMT }));
   }
 
   readlink(path: string): string {

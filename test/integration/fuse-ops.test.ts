@@ -893,6 +893,33 @@ test('file data: read/write at offsets, truncate, fsync, O_APPEND, unlink while 
     });
   });
 
+  await t.test('an open racing with an unlink of the name fails with ENOENT or reads the whole file', async () => {
+    // pg_ctl reads postmaster.pid while the postmaster removes it: the kernel may look the name up, the
+    // unlink may then run, and the open come after it. An open that succeeds must read the file as it was.
+    const file = mnt('raced');
+    const content = '4242\n/var/lib/data\n';
+    const ROUNDS = 2000;
+    const churn = `const fs = require('fs'); for (let i = 0; i < ${ROUNDS}; i++) { fs.writeFileSync(${JSON.stringify(file)}, ${JSON.stringify(content)}); fs.unlinkSync(${JSON.stringify(file)}); }`;
+    const probe = `const fs = require('fs'); const seen = { opened: 0, gone: 0, bad: [] };
+      const end = Date.now() + 60000;
+      while (!fs.existsSync(${JSON.stringify(mnt('raced.done'))}) && Date.now() < end) {
+        let fd;
+        try { fd = fs.openSync(${JSON.stringify(file)}, 'r'); } catch (e) { if (e.code !== 'ENOENT') seen.bad.push('open: ' + e.code); seen.gone++; continue; }
+        seen.opened++;
+        try { const text = fs.readFileSync(fd, 'utf8'); if (text !== '' && text !== ${JSON.stringify(content)}) seen.bad.push('read: ' + JSON.stringify(text)); }
+        catch (e) { seen.bad.push('read: ' + e.code); }
+        finally { fs.closeSync(fd); }
+      }
+      process.stdout.write(JSON.stringify(seen));`;
+    const probing = run(process.execPath, ['-e', probe]);
+    await run(process.execPath, ['-e', churn]);
+    await fsp.writeFile(mnt('raced.done'), '');
+    const seen = JSON.parse(await probing) as { opened: number; gone: number; bad: string[] };
+    await fsp.unlink(mnt('raced.done'));
+    assert.deepEqual(seen.bad, [], `${seen.opened} opens succeeded, ${seen.gone} found no file`);
+    assert.ok(seen.opened > 0 && seen.gone > 0, `the race ran both ways: ${seen.opened} opened, ${seen.gone} gone`);
+  });
+
   await t.test('fsync and fdatasync make data durable across a daemon crash', async () => {
     const synced = pattern(60, 3 * PAGE + 17);
     const datasynced = pattern(61, 128 * KiB);

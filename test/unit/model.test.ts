@@ -163,7 +163,12 @@ async function volumeDigest(volume: Volume): Promise<Map<string, string>> {
     if (kind === 'symlink') line += ` target=${volume.readlink(path)}`;
     out.set(path, line);
     if (kind === 'dir') {
-      for (const name of volume.readdir(path).sort()) await visit(join(path, name));
+      const entries = volume.readdir(path).sort((x, y) => (x.name < y.name ? -1 : x.name > y.name ? 1 : 0));
+      for (const { name, fileType } of entries) {
+        const childType = volume.stat(volume.resolve(join(path, name))).mode & S_IFMT;
+        if (fileType !== childType) throw new Error(`${join(path, name)}: readdir says type ${fileType.toString(8)}, stat ${childType.toString(8)}`);
+        await visit(join(path, name));
+      }
     }
   };
   await visit('/');
@@ -979,7 +984,7 @@ test('a log filled with data and then metadata stays writable for deletes, and c
     assert.equal(volume.readdir('/').length, created + 1);
     assert.equal(volume.stat(volume.resolve('/big')).size, size);
     // Deletes always fit, and free the space for new data.
-    for (const name of volume.readdir('/')) await volume.unlink(`/${name}`);
+    for (const { name } of volume.readdir('/')) await volume.unlink(`/${name}`);
     const again = await volume.create('/again', S_IFREG | 0o644, 0, 0);
     const data = rng.bytes(4 * MiB);
     await volume.write(again.ino, 0, data);
