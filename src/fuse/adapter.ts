@@ -26,7 +26,7 @@ import { constants as os } from 'node:os';
 import pino from 'pino';
 import { FsError } from '../util/errors';
 import type { Stat } from '../volume/volume';
-import type { AttrChange, DirEntry, FileSystem } from '../volume/file-system';
+import type { AttrChange, DirEntry, FileSystem, OnInterrupt } from '../volume/file-system';
 import { S_IFDIR, S_IFMT, S_IFREG } from '../volume/state';
 import { FuseChannel } from './channel';
 import {
@@ -91,6 +91,8 @@ export function serveFuse(fs: FileSystem, mountpoint: string, options: ServeOpti
   /** Open handles per inode (files only), to know when an unlinked file may go. */
   const openCounts = new Map<number, number>();
   const hiddenFiles = new Map<number, HiddenFile>();
+  /** Reads that wait (see FileSystem.read's onInterrupt), by request: what an INTERRUPT of each calls. */
+  const interruptCallbacks = new Map<bigint, () => void>();
   let hiddenFilesMade = 0;
   let nextHandle = 1;
   // NOFLUSH: close(2) sends no FLUSH (lsnfs has nothing to do then: durability is fsync's).
@@ -346,7 +348,14 @@ export function serveFuse(fs: FileSystem, mountpoint: string, options: ServeOpti
       })();
       case Opcode.READ: {
         const io = decodeIo(body);
-        return fs.read(fileOf(io.handle).ino, io.offset, io.size);
+        // A read that may wait registers for the kernel's INTERRUPT (before read() returns).
+        let interruptible = false;
+        const onInterrupt: OnInterrupt = (callback) => {
+          interruptible = true;
+          interruptCallbacks.set(request.unique, callback);
+        };
+        const reply = fs.read(fileOf(io.handle).ino, io.offset, io.size, onInterrupt);
+        return interruptible ? reply.finally(() => interruptCallbacks.delete(request.unique)) : reply;
       }
       case Opcode.WRITE: return (async () => {
         const io = decodeIo(body);
@@ -376,9 +385,14 @@ export function serveFuse(fs: FileSystem, mountpoint: string, options: ServeOpti
         if (io.offset === 0 || dir.entries === null) dir.entries = [...DOT_ENTRIES, ...fs.readdir(requirePath(nodeid))];
         return direntsOut(dir.entries, io.offset, io.size);
       }
-      case Opcode.INTERRUPT:
-        // Every operation finishes quickly or must finish (an fsync): let it.
+      case Opcode.INTERRUPT: {
+        // A read waiting for the WAL tail answers now; every other operation finishes quickly or must
+        // finish (an fsync): let it. INTERRUPT itself gets no reply.
+        const unique = body.readBigUInt64LE(0);
+        interruptCallbacks.get(unique)?.();
+        interruptCallbacks.delete(unique);
         return null;
+      }
       case Opcode.DESTROY:
         return undefined;
       default:

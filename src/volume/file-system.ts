@@ -9,6 +9,12 @@ import type { Stat, StatFs } from './volume';
 /** A directory entry: its name and its file type (the S_IFMT bits of its mode). */
 export interface DirEntry { name: string; fileType: number }
 
+/**
+ * Lets a read that waits (a standby's read of the WAL tail, see StandbyVolume.read) hear that the
+ * kernel interrupted it -- a signal reached the reading process -- so that it answers at once.
+ */
+export type OnInterrupt = (callback: () => void) => void;
+
 export type AttrChange = { mode?: number; uid?: number; gid?: number; atimeMs?: number; mtimeMs?: number };
 
 export interface FileSystem {
@@ -28,7 +34,7 @@ export interface FileSystem {
   rename(from: string, to: string): Promise<void>;
   setattr(path: string, change: AttrChange): Promise<void>;
   truncate(ino: number, size: number, path?: string): Promise<void>;
-  read(ino: number, position: number, length: number): Promise<Buffer>;
+  read(ino: number, position: number, length: number, onInterrupt?: OnInterrupt): Promise<Buffer>;
   write(ino: number, position: number, data: Buffer, path?: string): Promise<number>;
   /** fsync of anything. */
   sync(): Promise<void>;

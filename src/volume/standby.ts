@@ -26,7 +26,7 @@ import { BlockDevice } from '../device/device';
 import { FsError, UserError } from '../util/errors';
 import { CONTROL_FILE_SUFFIX, parseControlFile } from '../pg/control';
 import { StandbyGate } from '../replica/standby-gate';
-import { AttrChange, DirEntry, FileSystem } from './file-system';
+import { AttrChange, DirEntry, FileSystem, OnInterrupt } from './file-system';
 import { PageStore } from './page-store';
 import { Inode, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, isRegular, splitPath } from './state';
 import { Stat, StatFs, Volume } from './volume';
@@ -37,6 +37,12 @@ const log = pino({ name: 'lsnfs-standby' }, pino.destination(2));
 const OVERLAY_INO_BASE = 0x8000_0000;
 /** How often overlay pages are compared with the shared store (to drop the ones it caught up with). */
 export const OVERLAY_SWEEP_INTERVAL_MS = 1000;
+/**
+ * Longest a read of the WAL tail waits for new WAL (see StandbyVolume.read). PostgreSQL polls every
+ * wal_retrieve_retry_interval (5 ms); holding its unchanged re-read turns 200 polls a second into
+ * at most 10 on an idle standby, and one that waits is answered the moment WAL arrives.
+ */
+export const WAL_TAIL_WAIT_MS = 100;
 /** Shared pages read per sweep, so a sweep never floods the device. */
 const SWEEP_PAGE_READS = 512;
 /** Relation data files (base/<db>/<relfilenode>[_fork][.segment], global/…, tablespaces): their pages carry pd_lsn. */
@@ -98,10 +104,18 @@ export class StandbyVolume implements FileSystem {
   private nextIno = OVERLAY_INO_BASE;
   private sweepTimer: NodeJS.Timeout | null = null;
   private sweeping = false;
+  /**
+   * WAL tail pages served since WAL last arrived (`gate.walGeneration`), as `ino:page`: a second read
+   * of one of them would return the same bytes, so it waits for WAL (see read).
+   */
+  private walTailReads = { generation: -1, pages: new Set<string>() };
+  /** Reads of the WAL tail waiting for WAL: each is called (once) when WAL arrives, or at close. */
+  private readonly walWaiters = new Set<() => void>();
   /** Overlay pages dropped because the shared store caught up (logged). */
   private droppedPages = 0;
 
   constructor(readonly shared: Volume, readonly gate: StandbyGate, private readonly store: PageStore) {
+    gate.onWalData = () => this.wakeWalWaiters();
     const tailer = shared.tailer!;
     tailer.slotExtras = () => ({ viewWalLsn: gate.viewWalLsn, overlayBytes: this.overlayBytes });
     this.sweepTimer = setInterval(() => {
@@ -363,11 +377,23 @@ export class StandbyVolume implements FileSystem {
     return Buffer.alloc(this.pageBytes);
   }
 
-  async read(ino: number, position: number, length: number): Promise<Buffer> {
+  /**
+   * A standby polls for WAL by re-reading the page where WAL ends every wal_retrieve_retry_interval
+   * (reopening the segment each time). A read of a WAL file's tail page (or beyond it) that this mount
+   * already served since WAL last arrived would return the same bytes: it waits until WAL arrives,
+   * WAL_TAIL_WAIT_MS pass, or the kernel interrupts it (a signal for the reader: shutdown, promote).
+   * Every other read is served at once.
+   */
+  async read(ino: number, position: number, length: number, onInterrupt?: OnInterrupt): Promise<Buffer> {
     if (this.gate.failure) throw new FsError('EIO', this.gate.failure);
     const node = this.nodesByIno.get(ino);
     if (!node) {
       if (this.hidden.has(ino)) throw new FsError('ENOENT', `inode ${ino}`);
+      if (this.gate.isWalFile(ino)) {
+        const pageNo = Math.floor(position / this.pageBytes);
+        if (pageNo >= this.gate.walTailPage(ino) && this.servedSinceWal(`${ino}:${pageNo}`)) await this.waitForWal(onInterrupt);
+        this.servedSinceWal(`${ino}:${pageNo}`, true);
+      }
       return this.shared.read(ino, position, length);
     }
     if ((node.mode & S_IFMT) === S_IFDIR) throw new FsError('EISDIR', node.path);
@@ -523,7 +549,34 @@ export class StandbyVolume implements FileSystem {
     if (inode && isRegular(inode) && inode.ino >= node.bindFromIno) node.sharedIno = inode.ino;
   }
 
+  /** Whether the WAL tail page `key` was served since WAL last arrived; `serve` records that it is being served now. */
+  private servedSinceWal(key: string, serve = false): boolean {
+    if (this.walTailReads.generation !== this.gate.walGeneration) this.walTailReads = { generation: this.gate.walGeneration, pages: new Set() };
+    const served = this.walTailReads.pages.has(key);
+    if (serve) this.walTailReads.pages.add(key);
+    return served;
+  }
+
+  /** Resolves when WAL arrives, after WAL_TAIL_WAIT_MS, on an interrupt, or at close. Registers for the interrupt at once. */
+  private waitForWal(onInterrupt: OnInterrupt | undefined): Promise<void> {
+    return new Promise((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        this.walWaiters.delete(done);
+        resolve();
+      };
+      const timer = setTimeout(done, WAL_TAIL_WAIT_MS);
+      this.walWaiters.add(done);
+      onInterrupt?.(done);
+    });
+  }
+
+  private wakeWalWaiters(): void {
+    for (const wake of [...this.walWaiters]) wake();
+  }
+
   async close(): Promise<void> {
+    this.wakeWalWaiters();
     if (this.sweepTimer) clearInterval(this.sweepTimer);
     await this.shared.close();
     await this.store.close();

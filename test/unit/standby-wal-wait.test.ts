@@ -1,0 +1,86 @@
+/**
+ * A standby's re-read of the WAL tail waits for WAL (StandbyVolume.read):
+ * in process, a primary Volume and a standby on the same device file, the
+ * standby's tailer polled by hand.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import { setImmediate as nextTurn } from 'node:timers/promises';
+import { FileDevice } from '../../src/device/file-device';
+import { readDurableMarker } from '../../src/log/durable-marker';
+import { mkfs } from '../../src/volume/mkfs';
+import { WAL_TAIL_WAIT_MS, openStandby } from '../../src/volume/standby';
+import { S_IFDIR, S_IFREG } from '../../src/volume/state';
+import { Volume } from '../../src/volume/volume';
+import { makeRng, tempDevice, tempDir } from '../support/core';
+
+const PAGE = 8192;
+const MiB = 1024 * 1024;
+const SEGMENT_PATH = '/pgdata/pg_wal/000000010000000000000001';
+
+/** A promise's state after the event loop has turned once (timers of 100 ms cannot have fired). */
+async function settledYet(promise: Promise<unknown>): Promise<boolean> {
+  let settled = false;
+  void promise.then(() => { settled = true; }, () => { settled = true; });
+  await nextTurn();
+  return settled;
+}
+
+test('standby: a re-read of the unchanged WAL tail waits until WAL arrives, an interrupt or the time limit; other reads never wait', async (t) => {
+  const tmp = tempDir('standby-wal-wait');
+  t.after(() => tmp.remove());
+  const { path: devicePath, device } = await tempDevice(tmp.dir, 64 * MiB);
+  await mkfs(device);
+  const primary = await Volume.openPrimary(device, { host: 'wal-primary' });
+  t.after(() => primary.close());
+  const rng = makeRng(20261122);
+  await primary.mkdir('/pgdata', S_IFDIR | 0o700, 0, 0);
+  await primary.mkdir('/pgdata/pg_wal', S_IFDIR | 0o700, 0, 0);
+  const segment = await primary.create(SEGMENT_PATH, S_IFREG | 0o600, 0, 0);
+  // Page 0 complete, page 1 where WAL ends.
+  const wal = Buffer.alloc(2 * PAGE);
+  rng.bytes(PAGE + 100).copy(wal);
+  await primary.write(segment.ino, 0, wal);
+  const shipped = async (): Promise<void> => {
+    await primary.sync();
+    while (((await readDurableMarker(device))?.durableLsn ?? 0) < primary.durableLsn) await new Promise((resolve) => setTimeout(resolve, 1));
+  };
+  await shipped();
+
+  const standby = await openStandby(await FileDevice.open(devicePath, { readOnly: false }), {
+    host: 'wal-standby', overlayDir: path.join(tmp.dir, 'overlay'), pollIntervalMs: 3_600_000, // rounds run when the test polls
+  });
+  t.after(() => standby.close());
+  const ino = standby.lookupIno(SEGMENT_PATH);
+
+  // First reads are served at once, and pages below the tail however often they are read.
+  assert.deepEqual(await standby.read(ino, PAGE, PAGE), wal.subarray(PAGE));
+  for (let i = 0; i < 3; i++) assert.deepEqual(await standby.read(ino, 0, PAGE), wal.subarray(0, PAGE), 'a complete page');
+
+  // The tail again, unchanged: it waits. WAL arrives: it answers with the new bytes.
+  const waiting = standby.read(ino, PAGE, PAGE);
+  assert.equal(await settledYet(waiting), false, 'a re-read of the unchanged tail page waits');
+  const more = rng.bytes(300);
+  more.copy(wal, PAGE + 100);
+  await primary.write(segment.ino, PAGE + 100, more);
+  await shipped();
+  assert.ok(await standby.shared.tailer!.poll() > 0, 'the standby applied the new WAL');
+  assert.deepEqual(await waiting, wal.subarray(PAGE), 'the waiting read answered with the new WAL');
+
+  // Unchanged again: an interrupt (a signal for the reader) answers it at once.
+  await standby.read(ino, PAGE, PAGE); // seen since the WAL arrived? not yet: served at once
+  let interrupt: (() => void) | undefined;
+  const interrupted = standby.read(ino, PAGE, PAGE, (callback) => { interrupt = callback; });
+  assert.equal(await settledYet(interrupted), false, 'waits until interrupted');
+  assert.ok(interrupt, 'the waiting read registered for the interrupt');
+  interrupt!();
+  assert.deepEqual(await interrupted, wal.subarray(PAGE));
+
+  // Nothing happens: it answers after WAL_TAIL_WAIT_MS with the same bytes.
+  const startedMs = Date.now();
+  assert.deepEqual(await standby.read(ino, PAGE, PAGE), wal.subarray(PAGE));
+  assert.ok(Date.now() - startedMs >= WAL_TAIL_WAIT_MS - 5, 'it waited for the time limit');
+  // A page beyond the tail (zeros so far) follows the same rule.
+  assert.deepEqual(await standby.read(ino, 2 * PAGE, PAGE), Buffer.alloc(0), 'beyond the end of the file');
+});
