@@ -102,6 +102,23 @@ async function newestTimelineSegments(dataDir: string): Promise<{ timeline: numb
 /** Header sizes of a WAL page (short) and of a segment's first page (long). */
 const WAL_PAGE_HEADER_BYTES = [24, 40];
 const WAL_PAGE_BYTES = 8192;
+/** Where a WAL page header keeps the WAL position of the page (xlp_pageaddr, u64 little-endian). */
+const WAL_PAGE_ADDR_OFFSET = 8;
+
+/**
+ * Whether segment `name` holds WAL: its first page is a page of that segment (xlp_pageaddr is the
+ * segment's start). A segment PostgreSQL created ahead of need is zeros; a recycled one names another.
+ */
+async function holdsWal(walDir: string, name: string, segmentBytes: number): Promise<boolean> {
+  const header = Buffer.alloc(WAL_PAGE_ADDR_OFFSET + 8);
+  const handle = await fsp.open(path.join(walDir, name), 'r');
+  try {
+    const { bytesRead } = await handle.read(header, 0, header.length, 0);
+    return bytesRead === header.length && Number(header.readBigUInt64LE(WAL_PAGE_ADDR_OFFSET)) === walSegmentStartLsn(name, segmentBytes);
+  } finally {
+    await handle.close();
+  }
+}
 
 /**
  * Where the valid WAL ends now: the end of the last complete record
@@ -112,12 +129,18 @@ const WAL_PAGE_BYTES = 8192;
 export async function walEnd(dataDir: string, control: ControlFile): Promise<{ lsn: number; timeline: number }> {
   const { timeline, segments } = await newestTimelineSegments(dataDir);
   const segmentBytes = control.walSegmentBytes;
-  // Start one segment before the newest (which may be a pre-created, still empty one), never before the REDO point.
-  // pg_waldump reads one timeline (default 1): an older timeline's segments end at its switch point, which would
-  // make the end of WAL look earlier than it is.
-  const candidate = segments.length >= 1 ? walSegmentStartLsn(segments[Math.max(0, segments.length - 2)]!, segmentBytes) : control.redoLsn;
+  const walDir = path.join(dataDir, 'pg_wal');
+  // Start in the newest segment that holds WAL (PostgreSQL may have created several ahead of need), never
+  // before the REDO point. pg_waldump reads one timeline (default 1): an older timeline's segments end at
+  // its switch point, which would make the end of WAL look earlier than it is.
+  let candidate = control.redoLsn;
+  for (let i = segments.length - 1; i >= 0; i--) {
+    if (!(await holdsWal(walDir, segments[i]!, segmentBytes))) continue;
+    candidate = walSegmentStartLsn(segments[i]!, segmentBytes);
+    break;
+  }
   const start = Math.max(candidate, control.redoLsn);
-  const result = await exec(await pgProgram('pg_waldump'), ['-q', '-p', path.join(dataDir, 'pg_wal'), '-t', String(timeline), '-s', formatPgLsn(start)]);
+  const result = await exec(await pgProgram('pg_waldump'), ['-q', '-p', walDir, '-t', String(timeline), '-s', formatPgLsn(start)]);
   const text = result.stderr + result.stdout;
   // "error in WAL record at 0/1500718: invalid record length at 0/1500790: wanted 24, got 0"
   const at = /error in WAL record at [0-9A-F]+\/[0-9A-F]+: .*? at ([0-9A-F]+\/[0-9A-F]+)/.exec(text);
