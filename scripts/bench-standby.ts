@@ -19,9 +19,9 @@
  * Hosts: every process runs on every CPU. --split-cpus puts the primary (its
  * PostgreSQL, its lsnfs daemon, pgbench, its sampler) on CPU 0 and every
  * standby, lsnfs or streaming, on the other CPUs; on a 2-CPU machine that is
- * four standby hosts on one CPU, where three lsnfs standby daemons (each
- * ~40 % of a core while idle, PostgreSQL's 5 ms WAL polls through FUSE) fall
- * seconds behind: not the default.
+ * four standby hosts on one CPU, where three lsnfs standbys fell seconds
+ * behind when that was last measured (2026-11-21, when an idle one still took
+ * ~40 % of a core for PostgreSQL's 5 ms WAL polls): not the default.
  *
  * Usage (as root): scripts/bench-standby [--scale N] [--duration S] [--clients N] [--split-cpus] [--dir DIR] [--keep] [--json]
  * --json prints one object on stdout:

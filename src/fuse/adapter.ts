@@ -26,7 +26,7 @@ import { constants as os } from 'node:os';
 import pino from 'pino';
 import { FsError } from '../util/errors';
 import type { Stat } from '../volume/volume';
-import type { AttrChange, DirEntry, FileSystem, OnInterrupt } from '../volume/file-system';
+import type { AttrChange, DirEntry, FileSystem, ReadOrigin } from '../volume/file-system';
 import { S_IFDIR, S_IFMT, S_IFREG } from '../volume/state';
 import { FuseChannel } from './channel';
 import {
@@ -91,7 +91,7 @@ export function serveFuse(fs: FileSystem, mountpoint: string, options: ServeOpti
   /** Open handles per inode (files only), to know when an unlinked file may go. */
   const openCounts = new Map<number, number>();
   const hiddenFiles = new Map<number, HiddenFile>();
-  /** Reads that wait (see FileSystem.read's onInterrupt), by request: what an INTERRUPT of each calls. */
+  /** Reads that wait (see ReadOrigin.onInterrupt), by request: what an INTERRUPT of each calls. */
   const interruptCallbacks = new Map<bigint, () => void>();
   let hiddenFilesMade = 0;
   let nextHandle = 1;
@@ -350,11 +350,14 @@ export function serveFuse(fs: FileSystem, mountpoint: string, options: ServeOpti
         const io = decodeIo(body);
         // A read that may wait registers for the kernel's INTERRUPT (before read() returns).
         let interruptible = false;
-        const onInterrupt: OnInterrupt = (callback) => {
-          interruptible = true;
-          interruptCallbacks.set(request.unique, callback);
+        const origin: ReadOrigin = {
+          handle: io.handle,
+          onInterrupt: (callback) => {
+            interruptible = true;
+            interruptCallbacks.set(request.unique, callback);
+          },
         };
-        const reply = fs.read(fileOf(io.handle).ino, io.offset, io.size, onInterrupt);
+        const reply = fs.read(fileOf(io.handle).ino, io.offset, io.size, origin);
         return interruptible ? reply.finally(() => interruptCallbacks.delete(request.unique)) : reply;
       }
       case Opcode.WRITE: return (async () => {

@@ -72,8 +72,6 @@ export class StandbyGate {
 
   /** WAL data records applied so far: a WAL read that saw this number unchanged would see nothing new. */
   walGeneration = 0;
-  /** Highest page each WAL file has data in, as far as records applied here tell (see walTailPage). */
-  private readonly walTailPages = new Map<number, number>();
   /** Called after each WAL data record is applied. */
   onWalData: () => void = () => undefined;
 
@@ -82,21 +80,6 @@ export class StandbyGate {
 
   /** A file of the WAL subtree (served at the log tail). */
   isWalFile(ino: number): boolean { return this.walFiles.has(ino); }
-
-  /**
-   * The page of a WAL file where the primary is appending: its highest page with data (0 if none).
-   * PostgreSQL writes WAL in whole pages from the start of a segment, so every page below it is complete.
-   */
-  walTailPage(ino: number): number {
-    let tail = this.walTailPages.get(ino);
-    if (tail === undefined) {
-      // A file with data from before this mount: once per file, from its page index.
-      tail = 0;
-      for (const pageNo of this.state.inodes.get(ino)?.pages?.keys() ?? []) tail = Math.max(tail, pageNo);
-      this.walTailPages.set(ino, tail);
-    }
-    return tail;
-  }
 
   constructor(private readonly state: VolumeState, viewWalLsn: number) {
     this.viewWalLsn = viewWalLsn;
@@ -148,7 +131,6 @@ export class StandbyGate {
       }
       if (this.walFiles.has(head.ino)) {
         this.state.applyData(header, payload);
-        this.walTailPages.set(head.ino, Math.max(head.pageNo, this.walTailPage(head.ino)));
         this.walGeneration++;
         this.onWalData();
       } else this.hold({ header, dataHead: Buffer.from(payload.subarray(0, DATA_BYTES_OFFSET)) });
@@ -253,7 +235,6 @@ export class StandbyGate {
     } else if (removed !== undefined && !this.state.inodes.has(removed)) {
       this.walDirs.delete(removed);
       this.walFiles.delete(removed);
-      this.walTailPages.delete(removed);
     }
   }
 

@@ -9,11 +9,16 @@ import type { Stat, StatFs } from './volume';
 /** A directory entry: its name and its file type (the S_IFMT bits of its mode). */
 export interface DirEntry { name: string; fileType: number }
 
-/**
- * Lets a read that waits (a standby's read of the WAL tail, see StandbyVolume.read) hear that the
- * kernel interrupted it -- a signal reached the reading process -- so that it answers at once.
- */
-export type OnInterrupt = (callback: () => void) => void;
+/** Where a read comes from, for a filesystem that serves some reads differently (StandbyVolume.read). */
+export interface ReadOrigin {
+  /** The open file (FUSE file handle) the read comes through: a new one per open(2). */
+  handle: number;
+  /**
+   * Lets a read that waits hear that the kernel interrupted it (a signal reached the reading process),
+   * so that it answers at once.
+   */
+  onInterrupt(callback: () => void): void;
+}
 
 export type AttrChange = { mode?: number; uid?: number; gid?: number; atimeMs?: number; mtimeMs?: number };
 
@@ -34,7 +39,7 @@ export interface FileSystem {
   rename(from: string, to: string): Promise<void>;
   setattr(path: string, change: AttrChange): Promise<void>;
   truncate(ino: number, size: number, path?: string): Promise<void>;
-  read(ino: number, position: number, length: number, onInterrupt?: OnInterrupt): Promise<Buffer>;
+  read(ino: number, position: number, length: number, origin?: ReadOrigin): Promise<Buffer>;
   write(ino: number, position: number, data: Buffer, path?: string): Promise<number>;
   /** fsync of anything. */
   sync(): Promise<void>;

@@ -26,7 +26,7 @@ import { BlockDevice } from '../device/device';
 import { FsError, UserError } from '../util/errors';
 import { CONTROL_FILE_SUFFIX, parseControlFile } from '../pg/control';
 import { StandbyGate } from '../replica/standby-gate';
-import { AttrChange, DirEntry, FileSystem, OnInterrupt } from './file-system';
+import { AttrChange, DirEntry, FileSystem, ReadOrigin } from './file-system';
 import { PageStore } from './page-store';
 import { Inode, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, isRegular, splitPath } from './state';
 import { Stat, StatFs, Volume } from './volume';
@@ -43,6 +43,15 @@ export const OVERLAY_SWEEP_INTERVAL_MS = 1000;
  * at most 10 on an idle standby, and one that waits is answered the moment WAL arrives.
  */
 export const WAL_TAIL_WAIT_MS = 100;
+/**
+ * A WAL read looks like PostgreSQL's poll when it rereads the page of the mount's last WAL read through
+ * a newly opened file, within WAL_POLL_GAP_MS of that read's answer, with no WAL applied since. The
+ * first WAL_POLLS_SERVED of them in a row are served at once: a new standby's startup looks the same
+ * once or twice (\`lsnfs pg standby\` and pg_waldump find the end of WAL, then PostgreSQL reads its
+ * checkpoint record's page and reopens it to redo), and holding those cost it 300 ms.
+ */
+export const WAL_POLLS_SERVED = 2;
+export const WAL_POLL_GAP_MS = 50;
 /** Shared pages read per sweep, so a sweep never floods the device. */
 const SWEEP_PAGE_READS = 512;
 /** Relation data files (base/<db>/<relfilenode>[_fork][.segment], global/…, tablespaces): their pages carry pd_lsn. */
@@ -105,10 +114,10 @@ export class StandbyVolume implements FileSystem {
   private sweepTimer: NodeJS.Timeout | null = null;
   private sweeping = false;
   /**
-   * WAL tail pages served since WAL last arrived (`gate.walGeneration`), as `ino:page`: a second read
-   * of one of them would return the same bytes, so it waits for WAL (see read).
+   * This mount's last WAL read: its page, the open file it came through, how much WAL had been applied
+   * when it was answered (`gate.walGeneration`) and when, and how many polls in a row it ended.
    */
-  private walTailReads = { generation: -1, pages: new Set<string>() };
+  private lastWalRead = { ino: -1, pageNo: -1, handle: -1, walGeneration: -1, answeredMs: 0, polls: 0 };
   /** Reads of the WAL tail waiting for WAL: each is called (once) when WAL arrives, or at close. */
   private readonly walWaiters = new Set<() => void>();
   /** Overlay pages dropped because the shared store caught up (logged). */
@@ -378,21 +387,28 @@ export class StandbyVolume implements FileSystem {
   }
 
   /**
-   * A standby polls for WAL by re-reading the page where WAL ends every wal_retrieve_retry_interval
-   * (reopening the segment each time). A read of a WAL file's tail page (or beyond it) that this mount
-   * already served since WAL last arrived would return the same bytes: it waits until WAL arrives,
-   * WAL_TAIL_WAIT_MS pass, or the kernel interrupts it (a signal for the reader: shutdown, promote).
-   * Every other read is served at once.
+   * A standby polls for WAL: every wal_retrieve_retry_interval (5 ms) it reopens the segment and
+   * rereads the page where WAL ends (see WAL_POLLS_SERVED for how a poll is told). Past the first few
+   * polls in a row, one would return the same bytes again: it waits until WAL arrives, WAL_TAIL_WAIT_MS
+   * pass, or the kernel interrupts it (a signal for the reader: shutdown, promote). Every other read
+   * is served at once. Which page holds the end of WAL cannot be told from the file: a segment may
+   * have been zero-filled, or written ahead at its last byte, when it was created.
    */
-  async read(ino: number, position: number, length: number, onInterrupt?: OnInterrupt): Promise<Buffer> {
+  async read(ino: number, position: number, length: number, origin?: ReadOrigin): Promise<Buffer> {
     if (this.gate.failure) throw new FsError('EIO', this.gate.failure);
     const node = this.nodesByIno.get(ino);
     if (!node) {
       if (this.hidden.has(ino)) throw new FsError('ENOENT', `inode ${ino}`);
       if (this.gate.isWalFile(ino)) {
         const pageNo = Math.floor(position / this.pageBytes);
-        if (pageNo >= this.gate.walTailPage(ino) && this.servedSinceWal(`${ino}:${pageNo}`)) await this.waitForWal(onInterrupt);
-        this.servedSinceWal(`${ino}:${pageNo}`, true);
+        const last = this.lastWalRead;
+        const handle = origin?.handle ?? -1;
+        const poll = last.ino === ino && last.pageNo === pageNo && last.handle !== handle &&
+          last.walGeneration === this.gate.walGeneration && Date.now() - last.answeredMs <= WAL_POLL_GAP_MS;
+        const read = this.lastWalRead = { ino, pageNo, handle, walGeneration: -1, answeredMs: 0, polls: poll ? last.polls + 1 : 0 };
+        if (read.polls > WAL_POLLS_SERVED) await this.waitForWal(origin);
+        read.walGeneration = this.gate.walGeneration;
+        read.answeredMs = Date.now();
       }
       return this.shared.read(ino, position, length);
     }
@@ -549,16 +565,8 @@ export class StandbyVolume implements FileSystem {
     if (inode && isRegular(inode) && inode.ino >= node.bindFromIno) node.sharedIno = inode.ino;
   }
 
-  /** Whether the WAL tail page `key` was served since WAL last arrived; `serve` records that it is being served now. */
-  private servedSinceWal(key: string, serve = false): boolean {
-    if (this.walTailReads.generation !== this.gate.walGeneration) this.walTailReads = { generation: this.gate.walGeneration, pages: new Set() };
-    const served = this.walTailReads.pages.has(key);
-    if (serve) this.walTailReads.pages.add(key);
-    return served;
-  }
-
   /** Resolves when WAL arrives, after WAL_TAIL_WAIT_MS, on an interrupt, or at close. Registers for the interrupt at once. */
-  private waitForWal(onInterrupt: OnInterrupt | undefined): Promise<void> {
+  private waitForWal(origin: ReadOrigin | undefined): Promise<void> {
     return new Promise((resolve) => {
       const done = (): void => {
         clearTimeout(timer);
@@ -567,7 +575,7 @@ export class StandbyVolume implements FileSystem {
       };
       const timer = setTimeout(done, WAL_TAIL_WAIT_MS);
       this.walWaiters.add(done);
-      onInterrupt?.(done);
+      origin?.onInterrupt(done);
     });
   }
 

@@ -1,7 +1,7 @@
 /**
- * A standby's re-read of the WAL tail waits for WAL (StandbyVolume.read):
- * in process, a primary Volume and a standby on the same device file, the
- * standby's tailer polled by hand.
+ * A standby's WAL poll waits for WAL (StandbyVolume.read): in process, a
+ * primary Volume and a standby on the same device file, the standby's tailer
+ * polled by hand.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -9,8 +9,9 @@ import path from 'node:path';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { FileDevice } from '../../src/device/file-device';
 import { readDurableMarker } from '../../src/log/durable-marker';
+import type { ReadOrigin } from '../../src/volume/file-system';
 import { mkfs } from '../../src/volume/mkfs';
-import { WAL_TAIL_WAIT_MS, openStandby } from '../../src/volume/standby';
+import { WAL_POLLS_SERVED, WAL_TAIL_WAIT_MS, openStandby } from '../../src/volume/standby';
 import { S_IFDIR, S_IFREG } from '../../src/volume/state';
 import { Volume } from '../../src/volume/volume';
 import { makeRng, tempDevice, tempDir } from '../support/core';
@@ -27,7 +28,12 @@ async function settledYet(promise: Promise<unknown>): Promise<boolean> {
   return settled;
 }
 
-test('standby: a re-read of the unchanged WAL tail waits until WAL arrives, an interrupt or the time limit; other reads never wait', async (t) => {
+/** A read through open file `handle` (PostgreSQL's poll reopens the segment each time). */
+function through(handle: number, onInterrupt: (callback: () => void) => void = () => undefined): ReadOrigin {
+  return { handle, onInterrupt };
+}
+
+test('standby: a WAL poll (the same page, reopened, nothing new) waits until WAL arrives, an interrupt or the time limit; other reads never wait', async (t) => {
   const tmp = tempDir('standby-wal-wait');
   t.after(() => tmp.remove());
   const { path: devicePath, device } = await tempDevice(tmp.dir, 64 * MiB);
@@ -54,24 +60,36 @@ test('standby: a re-read of the unchanged WAL tail waits until WAL arrives, an i
   t.after(() => standby.close());
   const ino = standby.lookupIno(SEGMENT_PATH);
 
-  // First reads are served at once, and pages below the tail however often they are read.
-  assert.deepEqual(await standby.read(ino, PAGE, PAGE), wal.subarray(PAGE));
-  for (let i = 0; i < 3; i++) assert.deepEqual(await standby.read(ino, 0, PAGE), wal.subarray(0, PAGE), 'a complete page');
+  // Reads through one open file are served at once, rereads of a page included (PostgreSQL's startup
+  // and pg_waldump reread a page); so is another page through a new open file.
+  for (let i = 0; i < 3; i++) {
+    assert.deepEqual(await standby.read(ino, 0, PAGE, through(1)), wal.subarray(0, PAGE));
+    assert.deepEqual(await standby.read(ino, PAGE, PAGE, through(1)), wal.subarray(PAGE));
+  }
+  assert.equal(await settledYet(standby.read(ino, PAGE, PAGE, through(1))), true, 'a reread through the same open file');
+  assert.equal(await settledYet(standby.read(ino, 0, PAGE, through(2))), true, 'another page through a new open file');
 
-  // The tail again, unchanged: it waits. WAL arrives: it answers with the new bytes.
-  const waiting = standby.read(ino, PAGE, PAGE);
-  assert.equal(await settledYet(waiting), false, 'a re-read of the unchanged tail page waits');
+  // The primary writes WAL; the standby has not applied it yet (its next round does). Another page than the
+  // last read is served at once, as applied, and so are the first polls (the same page reopened, nothing
+  // new here). The next poll waits; the round applies the WAL: it answers with the new bytes.
+  const applied = Buffer.from(wal.subarray(PAGE));
   const more = rng.bytes(300);
   more.copy(wal, PAGE + 100);
   await primary.write(segment.ino, PAGE + 100, more);
   await shipped();
+  let handle = 3;
+  const poll = (onInterrupt?: (callback: () => void) => void): Promise<Buffer> => standby.read(ino, PAGE, PAGE, through(handle++, onInterrupt));
+  assert.deepEqual(await poll(), applied);
+  for (let i = 0; i < WAL_POLLS_SERVED; i++) assert.equal(await settledYet(poll()), true, `poll ${i + 1} is served at once`);
+  const waiting = poll();
+  assert.equal(await settledYet(waiting), false, 'the poll waits');
   assert.ok(await standby.shared.tailer!.poll() > 0, 'the standby applied the new WAL');
-  assert.deepEqual(await waiting, wal.subarray(PAGE), 'the waiting read answered with the new WAL');
+  assert.deepEqual(await waiting, wal.subarray(PAGE), 'the waiting poll answered with the new WAL');
 
-  // Unchanged again: an interrupt (a signal for the reader) answers it at once.
-  await standby.read(ino, PAGE, PAGE); // seen since the WAL arrived? not yet: served at once
+  // Nothing new since that answer: the next poll waits (the first polls were served already); an
+  // interrupt (a signal for the reader) answers it at once.
   let interrupt: (() => void) | undefined;
-  const interrupted = standby.read(ino, PAGE, PAGE, (callback) => { interrupt = callback; });
+  const interrupted = poll((callback) => { interrupt = callback; });
   assert.equal(await settledYet(interrupted), false, 'waits until interrupted');
   assert.ok(interrupt, 'the waiting read registered for the interrupt');
   interrupt!();
@@ -79,8 +97,6 @@ test('standby: a re-read of the unchanged WAL tail waits until WAL arrives, an i
 
   // Nothing happens: it answers after WAL_TAIL_WAIT_MS with the same bytes.
   const startedMs = Date.now();
-  assert.deepEqual(await standby.read(ino, PAGE, PAGE), wal.subarray(PAGE));
+  assert.deepEqual(await poll(), wal.subarray(PAGE));
   assert.ok(Date.now() - startedMs >= WAL_TAIL_WAIT_MS - 5, 'it waited for the time limit');
-  // A page beyond the tail (zeros so far) follows the same rule.
-  assert.deepEqual(await standby.read(ino, 2 * PAGE, PAGE), Buffer.alloc(0), 'beyond the end of the file');
 });
