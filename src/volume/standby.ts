@@ -44,11 +44,12 @@ export const OVERLAY_SWEEP_INTERVAL_MS = 1000;
  */
 export const WAL_TAIL_WAIT_MS = 100;
 /**
- * A WAL read looks like PostgreSQL's poll when it rereads the page of the mount's last WAL read through
- * a newly opened file, within WAL_POLL_GAP_MS of that read's answer, with no WAL applied since. The
- * first WAL_POLLS_SERVED of them in a row are served at once: a new standby's startup looks the same
- * once or twice (\`lsnfs pg standby\` and pg_waldump find the end of WAL, then PostgreSQL reads its
- * checkpoint record's page and reopens it to redo), and holding those cost it 300 ms.
+ * A WAL read looks like PostgreSQL's poll when it is the first read through a newly opened file, of a
+ * page read through another since WAL was last applied, within WAL_POLL_GAP_MS of the last WAL read's
+ * answer. (A poll rereads the page where WAL ends, and first the segment's first page when that is
+ * another.) The first WAL_POLLS_SERVED of them in a row are served at once: a new standby's startup
+ * looks the same once or twice (\`lsnfs pg standby\` and pg_waldump find the end of WAL, then PostgreSQL
+ * reads its checkpoint record's page and reopens it to redo), and holding those cost it 300 ms.
  */
 export const WAL_POLLS_SERVED = 2;
 export const WAL_POLL_GAP_MS = 50;
@@ -114,10 +115,10 @@ export class StandbyVolume implements FileSystem {
   private sweepTimer: NodeJS.Timeout | null = null;
   private sweeping = false;
   /**
-   * This mount's last WAL read: its page, the open file it came through, how much WAL had been applied
-   * when it was answered (`gate.walGeneration`) and when, and how many polls in a row it ended.
+   * WAL reads since WAL was last applied (`gate.walGeneration`): each page (`ino:page`) with the open
+   * file that read it last; the open file of the last read and when it was answered; polls in a row.
    */
-  private lastWalRead = { ino: -1, pageNo: -1, handle: -1, walGeneration: -1, answeredMs: 0, polls: 0 };
+  private walReads = { walGeneration: -1, pages: new Map<string, number>(), lastHandle: -1, answeredMs: 0, polls: 0 };
   /** Reads of the WAL tail waiting for WAL: each is called (once) when WAL arrives, or at close. */
   private readonly walWaiters = new Set<() => void>();
   /** Overlay pages dropped because the shared store caught up (logged). */
@@ -399,17 +400,7 @@ export class StandbyVolume implements FileSystem {
     const node = this.nodesByIno.get(ino);
     if (!node) {
       if (this.hidden.has(ino)) throw new FsError('ENOENT', `inode ${ino}`);
-      if (this.gate.isWalFile(ino)) {
-        const pageNo = Math.floor(position / this.pageBytes);
-        const last = this.lastWalRead;
-        const handle = origin?.handle ?? -1;
-        const poll = last.ino === ino && last.pageNo === pageNo && last.handle !== handle &&
-          last.walGeneration === this.gate.walGeneration && Date.now() - last.answeredMs <= WAL_POLL_GAP_MS;
-        const read = this.lastWalRead = { ino, pageNo, handle, walGeneration: -1, answeredMs: 0, polls: poll ? last.polls + 1 : 0 };
-        if (read.polls > WAL_POLLS_SERVED) await this.waitForWal(origin);
-        read.walGeneration = this.gate.walGeneration;
-        read.answeredMs = Date.now();
-      }
+      if (this.gate.isWalFile(ino)) await this.unlessPolling(`${ino}:${Math.floor(position / this.pageBytes)}`, origin);
       return this.shared.read(ino, position, length);
     }
     if ((node.mode & S_IFMT) === S_IFDIR) throw new FsError('EISDIR', node.path);
@@ -563,6 +554,27 @@ export class StandbyVolume implements FileSystem {
     if (node.sharedIno !== null) return;
     const inode = this.sharedAt(node.path);
     if (inode && isRegular(inode) && inode.ino >= node.bindFromIno) node.sharedIno = inode.ino;
+  }
+
+  /** Notes a WAL read of page `key`; if it is a poll past the first WAL_POLLS_SERVED in a row, waits for WAL first. */
+  private async unlessPolling(key: string, origin: ReadOrigin | undefined): Promise<void> {
+    const reads = this.walReads;
+    const sinceWal = (): void => {
+      if (reads.walGeneration === this.gate.walGeneration) return;
+      reads.walGeneration = this.gate.walGeneration;
+      reads.pages.clear();
+    };
+    sinceWal();
+    const handle = origin?.handle ?? -1;
+    const reopened = handle !== reads.lastHandle;
+    const earlier = reads.pages.get(key);
+    const poll = reopened && earlier !== undefined && earlier !== handle && Date.now() - reads.answeredMs <= WAL_POLL_GAP_MS;
+    if (reopened) reads.polls = poll ? reads.polls + 1 : 0;
+    reads.lastHandle = handle;
+    if (poll && reads.polls > WAL_POLLS_SERVED) await this.waitForWal(origin);
+    sinceWal(); // what it is answered with
+    reads.pages.set(key, handle);
+    reads.answeredMs = Date.now();
   }
 
   /** Resolves when WAL arrives, after WAL_TAIL_WAIT_MS, on an interrupt, or at close. Registers for the interrupt at once. */

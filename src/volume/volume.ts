@@ -231,6 +231,7 @@ export class Volume implements FileSystem {
     if (options.role === 'snapshot' && branchLsn === null && options.atLsn === undefined && options.atTimeMs === undefined) {
       throw new UserError(`overlay ${options.overlayDir}: no branch there yet; give --at-lsn or --at-time to make one`);
     }
+    const startedMs = Date.now();
     const start = options.role === 'snapshot'
       ? await loadSnapshot(device, superblock, reader, branchLsn !== null ? { atLsn: branchLsn } : options)
       : await loadCheckpoint(reader, device.name, (await readSuperblock(device)).checkpointLsn, Number.MAX_SAFE_INTEGER)
@@ -248,7 +249,13 @@ export class Volume implements FileSystem {
     await volume.tailer.start();
     if (options.role === 'replica') {
       // Catch up before serving, so a new replica starts near the tail.
+      const loadedMs = Date.now();
       while ((await volume.tailer.poll()) > 0);
+      // Where a new replica's (or standby's) mount time goes.
+      log.info({
+        checkpointLsn: superblock.checkpointLsn, checkpointBytes: start.checkpoint.checkpointBytes, loadMs: loadedMs - startedMs,
+        caughtUpBytes: volume.tailer.appliedLsn - start.nextLsn, catchUpMs: Date.now() - loadedMs,
+      }, 'replica caught up');
       volume.every(HEAD_CHECK_INTERVAL_MS, () => volume.reloadIfBehind());
     }
     return volume;

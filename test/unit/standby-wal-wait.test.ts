@@ -33,7 +33,7 @@ function through(handle: number, onInterrupt: (callback: () => void) => void = (
   return { handle, onInterrupt };
 }
 
-test('standby: a WAL poll (the same page, reopened, nothing new) waits until WAL arrives, an interrupt or the time limit; other reads never wait', async (t) => {
+test('standby: a WAL poll (the segment reopened and reread, nothing new) waits until WAL arrives, an interrupt or the time limit; other reads never wait', async (t) => {
   const tmp = tempDir('standby-wal-wait');
   t.after(() => tmp.remove());
   const { path: devicePath, device } = await tempDevice(tmp.dir, 64 * MiB);
@@ -60,43 +60,47 @@ test('standby: a WAL poll (the same page, reopened, nothing new) waits until WAL
   t.after(() => standby.close());
   const ino = standby.lookupIno(SEGMENT_PATH);
 
-  // Reads through one open file are served at once, rereads of a page included (PostgreSQL's startup
-  // and pg_waldump reread a page); so is another page through a new open file.
+  // A reader that keeps one file open is served at once, rereads included (PostgreSQL's startup and
+  // pg_waldump reread pages).
   for (let i = 0; i < 3; i++) {
     assert.deepEqual(await standby.read(ino, 0, PAGE, through(1)), wal.subarray(0, PAGE));
     assert.deepEqual(await standby.read(ino, PAGE, PAGE, through(1)), wal.subarray(PAGE));
   }
-  assert.equal(await settledYet(standby.read(ino, PAGE, PAGE, through(1))), true, 'a reread through the same open file');
-  assert.equal(await settledYet(standby.read(ino, 0, PAGE, through(2))), true, 'another page through a new open file');
+  // PostgreSQL's poll: it reopens the segment, reads its first page and then the page where WAL ends.
+  let handle = 2;
+  const retry = (onInterrupt?: (callback: () => void) => void): { first: Promise<Buffer>; tail: Promise<Buffer> } => {
+    const origin = through(handle++, onInterrupt);
+    const first = standby.read(ino, 0, PAGE, origin);
+    return { first, tail: first.then(() => standby.read(ino, PAGE, PAGE, origin)) };
+  };
 
-  // The primary writes WAL; the standby has not applied it yet (its next round does). Another page than the
-  // last read is served at once, as applied, and so are the first polls (the same page reopened, nothing
-  // new here). The next poll waits; the round applies the WAL: it answers with the new bytes.
+  // The primary writes WAL; the standby has not applied it yet (its next round does). The first polls
+  // are served at once; the next one waits; the round applies the WAL: it answers, and the poll reads it.
   const applied = Buffer.from(wal.subarray(PAGE));
   const more = rng.bytes(300);
   more.copy(wal, PAGE + 100);
   await primary.write(segment.ino, PAGE + 100, more);
   await shipped();
-  let handle = 3;
-  const poll = (onInterrupt?: (callback: () => void) => void): Promise<Buffer> => standby.read(ino, PAGE, PAGE, through(handle++, onInterrupt));
-  assert.deepEqual(await poll(), applied);
-  for (let i = 0; i < WAL_POLLS_SERVED; i++) assert.equal(await settledYet(poll()), true, `poll ${i + 1} is served at once`);
-  const waiting = poll();
-  assert.equal(await settledYet(waiting), false, 'the poll waits');
+  for (let i = 0; i < WAL_POLLS_SERVED; i++) {
+    const served = retry();
+    assert.equal(await settledYet(served.first), true, `poll ${i + 1} is served at once`);
+    assert.deepEqual(await served.tail, applied);
+  }
+  const waiting = retry();
+  assert.equal(await settledYet(waiting.first), false, 'the next poll waits');
   assert.ok(await standby.shared.tailer!.poll() > 0, 'the standby applied the new WAL');
-  assert.deepEqual(await waiting, wal.subarray(PAGE), 'the waiting poll answered with the new WAL');
+  assert.deepEqual(await waiting.tail, wal.subarray(PAGE), 'the waiting poll went on with the new WAL');
 
-  // Nothing new since that answer: the next poll waits (the first polls were served already); an
-  // interrupt (a signal for the reader) answers it at once.
+  // Nothing new since: the next poll waits; an interrupt (a signal for the reader) answers it at once.
   let interrupt: (() => void) | undefined;
-  const interrupted = poll((callback) => { interrupt = callback; });
-  assert.equal(await settledYet(interrupted), false, 'waits until interrupted');
+  const interrupted = retry((callback) => { interrupt = callback; });
+  assert.equal(await settledYet(interrupted.first), false, 'waits until interrupted');
   assert.ok(interrupt, 'the waiting read registered for the interrupt');
   interrupt!();
-  assert.deepEqual(await interrupted, wal.subarray(PAGE));
+  assert.deepEqual(await interrupted.tail, wal.subarray(PAGE));
 
   // Nothing happens: it answers after WAL_TAIL_WAIT_MS with the same bytes.
   const startedMs = Date.now();
-  assert.deepEqual(await poll(), wal.subarray(PAGE));
+  assert.deepEqual(await retry().tail, wal.subarray(PAGE));
   assert.ok(Date.now() - startedMs >= WAL_TAIL_WAIT_MS - 5, 'it waited for the time limit');
 });
