@@ -391,9 +391,7 @@ export function serveFuse(fs: FileSystem, mountpoint: string, options: ServeOpti
       case Opcode.INTERRUPT: {
         // A read waiting for the WAL tail answers now; every other operation finishes quickly or must
         // finish (an fsync): let it. INTERRUPT itself gets no reply.
-        const unique = body.readBigUInt64LE(0);
-        interruptCallbacks.get(unique)?.();
-        interruptCallbacks.delete(unique);
+        interruptCallbacks.get(body.readBigUInt64LE(0))?.(); // the read's reply removes it
         return null;
       }
       case Opcode.DESTROY:

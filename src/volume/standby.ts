@@ -400,7 +400,7 @@ export class StandbyVolume implements FileSystem {
     const node = this.nodesByIno.get(ino);
     if (!node) {
       if (this.hidden.has(ino)) throw new FsError('ENOENT', `inode ${ino}`);
-      if (this.gate.isWalFile(ino)) await this.unlessPolling(`${ino}:${Math.floor(position / this.pageBytes)}`, origin);
+      if (this.gate.isWalFile(ino)) await this.waitIfPolling(`${ino}:${Math.floor(position / this.pageBytes)}`, origin);
       return this.shared.read(ino, position, length);
     }
     if ((node.mode & S_IFMT) === S_IFDIR) throw new FsError('EISDIR', node.path);
@@ -557,14 +557,9 @@ export class StandbyVolume implements FileSystem {
   }
 
   /** Notes a WAL read of page `key`; if it is a poll past the first WAL_POLLS_SERVED in a row, waits for WAL first. */
-  private async unlessPolling(key: string, origin: ReadOrigin | undefined): Promise<void> {
+  private async waitIfPolling(key: string, origin: ReadOrigin | undefined): Promise<void> {
     const reads = this.walReads;
-    const sinceWal = (): void => {
-      if (reads.walGeneration === this.gate.walGeneration) return;
-      reads.walGeneration = this.gate.walGeneration;
-      reads.pages.clear();
-    };
-    sinceWal();
+    this.forgetWalReadsIfWalArrived();
     const handle = origin?.handle ?? -1;
     const reopened = handle !== reads.lastHandle;
     const earlier = reads.pages.get(key);
@@ -572,9 +567,16 @@ export class StandbyVolume implements FileSystem {
     if (reopened) reads.polls = poll ? reads.polls + 1 : 0;
     reads.lastHandle = handle;
     if (poll && reads.polls > WAL_POLLS_SERVED) await this.waitForWal(origin);
-    sinceWal(); // what it is answered with
+    this.forgetWalReadsIfWalArrived(); // it is answered with that WAL
     reads.pages.set(key, handle);
     reads.answeredMs = Date.now();
+  }
+
+  /** The pages read since WAL was last applied are all walReads remembers. */
+  private forgetWalReadsIfWalArrived(): void {
+    if (this.walReads.walGeneration === this.gate.walGeneration) return;
+    this.walReads.walGeneration = this.gate.walGeneration;
+    this.walReads.pages.clear();
   }
 
   /** Resolves when WAL arrives, after WAL_TAIL_WAIT_MS, on an interrupt, or at close. Registers for the interrupt at once. */
