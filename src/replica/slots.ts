@@ -32,10 +32,16 @@ export interface ReplicaSlot {
   viewWalLsn?: number;
   /** A PostgreSQL standby's mount: bytes in its private overlay; 0 otherwise. */
   overlayBytes?: number;
+  /**
+   * Files deleted at or after this LSN must stay readable for this reader, whatever its view (0: none).
+   * A standby keeps showing the WAL segments the primary removed until its restart point has passed
+   * them, without holding its whole view (and with it every version the primary rewrites) there.
+   */
+  keepDeletedFromLsn?: number;
 }
 
 // Field offsets in a slot.
-const RS = { magic: 0, viewLsn: 8, viewTimeMs: 16, heartbeatAtMs: 24, pid: 32, host: 40, appliedLsn: 104, viewWalLsn: 112, overlayBytes: 120, crc: REPLICA_SLOT_BYTES - 4 } as const;
+const RS = { magic: 0, viewLsn: 8, viewTimeMs: 16, heartbeatAtMs: 24, pid: 32, host: 40, appliedLsn: 104, viewWalLsn: 112, overlayBytes: 120, keepDeletedFromLsn: 128, crc: REPLICA_SLOT_BYTES - 4 } as const;
 
 function slotOffset(index: number): number {
   return REPLICA_SLOTS_OFFSET + index * REPLICA_SLOT_BYTES;
@@ -49,6 +55,7 @@ export function encodeSlot(slot: Omit<ReplicaSlot, 'index'> | null): Buffer {
     writeU48(buf, RS.appliedLsn, slot.appliedLsn);
     writeU48(buf, RS.viewWalLsn, slot.viewWalLsn ?? 0);
     writeU48(buf, RS.overlayBytes, slot.overlayBytes ?? 0);
+    writeU48(buf, RS.keepDeletedFromLsn, slot.keepDeletedFromLsn ?? 0);
     writeU48(buf, RS.viewTimeMs, slot.viewTimeMs);
     writeU48(buf, RS.heartbeatAtMs, slot.heartbeatAtMs);
     buf.writeUInt32LE(slot.pid, RS.pid);
@@ -70,6 +77,7 @@ export function decodeSlot(buf: Buffer, index: number): ReplicaSlot | null {
     appliedLsn: readU48(buf, RS.appliedLsn),
     viewWalLsn: readU48(buf, RS.viewWalLsn),
     overlayBytes: readU48(buf, RS.overlayBytes),
+    keepDeletedFromLsn: readU48(buf, RS.keepDeletedFromLsn),
     viewTimeMs: readU48(buf, RS.viewTimeMs),
     heartbeatAtMs: readU48(buf, RS.heartbeatAtMs),
   };

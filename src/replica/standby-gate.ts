@@ -40,10 +40,24 @@ const WAL_DIR_SEARCH_DEPTH = 5;
 const APPLY_SLICE_RECORDS = 256;
 
 /**
- * A data record keeps only its head (versions point at their record; the bytes stay on the device), a
- * metadata record its decoded op: neither pins the tailer's read chunk while it waits.
+ * A data record keeps only its head (versions point at their record; the bytes stay on the device) and
+ * the page LSN it writes, a metadata record its decoded op: neither pins the tailer's read chunk while
+ * it waits.
  */
-type HeldRecord = { header: RecordHeader; dataHead: Buffer } | { header: RecordHeader; op: MetaOp };
+type HeldRecord = { header: RecordHeader; dataHead: Buffer; pageLsn: number } | { header: RecordHeader; op: MetaOp };
+
+/** Where PostgreSQL keeps a page's LSN (pd_lsn: xlogid u32, then xrecoff u32, at the page's start). */
+const PAGE_LSN_BYTES = 8;
+
+/**
+ * The page LSN a data record writes: pd_lsn from its bytes when it writes the start of the page, else 0
+ * (unknown). Meaningful for relation files only; the listener knows which files those are.
+ */
+export function writtenPageLsn(payload: Buffer): number {
+  const head = decodeDataHead(payload);
+  if (head.offsetInPage !== 0 || head.length < PAGE_LSN_BYTES) return 0;
+  return payload.readUInt32LE(DATA_BYTES_OFFSET) * 0x1_0000_0000 + payload.readUInt32LE(DATA_BYTES_OFFSET + 4);
+}
 /** `segment`: the WAL segment whose name the op removes (applied once the standby passed it); null: an op queued behind one. */
 interface DeferredUnlink { header: RecordHeader; op: MetaOp; segment: string | null }
 
@@ -74,6 +88,11 @@ export class StandbyGate {
   walGeneration = 0;
   /** Called after each WAL data record is applied. */
   onWalData: () => void = () => undefined;
+  /**
+   * Called after a non-WAL data record (not a cleaner copy) is applied, with the page LSN it wrote (0:
+   * unknown): the page the standby now reads from the shared tree at L.
+   */
+  onSharedPage: (ino: number, pageNo: number, versionLsn: number, pageLsn: number) => void = () => undefined;
 
   /** From the standby's pg_control (PostgreSQL's default until it has written one). */
   walSegmentBytes = DEFAULT_WAL_SEGMENT_BYTES;
@@ -88,11 +107,21 @@ export class StandbyGate {
 
   /**
    * The log LSN at which the non-WAL tree is served (state after every record
-   * below it), and below which the deferred WAL unlinks lie: the primary must
-   * keep every version visible there (the slot's viewLsn).
+   * below it): the primary must keep every version visible there (the slot's
+   * viewLsn). The deferred WAL unlinks do not hold it: see keepDeletedFromLsn.
    */
   viewLsn(consumedLsn: number): number {
-    return Math.min(consumedLsn, this.held[this.heldHead]?.header.lsn ?? Infinity, this.deferred[0]?.header.lsn ?? Infinity);
+    return Math.min(consumedLsn, this.held[this.heldHead]?.header.lsn ?? Infinity);
+  }
+
+  /**
+   * The first deferred WAL unlink's LSN (0: none): the primary keeps every file deleted at or after it
+   * (the slot's keepDeletedFromLsn), so the segments the standby still shows stay readable. Holding the
+   * view there instead kept every page version the primary wrote until the standby's next restart
+   * point (bench-standby: ~90 of the 137 MB three standbys cost the device).
+   */
+  keepDeletedFromLsn(): number {
+    return this.deferred[0]?.header.lsn ?? 0;
   }
 
   private indexWalSubtree(): void {
@@ -126,14 +155,14 @@ export class StandbyGate {
         // A cleaner copy: its version may already be in the state (update its place now, the
         // original place may be reclaimed once we report having consumed this) or still held.
         this.state.applyData(header, payload);
-        if (this.heldCount() > 0) this.held.push({ header, dataHead: Buffer.from(payload.subarray(0, DATA_BYTES_OFFSET)) });
+        if (this.heldCount() > 0) this.held.push({ header, dataHead: Buffer.from(payload.subarray(0, DATA_BYTES_OFFSET)), pageLsn: 0 });
         return;
       }
       if (this.walFiles.has(head.ino)) {
         this.state.applyData(header, payload);
         this.walGeneration++;
         this.onWalData();
-      } else this.hold({ header, dataHead: Buffer.from(payload.subarray(0, DATA_BYTES_OFFSET)) });
+      } else this.hold({ header, dataHead: Buffer.from(payload.subarray(0, DATA_BYTES_OFFSET)), pageLsn: writtenPageLsn(payload) });
       return;
     }
     if (header.type !== RecordType.Meta) return;
@@ -184,9 +213,14 @@ export class StandbyGate {
   }
 
   private applyHeld(record: HeldRecord): void {
-    if ('op' in record) this.state.applyMeta(record.header, record.op);
-    else this.state.applyData(record.header, record.dataHead);
     this.viewTimeMs = record.header.timeMs;
+    if ('op' in record) {
+      this.state.applyMeta(record.header, record.op);
+      return;
+    }
+    this.state.applyData(record.header, record.dataHead);
+    const head = decodeDataHead(record.dataHead);
+    if (head.versionLsn === 0) this.onSharedPage(head.ino, head.pageNo, record.header.lsn, record.pageLsn);
   }
 
   private isWalOp(op: MetaOp): boolean {

@@ -16,7 +16,7 @@ import { readSuperblock } from '../log/superblock';
 import { applyRecord } from '../volume/recovery';
 import { VolumeState } from '../volume/state';
 import { assert } from '../util/errors';
-import { writeSlot } from './slots';
+import { ReplicaSlot, writeSlot } from './slots';
 import { StandbyGate } from './standby-gate';
 
 const log = pino({ name: 'lsnfs-tailer' }, pino.destination(2));
@@ -79,8 +79,8 @@ export class Tailer {
    * (pg_wal/) and which wait for the standby's view (everything else).
    */
   gate: StandbyGate | null = null;
-  /** A standby's own figures for its slot: the database LSN it serves at and its overlay's size. */
-  slotExtras: () => { viewWalLsn: number; overlayBytes: number } = () => ({ viewWalLsn: 0, overlayBytes: 0 });
+  /** A standby's own figures for its slot: the database LSN it serves at, its overlay's size, the deletions it still shows. */
+  slotExtras: () => Pick<ReplicaSlot, 'viewWalLsn' | 'overlayBytes' | 'keepDeletedFromLsn'> = () => ({});
 
   constructor(private state: VolumeState, private readonly options: TailerOptions) {
     this.appliedLsn = options.startLsn;

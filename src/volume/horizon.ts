@@ -1,22 +1,34 @@
 /**
  * The GC horizon: the oldest LSN anyone may still read at. It is the lowest
  * view of the live readers (replicas, snapshots) and the start of the
- * retention window. The primary keeps every version visible at or after it;
- * recovery replays with it so that a restarted primary keeps what readers
+ * retention window. The primary keeps every version visible at or after it,
+ * and every file deleted at or after the lowest keepDeletedFromLsn a live
+ * reader asks for (a standby still showing WAL segments the primary removed);
+ * recovery replays with both so that a restarted primary keeps what readers
  * still need.
  */
 import { BlockDevice } from '../device/device';
-import { liveSlots, readSlots } from '../replica/slots';
+import { ReplicaSlot, liveSlots, readSlots } from '../replica/slots';
 import { CheckpointMark } from './checkpoint';
 import { retentionFloorLsn } from './snapshot';
 
 /** A reader whose heartbeat is older than this no longer holds the horizon. */
 export const DEFAULT_READER_TIMEOUT_MS = 10_000;
 
-export async function readHorizonLsn(
+/** What the primary keeps for readers: versions visible at or after `lsn`, and files deleted at or after `keepDeletedFromLsn`. */
+export interface Horizon { lsn: number; keepDeletedFromLsn: number }
+
+export async function readHorizon(
   device: BlockDevice, checkpoints: CheckpointMark[], retainMs: number, readerTimeoutMs = DEFAULT_READER_TIMEOUT_MS,
-): Promise<number> {
+): Promise<Horizon> {
   const nowMs = Date.now();
-  const readers = liveSlots(await readSlots(device), nowMs, readerTimeoutMs);
-  return Math.min(retentionFloorLsn(checkpoints, retainMs, nowMs), ...readers.map((r) => r.viewLsn));
+  return horizonOf(liveSlots(await readSlots(device), nowMs, readerTimeoutMs), retentionFloorLsn(checkpoints, retainMs, nowMs));
+}
+
+/** The horizon that live readers and the retention window's floor make. */
+export function horizonOf(liveReaders: Array<Pick<ReplicaSlot, 'viewLsn' | 'keepDeletedFromLsn'>>, retentionFloorLsn: number): Horizon {
+  return {
+    lsn: Math.min(retentionFloorLsn, ...liveReaders.map((r) => r.viewLsn)),
+    keepDeletedFromLsn: Math.min(Number.POSITIVE_INFINITY, ...liveReaders.map((r) => r.keepDeletedFromLsn || Number.POSITIVE_INFINITY)),
+  };
 }

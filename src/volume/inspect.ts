@@ -11,7 +11,7 @@ import { CorruptLogError, Recovered, applyRecord, describeStop, loadCheckpoint, 
 import { Inode, VolumeState, isDir, versionLogBytes } from './state';
 import { liveSlots, readSlots } from '../replica/slots';
 import { retentionFloorLsn } from './snapshot';
-import { DEFAULT_READER_TIMEOUT_MS } from './horizon';
+import { DEFAULT_READER_TIMEOUT_MS, horizonOf } from './horizon';
 import { decodeMetaOp } from './meta-ops';
 import { formatPgLsn } from '../pg/control';
 
@@ -58,6 +58,8 @@ export interface ReplicaStatus {
   viewWalLsn: number;
   /** A PostgreSQL standby's mount: bytes held in its private overlay. */
   overlayBytes: number;
+  /** Files deleted at or after this LSN are kept for it (a standby still showing removed WAL segments); 0: none. */
+  keepDeletedFromLsn: number;
   /** False once its heartbeat is older than the timeout: it no longer holds the horizon. */
   live: boolean;
 }
@@ -83,18 +85,20 @@ export async function volumeStatus(device: BlockDevice, replicaTimeoutMs = DEFAU
     lagBytes: Math.max(0, recovered.tailLsn - slot.viewLsn),
     lagMs: slot.viewLsn >= recovered.tailLsn ? 0 : Math.max(0, recovered.lastRecordTimeMs - slot.viewTimeMs),
     heartbeatAt: new Date(slot.heartbeatAtMs).toISOString(), live: live.has(slot.index),
-    viewWalLsn: slot.viewWalLsn ?? 0, overlayBytes: slot.overlayBytes ?? 0,
+    viewWalLsn: slot.viewWalLsn ?? 0, overlayBytes: slot.overlayBytes ?? 0, keepDeletedFromLsn: slot.keepDeletedFromLsn ?? 0,
   }));
   const retentionFloor = retentionFloorLsn(checkpoints, superblock.retainMs, nowMs);
-  const horizon = Math.min(retentionFloor, ...replicas.filter((r) => r.live).map((r) => r.viewLsn));
+  const liveReplicas = replicas.filter((r) => r.live);
+  const { lsn: horizon, keepDeletedFromLsn } = horizonOf(liveReplicas, retentionFloor);
+  const keepsDeleted = (r: ReplicaStatus, lsn: number): boolean => r.keepDeletedFromLsn !== 0 && r.keepDeletedFromLsn <= lsn;
   // Recovery kept tombstones by its own reading of the slots (default timeout) and the checkpoint
   // may hold ones the primary has since dropped: report what the primary keeps at this horizon.
-  recovered.state.setHorizon(horizon);
+  recovered.state.setHorizon(horizon, keepDeletedFromLsn);
   const tombstones: TombstoneStatus[] = [...recovered.state.tombstones.values()].map((t) => ({
     ino: t.inode.ino, name: t.name, deletedAtLsn: t.deletedAtLsn,
     bytes: [...t.inode.pages?.values() ?? []].flat().reduce((sum, v) => sum + versionLogBytes(v), 0),
     heldBy: [
-      ...replicas.filter((r) => r.live && r.viewLsn <= t.deletedAtLsn).map((r) => r.host),
+      ...liveReplicas.filter((r) => r.viewLsn <= t.deletedAtLsn || keepsDeleted(r, t.deletedAtLsn)).map((r) => r.host),
       ...(retentionFloor <= t.deletedAtLsn ? ['retention'] : []),
     ],
   }));

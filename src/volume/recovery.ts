@@ -10,7 +10,7 @@ import { RECORD_FLAG_CHECKPOINT_LAST, RecordHeader, RecordType, Superblock, reco
 import { LogReader, LogRecord, ScanStop } from '../log/log-reader';
 import { LogSpace } from '../log/log-space';
 import { CheckpointMark, deserializeState } from './checkpoint';
-import { readHorizonLsn } from './horizon';
+import { readHorizon } from './horizon';
 import { DurableMarker, readDurableMarker } from '../log/durable-marker';
 import { holderHeartbeats, readHolder } from '../fence/holder-block';
 import { decodeMetaOp } from './meta-ops';
@@ -111,7 +111,9 @@ export async function recover(device: BlockDevice, superblock: Superblock, optio
   const checkpoint = await loadCheckpoint(reader, device.name, superblock.checkpointLsn, superblock.epoch);
   const state = checkpoint.state;
   // Deletions replayed below must keep what live readers and retention still need.
-  state.horizonLsn = await readHorizonLsn(device, [...checkpoint.history, { lsn: superblock.checkpointLsn, timeMs: checkpoint.timeMs }], superblock.retainMs);
+  const horizon = await readHorizon(device, [...checkpoint.history, { lsn: superblock.checkpointLsn, timeMs: checkpoint.timeMs }], superblock.retainMs);
+  state.horizonLsn = horizon.lsn;
+  state.keepDeletedFromLsn = horizon.keepDeletedFromLsn;
   let replayedRecords = 0;
   let lastRecordTimeMs = checkpoint.timeMs;
   let walLsn = checkpoint.walLsn;

@@ -109,6 +109,8 @@ export class StandbyVolume implements FileSystem {
   private readonly nodesByIno = new Map<number, OverlayNode>();
   /** Overlay children by directory path (names), for readdir. */
   private readonly children = new Map<string, Set<string>>();
+  /** Files the standby created that overlay the shared file the primary created at their path, by that file's number. */
+  private readonly boundNodes = new Map<number, OverlayNode>();
   /** Shared inodes the standby deleted or renamed away. */
   private readonly hidden = new Set<number>();
   private nextIno = OVERLAY_INO_BASE;
@@ -124,16 +126,17 @@ export class StandbyVolume implements FileSystem {
   /** Overlay pages dropped because the shared store caught up (logged). */
   private droppedPages = 0;
 
-  constructor(readonly shared: Volume, readonly gate: StandbyGate, private readonly store: PageStore) {
+  constructor(readonly shared: Volume, readonly gate: StandbyGate, private readonly store: PageStore, sweepIntervalMs = OVERLAY_SWEEP_INTERVAL_MS) {
     gate.onWalData = () => this.wakeWalWaiters();
+    gate.onSharedPage = (ino, pageNo, versionLsn, sharedPageLsn) => this.sharedPageApplied(ino, pageNo, versionLsn, sharedPageLsn);
     const tailer = shared.tailer!;
-    tailer.slotExtras = () => ({ viewWalLsn: gate.viewWalLsn, overlayBytes: this.overlayBytes });
+    tailer.slotExtras = () => ({ viewWalLsn: gate.viewWalLsn, overlayBytes: this.overlayBytes, keepDeletedFromLsn: gate.keepDeletedFromLsn() });
     this.sweepTimer = setInterval(() => {
       if (this.sweeping) return;
       this.sweeping = true;
       this.dropCaughtUpPages().catch((error: Error) => log.error({ err: error }, 'overlay sweep failed'))
         .finally(() => { this.sweeping = false; });
-    }, OVERLAY_SWEEP_INTERVAL_MS);
+    }, sweepIntervalMs);
     this.sweepTimer.unref();
   }
 
@@ -243,6 +246,7 @@ export class StandbyVolume implements FileSystem {
 
   private removeNode(node: OverlayNode): void {
     this.detachNode(node);
+    if (node.sharedIno !== null && this.boundNodes.get(node.sharedIno) === node) this.boundNodes.delete(node.sharedIno);
     for (const page of node.pages.values()) this.store.release(page.slot);
     node.pages.clear();
   }
@@ -539,21 +543,45 @@ export class StandbyVolume implements FileSystem {
           const sharedPage = await this.shared.readPage(inode, pageNo);
           if (node.pages.get(pageNo) !== page) return;
           page.comparedVersionLsn = newest;
-          if (pageLsn(sharedPage) < page.pdLsn) return;
-          node.pages.delete(pageNo);
-          this.store.release(page.slot);
-          node.sharedPages.add(pageNo);
-          this.droppedPages++;
+          this.dropIfCaughtUp(node, pageNo, pageLsn(sharedPage));
         });
       }
     }
+  }
+
+  /**
+   * The shared tree (at L) now holds a version of page `pageNo` of shared file `ino` that writes page
+   * LSN `sharedPageLsn` (0: unknown). The standby's own copy of that page leaves the overlay if it is no
+   * newer, as soon as L covers the primary's write: the sweep alone, with its bounded reads, fell behind
+   * a standby that evicts pages faster than it compares them.
+   */
+  private sharedPageApplied(ino: number, pageNo: number, versionLsn: number, sharedPageLsn: number): void {
+    const node = this.nodesByIno.get(ino) ?? this.boundNodes.get(ino);
+    const page = node?.pages.get(pageNo);
+    if (!node || !page || node.sharedIno !== ino || page.pdLsn === 0 || sharedPageLsn === 0) return;
+    page.comparedVersionLsn = versionLsn;
+    if (sharedPageLsn < page.pdLsn) return;
+    // In the file's chain: a write of this page in flight finishes first, and its copy is the one judged.
+    void this.onNode(node, async () => this.dropIfCaughtUp(node, pageNo, sharedPageLsn));
+  }
+
+  /** Drops the overlay copy of a relation page when the shared page at L has a page LSN at least as new (invariant 4). */
+  private dropIfCaughtUp(node: OverlayNode, pageNo: number, sharedPageLsn: number): void {
+    const page = node.pages.get(pageNo);
+    if (!page || page.pdLsn === 0 || sharedPageLsn < page.pdLsn) return;
+    node.pages.delete(pageNo);
+    this.store.release(page.slot);
+    node.sharedPages.add(pageNo);
+    this.droppedPages++;
   }
 
   /** A relation file the standby created itself (replaying its creation) is the file the primary created at that path. */
   private bindCreatedFile(node: OverlayNode): void {
     if (node.sharedIno !== null) return;
     const inode = this.sharedAt(node.path);
-    if (inode && isRegular(inode) && inode.ino >= node.bindFromIno) node.sharedIno = inode.ino;
+    if (!inode || !isRegular(inode) || inode.ino < node.bindFromIno) return;
+    node.sharedIno = inode.ino;
+    this.boundNodes.set(inode.ino, node);
   }
 
   /** Notes a WAL read of page `key`; if it is a poll past the first WAL_POLLS_SERVED in a row, waits for WAL first. */
@@ -610,6 +638,8 @@ export interface StandbyOpenOptions {
   /** Local directory for the private overlay (emptied: a standby mount starts from the shared state). */
   overlayDir: string;
   pollIntervalMs: number;
+  /** How often the background sweep compares overlay pages with the shared store (default OVERLAY_SWEEP_INTERVAL_MS). */
+  overlaySweepIntervalMs?: number;
 }
 
 /**
@@ -631,7 +661,7 @@ export async function openStandby(device: BlockDevice, options: StandbyOpenOptio
       return tailer.gate;
     });
     const store = await PageStore.create(options.overlayDir, shared.pageBytes);
-    return new StandbyVolume(shared, gate, store);
+    return new StandbyVolume(shared, gate, store, options.overlaySweepIntervalMs);
   } catch (error) {
     await shared.close().catch(() => undefined);
     throw error;

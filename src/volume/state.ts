@@ -83,6 +83,8 @@ export class VolumeState {
    * replicas and retention lower it.
    */
   horizonLsn = Number.POSITIVE_INFINITY;
+  /** Files deleted at or after this LSN stay as tombstones whatever the horizon (a standby still shows them). */
+  keepDeletedFromLsn = Number.POSITIVE_INFINITY;
   /**
    * Pages that kept older versions because their newest base was at or above
    * the horizon when it was added, from `pendingTrimsHead` on, in log order of
@@ -258,7 +260,7 @@ export class VolumeState {
     inode.nlink--;
     if (inode.nlink > 0) return;
     this.inodes.delete(ino);
-    if (lsn < this.horizonLsn) this.dropPages(inode, 0);
+    if (!this.keepsDeletion(lsn)) this.dropPages(inode, 0);
     else this.tombstones.set(ino, { inode, deletedAtLsn: lsn, name });
   }
 
@@ -327,9 +329,15 @@ export class VolumeState {
     this.pendingTrims.sort((a, b) => a.baseLsn - b.baseLsn);
   }
 
+  /** Whether a file deleted at `lsn` must stay readable: a reader's view or a standby's deferred WAL unlink is at or before it. */
+  private keepsDeletion(lsn: number): boolean {
+    return lsn >= this.horizonLsn || lsn >= this.keepDeletedFromLsn;
+  }
+
   /** Moves the horizon: drops the versions and tombstones no reader can see any more. */
-  setHorizon(horizonLsn: number): void {
+  setHorizon(horizonLsn: number, keepDeletedFromLsn = Number.POSITIVE_INFINITY): void {
     this.horizonLsn = horizonLsn;
+    this.keepDeletedFromLsn = keepDeletedFromLsn;
     while (this.pendingTrimsHead < this.pendingTrims.length && this.pendingTrims[this.pendingTrimsHead]!.baseLsn < horizonLsn) {
       const { versions } = this.pendingTrims[this.pendingTrimsHead++]!;
       this.queuedPages.delete(versions);
@@ -357,7 +365,7 @@ export class VolumeState {
   /** After the horizon moved: drop the tombstones nobody can read any more. */
   private sweepTombstones(): void {
     for (const [ino, tombstone] of this.tombstones) {
-      if (tombstone.deletedAtLsn >= this.horizonLsn) continue;
+      if (this.keepsDeletion(tombstone.deletedAtLsn)) continue;
       this.dropPages(tombstone.inode, 0);
       this.tombstones.delete(ino);
     }

@@ -27,7 +27,7 @@ import { MetaOp, encodeMetaOp } from './meta-ops';
 import { loadCheckpoint, logSpaceOf, recover } from './recovery';
 import { loadSnapshot } from './snapshot';
 import { Overlay, existingBranchLsn, openOverlay } from './branch';
-import { DEFAULT_READER_TIMEOUT_MS, readHorizonLsn } from './horizon';
+import { DEFAULT_READER_TIMEOUT_MS, readHorizon } from './horizon';
 import { writeDurableMarker } from '../log/durable-marker';
 import { ReplicaSlot, claimSlot, liveSlots, readSlots, writeSlot } from '../replica/slots';
 import { Tailer } from '../replica/tailer';
@@ -335,12 +335,13 @@ export class Volume implements FileSystem {
   /**
    * The GC horizon: the oldest LSN a live replica or snapshot reads at, and
    * the start of the retention window. Versions visible at or after it are
-   * kept; tombstones older than it are dropped.
+   * kept; tombstones older than it are dropped unless a standby still shows
+   * them (keepDeletedFromLsn).
    */
   async updateHorizon(): Promise<void> {
-    const horizon = await readHorizonLsn(this.device, this.checkpoints, this.superblock.retainMs, this.replicaTimeoutMs);
-    if (horizon === this.state.horizonLsn) return;
-    this.state.setHorizon(horizon);
+    const horizon = await readHorizon(this.device, this.checkpoints, this.superblock.retainMs, this.replicaTimeoutMs);
+    if (horizon.lsn === this.state.horizonLsn && horizon.keepDeletedFromLsn === this.state.keepDeletedFromLsn) return;
+    this.state.setHorizon(horizon.lsn, horizon.keepDeletedFromLsn);
   }
 
   /** Live readers that have not yet consumed the log up to `lsn` (the cleaner waits for them). */

@@ -24,8 +24,8 @@ class Feed {
     if (this.gate) this.gate.offer(header, payload);
     else this.state.applyMeta(header, op);
   }
-  data(ino: number, pageNo: number, walLsn: number): void {
-    const payload = encodeDataPayload({ ino, pageNo, offsetInPage: 0, length: PAGE, versionLsn: 0 }, Buffer.alloc(PAGE, 7));
+  data(ino: number, pageNo: number, walLsn: number, page: Buffer = Buffer.alloc(PAGE, 7)): void {
+    const payload = encodeDataPayload({ ino, pageNo, offsetInPage: 0, length: PAGE, versionLsn: 0 }, page);
     const header = this.header(RecordType.Data, payload.length, walLsn);
     if (this.gate) this.gate.offer(header, payload);
     else this.state.applyData(header, payload);
@@ -58,6 +58,7 @@ test('standby gate: pg_wal/ follows the tail, the rest waits for L, removed segm
   assert.deepEqual([...state.inode(3).entries!.keys()].sort(), [SEG_5, '000000010000000000000006'].sort(), 'segment 5 still visible');
   assert.equal(state.inode(4).entries!.has('16384'), false, 'the relation file waits for L');
   assert.equal(gate.viewLsn(feed.lsn), heldFrom, 'the view is the first held record');
+  assert.equal(gate.keepDeletedFromLsn(), feed.lsn - 1024, 'files deleted from the deferred rename on are kept for it');
 
   // The standby replayed past the relation file's tags, but its restart point is still in segment 5.
   gate.advance(5 * SEGMENT + 2 * PAGE, 5 * SEGMENT + 3 * PAGE);
@@ -69,7 +70,46 @@ test('standby gate: pg_wal/ follows the tail, the rest waits for L, removed segm
   assert.deepEqual([...state.inode(3).entries!.keys()], ['000000010000000000000006']);
   assert.equal(state.inodes.has(5), false);
   assert.equal(gate.viewLsn(feed.lsn), feed.lsn, 'nothing held any more');
+  assert.equal(gate.keepDeletedFromLsn(), 0, 'nothing deferred any more');
 });
+
+test('standby gate: a removed segment the standby still shows does not hold its view; the pages L brings in are reported with their page LSN', () => {
+  const state = VolumeState.empty(PAGE, 0o755, 0);
+  const setup = new Feed(state, null);
+  setup.meta({ op: 'create', parent: ROOT_INO, name: 'pgdata', ino: 2, mode: S_IFDIR | 0o700, uid: 0, gid: 0 }, 0);
+  setup.meta({ op: 'create', parent: 2, name: 'pg_wal', ino: 3, mode: S_IFDIR | 0o700, uid: 0, gid: 0 }, 0);
+  setup.meta({ op: 'create', parent: 2, name: 'base', ino: 4, mode: S_IFDIR | 0o700, uid: 0, gid: 0 }, 0);
+  setup.meta({ op: 'create', parent: 3, name: SEG_5, ino: 5, mode: S_IFREG | 0o600, uid: 0, gid: 0 }, 0);
+  setup.meta({ op: 'create', parent: 4, name: '16384', ino: 6, mode: S_IFREG | 0o600, uid: 0, gid: 0 }, 0);
+
+  const gate = new StandbyGate(state, 6 * SEGMENT);
+  const reported: Array<[number, number, number, number]> = [];
+  gate.onSharedPage = (ino, pageNo, versionLsn, pageLsn) => reported.push([ino, pageNo, versionLsn, pageLsn]);
+  const feed = new Feed(state, gate);
+  feed.lsn = setup.lsn;
+  feed.meta({ op: 'unlink', parent: 3, name: SEG_5 }, 6 * SEGMENT);
+  const unlinkLsn = feed.lsn - 512;
+  // Page 0 of the relation file, pd_lsn 6/0x2000 + 0x10, written while L covers it; page 1 after L.
+  feed.data(6, 0, 6 * SEGMENT, pageWithLsn(6 * SEGMENT + 0x10));
+  const secondLsn = feed.lsn;
+  feed.data(6, 1, 6 * SEGMENT + PAGE, pageWithLsn(6 * SEGMENT + PAGE));
+  assert.equal(state.inode(3).entries!.has(SEG_5), true, 'segment 5 still shown: the restart point is before it');
+  assert.equal(gate.keepDeletedFromLsn(), unlinkLsn);
+  assert.equal(gate.viewLsn(feed.lsn), secondLsn, 'the view is the first held record, past the deferred unlink');
+  assert.deepEqual(reported, [[6, 0, secondLsn - 512, 6 * SEGMENT + 0x10]], 'page 0 reported when applied');
+  gate.advance(6 * SEGMENT + PAGE, 0);
+  assert.deepEqual(reported[1], [6, 1, secondLsn, 6 * SEGMENT + PAGE], 'page 1 reported once L covers it');
+  assert.equal(gate.viewLsn(feed.lsn), feed.lsn);
+  assert.equal(gate.keepDeletedFromLsn(), unlinkLsn, 'the unlink still waits for the restart point');
+});
+
+/** A page whose pd_lsn (first 8 bytes: xlogid, xrecoff) is `lsn`. */
+function pageWithLsn(lsn: number): Buffer {
+  const page = Buffer.alloc(PAGE, 7);
+  page.writeUInt32LE(Math.floor(lsn / 0x1_0000_0000), 0);
+  page.writeUInt32LE(lsn % 0x1_0000_0000, 4);
+  return page;
+}
 
 test('standby gate: a big move of L is applied in slices across turns of the event loop, in log order, the view a log prefix throughout', async () => {
   const state = VolumeState.empty(PAGE, 0o755, 0);

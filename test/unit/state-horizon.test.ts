@@ -18,6 +18,9 @@ class Log {
   create(ino: number, name: string): void {
     this.state.applyMeta(this.header(RecordType.Meta, 64), { op: 'create', parent: ROOT_INO, name, ino, mode: S_IFREG | 0o644, uid: 0, gid: 0 });
   }
+  unlink(name: string): void {
+    this.state.applyMeta(this.header(RecordType.Meta, 64), { op: 'unlink', parent: ROOT_INO, name });
+  }
   /** Writes page `pageNo` of `ino` whole (a base version), or `length` bytes at `offset` (a delta). Returns the record's LSN. */
   write(ino: number, pageNo: number, offset = 0, length = PAGE): number {
     const payload = encodeDataPayload({ ino, pageNo, offsetInPage: offset, length, versionLsn: 0 }, Buffer.alloc(length, 1));
@@ -80,4 +83,32 @@ test('versions a checkpoint kept for a reader are dropped once the horizon passe
   loaded.setHorizon(rewrite + 1);
   assert.equal(loaded.inode(2).pages!.get(0)!.length, 1, 'dropped once the horizon passed the rewrite');
   assert.equal(loaded.liveBytes, indexedBytes(loaded));
+});
+
+test('a file deleted at or after keepDeletedFromLsn stays a tombstone after the horizon passed its deletion, until that moves on', () => {
+  const state = VolumeState.empty(PAGE, 0o755, 0);
+  const log = new Log(state);
+  log.create(2, 'kept');
+  log.write(2, 0);
+  log.create(3, 'dropped');
+  log.write(3, 0);
+  state.setHorizon(log.lsn); // a reader holds the view here
+  const deleteDropped = log.lsn;
+  log.unlink('dropped');
+  const deleteKept = log.lsn;
+  log.unlink('kept');
+  assert.deepEqual([...state.tombstones.keys()].sort(), [2, 3], 'both deleted while the reader\'s view is older');
+  // The reader's view moves past both deletions, but it still shows files deleted from deleteKept on.
+  state.setHorizon(log.lsn, deleteKept);
+  assert.deepEqual([...state.tombstones.keys()], [2], 'the one deleted before keepDeletedFromLsn goes');
+  assert.ok(deleteDropped < deleteKept);
+  assert.equal(state.tombstones.get(2)!.inode.pages!.get(0)!.length, 1, 'its page is still there to read');
+  // Deleted after the horizon moved on, still kept.
+  log.create(4, 'later');
+  log.write(4, 0);
+  log.unlink('later');
+  assert.equal(state.tombstones.has(4), true, 'a deletion at or after keepDeletedFromLsn makes a tombstone');
+  state.setHorizon(log.lsn);
+  assert.equal(state.tombstones.size, 0, 'all gone once nobody asks for them');
+  assert.equal(state.liveBytes, indexedBytes(state));
 });

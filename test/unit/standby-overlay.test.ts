@@ -1,0 +1,77 @@
+/**
+ * A standby's overlay copy of a relation page leaves the overlay as soon as
+ * the shared tree (at L) takes a version of that page whose page LSN is at
+ * least the copy's: in process, a primary Volume and a standby on the same
+ * device file, the standby's tailer polled by hand and its background sweep
+ * off, so only the applied record can drop the copy.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import { setImmediate as nextTurn } from 'node:timers/promises';
+import { FileDevice } from '../../src/device/file-device';
+import { readDurableMarker } from '../../src/log/durable-marker';
+import { mkfs } from '../../src/volume/mkfs';
+import { openStandby } from '../../src/volume/standby';
+import { S_IFDIR, S_IFREG } from '../../src/volume/state';
+import { Volume } from '../../src/volume/volume';
+import { tempDevice, tempDir } from '../support/core';
+
+const PAGE = 8192;
+const MiB = 1024 * 1024;
+const RELATION_PATH = '/pgdata/base/5/16384';
+const NEVER_MS = 3_600_000;
+
+/** A relation page whose pd_lsn (xlogid u32, xrecoff u32 at its start) is `lsn`, the rest filled with `fill`. */
+function relationPage(lsn: number, fill: number): Buffer {
+  const page = Buffer.alloc(PAGE, fill);
+  page.writeUInt32LE(Math.floor(lsn / 0x1_0000_0000), 0);
+  page.writeUInt32LE(lsn % 0x1_0000_0000, 4);
+  return page;
+}
+
+test('standby: an overlay page leaves the overlay when the shared page it gets at L is as new (page LSN), and only then', async (t) => {
+  const tmp = tempDir('standby-overlay');
+  t.after(() => tmp.remove());
+  const { path: devicePath, device } = await tempDevice(tmp.dir, 64 * MiB);
+  await mkfs(device);
+  const primary = await Volume.openPrimary(device, { host: 'overlay-primary' });
+  t.after(() => primary.close());
+  for (const dir of ['/pgdata', '/pgdata/pg_wal', '/pgdata/base', '/pgdata/base/5']) await primary.mkdir(dir, S_IFDIR | 0o700, 0, 0);
+  const relation = await primary.create(RELATION_PATH, S_IFREG | 0o600, 0, 0);
+  const primaryWrites = async (page: Buffer): Promise<void> => {
+    await primary.write(relation.ino, 0, page, RELATION_PATH);
+    await primary.sync();
+    while (((await readDurableMarker(device))?.durableLsn ?? 0) < primary.durableLsn) await new Promise((resolve) => setTimeout(resolve, 1));
+  };
+  await primaryWrites(relationPage(0x1000, 1));
+
+  const standby = await openStandby(await FileDevice.open(devicePath, { readOnly: false }), {
+    host: 'overlay-standby', overlayDir: path.join(tmp.dir, 'overlay'), pollIntervalMs: NEVER_MS, overlaySweepIntervalMs: NEVER_MS,
+  });
+  t.after(() => standby.close());
+  const ino = standby.lookupIno(RELATION_PATH);
+  const applyNewRecords = async (): Promise<void> => {
+    assert.ok((await standby.shared.tailer!.poll()) > 0, 'the standby applies the primary\'s write');
+    await nextTurn(); // the drop runs in the file's chain
+  };
+
+  // The standby's replay wrote the page further (LSN 0x3000) and evicted it: its copy is in the overlay.
+  const own = relationPage(0x3000, 3);
+  await standby.write(ino, 0, own, RELATION_PATH);
+  const overlayWithPage = standby.overlayBytes;
+  assert.ok(overlayWithPage > 0);
+
+  // The primary writes an older state of the page (LSN 0x2000): the standby keeps its own copy.
+  await primaryWrites(relationPage(0x2000, 2));
+  await applyNewRecords();
+  assert.equal(standby.overlayBytes, overlayWithPage, 'a shared page older than the copy leaves it in the overlay');
+  assert.deepEqual(await standby.read(ino, 0, PAGE), own);
+
+  // The primary writes the page at the copy's LSN: the copy goes, and the shared page is read.
+  const caughtUp = relationPage(0x3000, 4);
+  await primaryWrites(caughtUp);
+  await applyNewRecords();
+  assert.equal(standby.overlayBytes, 0, 'the copy left the overlay without a sweep');
+  assert.deepEqual(await standby.read(ino, 0, PAGE), caughtUp);
+});
