@@ -1,7 +1,8 @@
 /**
  * A standby's overlay copy of a relation page leaves the overlay as soon as
  * the shared tree (at L) takes a version of that page whose page LSN is at
- * least the copy's: in process, a primary Volume and a standby on the same
+ * least the copy's, and is not stored at all when the shared tree already has
+ * one: in process, a primary Volume and a standby on the same
  * device file, the standby's tailer polled by hand and its background sweep
  * off, so only the applied record can drop the copy.
  */
@@ -30,7 +31,7 @@ function relationPage(lsn: number, fill: number): Buffer {
   return page;
 }
 
-test('standby: an overlay page leaves the overlay when the shared page it gets at L is as new (page LSN), and only then', async (t) => {
+test('standby: an overlay page leaves the overlay when the shared page it gets at L is as new (page LSN), and only then; one written over such a page is not stored', async (t) => {
   const tmp = tempDir('standby-overlay');
   t.after(() => tmp.remove());
   const { path: devicePath, device } = await tempDevice(tmp.dir, 64 * MiB);
@@ -74,4 +75,14 @@ test('standby: an overlay page leaves the overlay when the shared page it gets a
   await applyNewRecords();
   assert.equal(standby.overlayBytes, 0, 'the copy left the overlay without a sweep');
   assert.deepEqual(await standby.read(ino, 0, PAGE), caughtUp);
+
+  // The standby evicts the page at that same LSN (hint bits aside, the state the primary wrote): not stored.
+  await standby.write(ino, 0, relationPage(0x3000, 5), RELATION_PATH);
+  assert.equal(standby.overlayBytes, 0, 'a page the shared store already holds as new is not stored');
+  assert.deepEqual(await standby.read(ino, 0, PAGE), caughtUp);
+  // Replayed further: stored.
+  const further = relationPage(0x4000, 6);
+  await standby.write(ino, 0, further, RELATION_PATH);
+  assert.ok(standby.overlayBytes > 0);
+  assert.deepEqual(await standby.read(ino, 0, PAGE), further);
 });
