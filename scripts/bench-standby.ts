@@ -24,6 +24,7 @@
  * ~40 % of a core for PostgreSQL's 5 ms WAL polls): not the default.
  *
  * Usage (as root): scripts/bench-standby [--scale N] [--duration S] [--clients N] [--split-cpus] [--dir DIR] [--keep] [--json]
+ * --keep also leaves the sampled LSN series in DIR/lag-samples.json.
  * --json prints one object on stdout:
  *   {"replay_lag_ms":{"p50":N,"p99":N},"streaming_lag_ms":{"p50":N,"p99":N},
  *    "create_s":{"lsnfs":N,"basebackup":N,"ratio":R},"storage_ratio_3_standbys":R}
@@ -157,6 +158,11 @@ async function bench(options: BenchOptions): Promise<void> {
     log(`bench: pgbench tpcb-like ${options.duration} s on the primary: ${load.tps} tps`);
     await new Promise((resolve) => setTimeout(resolve, 2000)); // let every standby show the last LSNs
     for (const stop of stoppers.splice(0)) await stop();
+    if (options.keep) {
+      // The raw series, for looking at where the tail comes from (one object per sampler).
+      const series = { primary: primarySampler.samples, streaming: streamingSampler.samples, lsnfs: standbySamplers.map((s) => s.samples) };
+      await fsp.writeFile(path.join(dir, 'lag-samples.json'), JSON.stringify(series));
+    }
     const lsnfsLags = standbySamplers.flatMap((s) => lagsMs(primarySampler.samples, s.samples));
     const streamingLags = lagsMs(primarySampler.samples, streamingSampler.samples);
     log(`bench: ${primarySampler.samples.length} primary samples; lags measured: lsnfs ${lsnfsLags.length}, streaming ${streamingLags.length}`);
