@@ -60,6 +60,8 @@ test('standby: an overlay page leaves the overlay when the shared page it gets a
   // The standby's replay wrote the page further (LSN 0x3000) and evicted it: its copy is in the overlay.
   const own = relationPage(0x3000, 3);
   await standby.write(ino, 0, own, RELATION_PATH);
+  assert.deepEqual(await standby.read(ino, 0, PAGE), own, 'read back before it is stored');
+  await standby.overlaySettled();
   const overlayWithPage = standby.overlayBytes;
   assert.ok(overlayWithPage > 0);
 
@@ -78,11 +80,13 @@ test('standby: an overlay page leaves the overlay when the shared page it gets a
 
   // The standby evicts the page at that same LSN (hint bits aside, the state the primary wrote): not stored.
   await standby.write(ino, 0, relationPage(0x3000, 5), RELATION_PATH);
+  await standby.overlaySettled();
   assert.equal(standby.overlayBytes, 0, 'a page the shared store already holds as new is not stored');
   assert.deepEqual(await standby.read(ino, 0, PAGE), caughtUp);
   // Replayed further: stored.
   const further = relationPage(0x4000, 6);
   await standby.write(ino, 0, further, RELATION_PATH);
+  await standby.overlaySettled();
   assert.ok(standby.overlayBytes > 0);
   assert.deepEqual(await standby.read(ino, 0, PAGE), further);
 });
