@@ -22,6 +22,7 @@
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { setImmediate as nextTurn } from 'node:timers/promises';
+import PQueue from 'p-queue';
 import pino from 'pino';
 import { BlockDevice } from '../device/device';
 import { FsError, UserError } from '../util/errors';
@@ -64,6 +65,12 @@ const RELATION_FILE = /\/(global|base\/\d+|pg_tblspc\/\d+\/[^/]+\/\d+)\/\d+(_(fs
  * page is in memory (see putPage); past this much, a write waits until its page is stored.
  */
 const MAX_UNSTORED_BYTES = 32 * 1024 * 1024;
+/**
+ * Background stores in flight at once. Each is a pwrite in libuv's thread pool (4 threads), which the
+ * device reads that FUSE requests wait for share: a burst of evictions (a restart point writes every
+ * dirty buffer) must not queue ahead of them all.
+ */
+const MAX_STORES_IN_FLIGHT = 2;
 
 interface OverlayPage {
   /** Its handle in the page store. */
@@ -140,6 +147,7 @@ export class StandbyVolume implements FileSystem {
   private unstoredBytes = 0;
   /** Pages being stored in the background (close waits for them). */
   private readonly storing = new Set<Promise<void>>();
+  private readonly storeQueue = new PQueue({ concurrency: MAX_STORES_IN_FLIGHT });
   /** Why storing a page failed (the local disk): later writes fail with it; pages not stored stay in memory. */
   private storeFailure: NodeJS.ErrnoException | null = null;
 
@@ -462,23 +470,28 @@ export class StandbyVolume implements FileSystem {
   }
 
   private async storeInBackground(node: OverlayNode, pageNo: number, entry: OverlayPage, wholeWrite: boolean): Promise<void> {
-    const current = (): boolean => node.pages.get(pageNo) === entry;
     try {
       await nextTurn(); // the write's reply first
-      if (!current()) return;
-      if (wholeWrite && (await this.sharedCaughtUp(node, pageNo, entry.unstored!))) {
-        if (current()) this.fallThrough(node, pageNo);
-        return;
-      }
-      if (!current()) return;
-      await this.store.write(entry.slot, entry.unstored!);
-      entry.unstored = null;
+      await this.storeQueue.add(() => this.storeIfCurrent(node, pageNo, entry, wholeWrite));
     } catch (error) {
       this.storeFailure ??= error as NodeJS.ErrnoException;
       log.error({ err: error, path: node.path, pageNo }, 'storing an overlay page failed; it stays in memory, and further writes fail');
     } finally {
       this.unstoredBytes -= this.pageBytes;
     }
+  }
+
+  /** Stores `entry` unless it is no longer the node's copy of the page (replaced, dropped) or the shared page caught up. */
+  private async storeIfCurrent(node: OverlayNode, pageNo: number, entry: OverlayPage, wholeWrite: boolean): Promise<void> {
+    const current = (): boolean => node.pages.get(pageNo) === entry;
+    if (!current()) return;
+    if (wholeWrite && (await this.sharedCaughtUp(node, pageNo, entry.unstored!))) {
+      if (current()) this.fallThrough(node, pageNo);
+      return;
+    }
+    if (!current()) return;
+    await this.store.write(entry.slot, entry.unstored!);
+    entry.unstored = null;
   }
 
   /** Frees an overlay copy's handle, once a store of it in flight has settled. */

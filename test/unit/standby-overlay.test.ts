@@ -6,14 +6,18 @@
  * device file, the standby's tailer polled by hand and its background sweep
  * off, so only the applied record can drop the copy.
  */
+import { randomBytes } from 'node:crypto';
+import { promises as fsp } from 'node:fs';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { FileDevice } from '../../src/device/file-device';
 import { readDurableMarker } from '../../src/log/durable-marker';
+import { execOk } from '../../src/pg/exec';
+import { FsError } from '../../src/util/errors';
 import { mkfs } from '../../src/volume/mkfs';
-import { openStandby } from '../../src/volume/standby';
+import { StandbyVolume, openStandby } from '../../src/volume/standby';
 import { S_IFDIR, S_IFREG } from '../../src/volume/state';
 import { Volume } from '../../src/volume/volume';
 import { tempDevice, tempDir } from '../support/core';
@@ -89,4 +93,49 @@ test('standby: an overlay page leaves the overlay when the shared page it gets a
   await standby.overlaySettled();
   assert.ok(standby.overlayBytes > 0);
   assert.deepEqual(await standby.read(ino, 0, PAGE), further);
+});
+
+test('standby: when the overlay\'s local disk is full, pages not stored stay readable and later writes fail with ENOSPC', async (t) => {
+  const tmp = tempDir('standby-overlay-full');
+  const overlayDir = path.join(tmp.dir, 'overlay');
+  let primary: Volume | null = null;
+  let standby: StandbyVolume | null = null;
+  let overlayMounted = false;
+  // One cleanup, in order: the overlay's files are closed before its tmpfs goes, and that before the directory.
+  t.after(async () => {
+    await standby?.close();
+    if (overlayMounted) await execOk('umount', [overlayDir]);
+    await primary?.close();
+    tmp.remove();
+  });
+  const { path: devicePath, device } = await tempDevice(tmp.dir, 64 * MiB);
+  await mkfs(device);
+  primary = await Volume.openPrimary(device, { host: 'full-primary' });
+  for (const dir of ['/pgdata', '/pgdata/pg_wal', '/pgdata/base', '/pgdata/base/5']) await primary.mkdir(dir, S_IFDIR | 0o700, 0, 0);
+  await primary.create(RELATION_PATH, S_IFREG | 0o600, 0, 0);
+  await primary.sync();
+  // A real full disk: the overlay on a 64 KiB tmpfs (the tests run as root, for FUSE).
+  await fsp.mkdir(overlayDir);
+  await execOk('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', overlayDir]);
+  overlayMounted = true;
+  const mounted = await openStandby(await FileDevice.open(devicePath, { readOnly: false }), {
+    host: 'full-standby', overlayDir, pollIntervalMs: NEVER_MS, overlaySweepIntervalMs: NEVER_MS,
+  });
+  standby = mounted;
+  const ino = mounted.lookupIno(RELATION_PATH);
+  // Pages that do not deflate (random bytes), stored raw: 64 KiB holds at most 8 of them.
+  const pages = Array.from({ length: 12 }, (_, i) => Buffer.concat([relationPage(0x1000 + i, 0).subarray(0, 8), randomBytes(PAGE - 8)]));
+  let refused: FsError | null = null;
+  for (let i = 0; i < pages.length && !refused; i++) {
+    await mounted.write(ino, i * PAGE, pages[i]!, RELATION_PATH).catch((error: FsError) => { refused = error; });
+    await mounted.overlaySettled();
+  }
+  assert.ok(refused, 'a write after the store failed is refused');
+  assert.equal((refused as FsError).errno, 'ENOSPC', `refused with ${String(refused)}`);
+  assert.match((refused as FsError).message, /overlay/, 'the error names the overlay');
+  for (let i = 0; i < pages.length; i++) {
+    const read = await mounted.read(ino, i * PAGE, PAGE);
+    if (read.length === 0) break; // not written: the writes stopped at the refusal
+    assert.deepEqual(read, pages[i], `page ${i} reads back as written`);
+  }
 });
