@@ -57,8 +57,14 @@ export const WAL_POLLS_SERVED = 2;
 export const WAL_POLL_GAP_MS = 50;
 /** Shared pages read per sweep, so a sweep never floods the device. */
 const SWEEP_PAGE_READS = 512;
-/** Relation data files (base/<db>/<relfilenode>[_fork][.segment], global/…, tablespaces): their pages carry pd_lsn. */
-const RELATION_FILE = /\/(global|base\/\d+|pg_tblspc\/\d+\/[^/]+\/\d+)\/\d+(_(fsm|vm|init))?(\.\d+)?$/;
+/**
+ * Relation files whose pages' pd_lsn orders their states (base/<db>/<relfilenode>[_fork][.segment],
+ * global/…, tablespaces): a page with a newer pd_lsn holds every change of an older one. Not the
+ * visibility map (_vm): PostgreSQL clears its bits without setting the page's LSN, so a standby's copy
+ * can hold clears the primary's copy with the same pd_lsn lacks (dropping it would bring back
+ * "all visible" bits, and index-only scans would return deleted rows). Its pages stay in the overlay.
+ */
+const LSN_ORDERED_FILE = /\/(global|base\/\d+|pg_tblspc\/\d+\/[^/]+\/\d+)\/\d+(_(fsm|init))?(\.\d+)?$/;
 
 /**
  * Bytes of pages the standby wrote that are not in the page store yet. A write is acknowledged once its
@@ -452,9 +458,12 @@ export class StandbyVolume implements FileSystem {
    * (strace, 1.1 ms each). `wholeWrite`: the standby wrote the whole page (an
    * eviction), so it need not be stored if the shared page at L is as new.
    */
-  private putPage(node: OverlayNode, pageNo: number, page: Buffer, wholeWrite: boolean): OverlayPage {
+  private putPage(node: OverlayNode, pageNo: number, page: Buffer, wholeWrite: boolean): Promise<void> {
+    // Removed while this change waited in the file's chain (an unlink of a path with no file open):
+    // nothing could reach the page again.
+    if (!this.attached(node)) return Promise.resolve();
     const entry: OverlayPage = {
-      slot: this.store.allocate(), pdLsn: RELATION_FILE.test(node.path) ? pageLsn(page) : 0, comparedVersionLsn: 0,
+      slot: this.store.allocate(), pdLsn: LSN_ORDERED_FILE.test(node.path) ? pageLsn(page) : 0, comparedVersionLsn: 0,
       unstored: page, stored: Promise.resolve(),
     };
     const old = node.pages.get(pageNo);
@@ -466,7 +475,12 @@ export class StandbyVolume implements FileSystem {
     entry.stored = stored;
     this.storing.add(stored);
     void stored.then(() => this.storing.delete(stored));
-    return entry;
+    return stored;
+  }
+
+  /** The node is in the namespace (removing it released its pages; a rename re-attaches it). */
+  private attached(node: OverlayNode): boolean {
+    return this.nodes.get(node.path) === node;
   }
 
   private async storeInBackground(node: OverlayNode, pageNo: number, entry: OverlayPage, wholeWrite: boolean): Promise<void> {
@@ -483,7 +497,7 @@ export class StandbyVolume implements FileSystem {
 
   /** Stores `entry` unless it is no longer the node's copy of the page (replaced, dropped) or the shared page caught up. */
   private async storeIfCurrent(node: OverlayNode, pageNo: number, entry: OverlayPage, wholeWrite: boolean): Promise<void> {
-    const current = (): boolean => node.pages.get(pageNo) === entry;
+    const current = (): boolean => node.pages.get(pageNo) === entry && this.attached(node);
     if (!current()) return;
     if (wholeWrite && (await this.sharedCaughtUp(node, pageNo, entry.unstored!))) {
       if (current()) this.fallThrough(node, pageNo);
@@ -509,8 +523,10 @@ export class StandbyVolume implements FileSystem {
    */
   private async sharedCaughtUp(node: OverlayNode, pageNo: number, page: Buffer): Promise<boolean> {
     const inode = node.sharedIno !== null ? this.shared.state.inodes.get(node.sharedIno) : undefined;
-    if (!inode?.pages?.has(pageNo) || !RELATION_FILE.test(node.path) || pageLsn(page) === 0) return false;
-    return pageLsn(await this.shared.readPage(inode, pageNo)) >= pageLsn(page);
+    if (!inode?.pages?.has(pageNo) || !LSN_ORDERED_FILE.test(node.path) || pageLsn(page) === 0) return false;
+    // A shared page that cannot be read now (a device error) only means the page is stored.
+    const shared = await this.shared.readPage(inode, pageNo).catch(() => null);
+    return shared !== null && pageLsn(shared) >= pageLsn(page);
   }
 
   /** Page `pageNo` of the node reads from the shared file again (its overlay copy, if any, goes). */
@@ -545,8 +561,8 @@ export class StandbyVolume implements FileSystem {
         const whole = end - start === pageBytes;
         const page = whole ? Buffer.from(data.subarray(start - position, end - position)) : await this.nodePage(node, pageNo);
         if (!whole) data.copy(page, start - pageNo * pageBytes, start - position, end - position);
-        const entry = this.putPage(node, pageNo, page, whole);
-        if (this.unstoredBytes > MAX_UNSTORED_BYTES) await entry.stored;
+        const stored = this.putPage(node, pageNo, page, whole);
+        if (this.unstoredBytes > MAX_UNSTORED_BYTES) await stored;
       }));
       node.size = Math.max(node.size, position + data.length);
       node.mtimeMs = node.ctimeMs = Date.now();
@@ -581,7 +597,7 @@ export class StandbyVolume implements FileSystem {
         // The rest of the boundary page must read as zeros if the file grows again.
         const page = await this.nodePage(node, keepPages - 1);
         page.fill(0, cut);
-        this.putPage(node, keepPages - 1, page, false);
+        void this.putPage(node, keepPages - 1, page, false);
       }
       for (const [pageNo, page] of [...node.pages]) {
         if (pageNo < keepPages) continue;
@@ -620,7 +636,7 @@ export class StandbyVolume implements FileSystem {
   private async sweep(): Promise<void> {
     let reads = 0;
     for (const node of [...this.nodes.values()]) {
-      if (!RELATION_FILE.test(node.path)) continue;
+      if (!LSN_ORDERED_FILE.test(node.path)) continue;
       this.bindCreatedFile(node);
       if (node.sharedIno === null) continue;
       const inode = this.shared.state.inodes.get(node.sharedIno);

@@ -170,10 +170,14 @@ export class VolumeState {
     inode.ctimeMs = header.timeMs;
   }
 
-  /** The cleaner copied a live version forward: only its location changes. */
+  /**
+   * The cleaner copied a live version forward: only its location changes, and only forward. A
+   * standby's gate applies a copy at once and again when its held records drain; a version copied
+   * twice meanwhile must not go back to the first copy's place, which the cleaner has freed.
+   */
   private applyRelocation(head: DataRecordHead, newLoc: number): void {
     const version = this.fileInode(head.ino)?.pages?.get(head.pageNo)?.find((v) => v.versionLsn === head.versionLsn && !v.overlay);
-    if (version) version.loc = newLoc;
+    if (version && newLoc > version.loc) version.loc = newLoc;
   }
 
   applyMeta(header: RecordHeader, op: MetaOp): void {

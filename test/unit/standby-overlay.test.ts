@@ -93,6 +93,21 @@ test('standby: an overlay page leaves the overlay when the shared page it gets a
   await standby.overlaySettled();
   assert.ok(standby.overlayBytes > 0);
   assert.deepEqual(await standby.read(ino, 0, PAGE), further);
+  const withRelationPage = standby.overlayBytes;
+
+  // The visibility map is exempt: PostgreSQL clears its bits without a new page LSN, so a standby's copy
+  // at the shared page's LSN may differ from it in bits that matter. It is stored, and read back as written.
+  const vm = await primary.create(`${RELATION_PATH}_vm`, S_IFREG | 0o600, 0, 0);
+  await primary.write(vm.ino, 0, relationPage(0x5000, 7), `${RELATION_PATH}_vm`);
+  await primary.sync();
+  while (((await readDurableMarker(device))?.durableLsn ?? 0) < primary.durableLsn) await new Promise((resolve) => setTimeout(resolve, 1));
+  await applyNewRecords();
+  const vmIno = standby.lookupIno(`${RELATION_PATH}_vm`);
+  const cleared = relationPage(0x5000, 8);
+  await standby.write(vmIno, 0, cleared, `${RELATION_PATH}_vm`);
+  await standby.overlaySettled();
+  assert.ok(standby.overlayBytes > withRelationPage, 'a visibility map page at the shared page\'s LSN is stored');
+  assert.deepEqual(await standby.read(vmIno, 0, PAGE), cleared);
 });
 
 test('standby: when the overlay\'s local disk is full, pages not stored stay readable and later writes fail with ENOSPC', async (t) => {

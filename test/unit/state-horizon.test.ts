@@ -112,3 +112,22 @@ test('a file deleted at or after keepDeletedFromLsn stays a tombstone after the 
   assert.equal(state.tombstones.size, 0, 'all gone once nobody asks for them');
   assert.equal(state.liveBytes, indexedBytes(state));
 });
+
+test('a relocation applied again after a later one (a standby draining held records) leaves the version at the later copy', () => {
+  const state = VolumeState.empty(PAGE, 0o755, 0);
+  const log = new Log(state);
+  log.create(2, 'moved');
+  const original = log.write(2, 0);
+  /** Applies the cleaner's copy of the version, as a record at `lsn`. */
+  const applyCopyAt = (lsn: number): void => {
+    const payload = encodeDataPayload({ ino: 2, pageNo: 0, offsetInPage: 0, length: PAGE, versionLsn: original }, Buffer.alloc(PAGE, 1));
+    state.applyData({ lsn, epoch: 1, type: RecordType.Data, flags: 0, payloadBytes: payload.length, payloadCrc: 0, timeMs: lsn, durableLsn: 0, walLsn: 0 }, payload);
+  };
+  const firstCopy = log.lsn;
+  const secondCopy = firstCopy + 16 * 1024;
+  applyCopyAt(firstCopy);
+  applyCopyAt(secondCopy);
+  assert.equal(state.inode(2).pages!.get(0)![0]!.loc, secondCopy);
+  applyCopyAt(firstCopy); // applied again: the cleaner has freed its place since the second copy
+  assert.equal(state.inode(2).pages!.get(0)![0]!.loc, secondCopy, 'the location only moves forward');
+});
