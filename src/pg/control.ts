@@ -78,6 +78,14 @@ export function withMinRecoveryPoint(bytes: Buffer, lsn: number, timeline: numbe
 }
 
 /** "0/1500718": PostgreSQL's text form of an LSN. */
+/** Bytes of a page's LSN (pd_lsn) at the start of every PostgreSQL page. */
+export const PAGE_LSN_BYTES = 8;
+
+/** A PostgreSQL page's LSN (pd_lsn: xlogid u32, then xrecoff u32) from the page starting at `offset` of `bytes`. */
+export function pageLsnAt(bytes: Buffer, offset = 0): number {
+  return bytes.readUInt32LE(offset) * 0x1_0000_0000 + bytes.readUInt32LE(offset + 4);
+}
+
 export function formatPgLsn(lsn: number): string {
   return `${Math.floor(lsn / 0x1_0000_0000).toString(16).toUpperCase()}/${(lsn % 0x1_0000_0000).toString(16).toUpperCase()}`;
 }

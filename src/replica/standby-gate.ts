@@ -19,10 +19,10 @@
  * files into or out of pg_wal/.
  */
 import pino from 'pino';
-import { DATA_BYTES_OFFSET, RecordHeader, RecordType, decodeDataHead } from '../log/format';
+import { DATA_BYTES_OFFSET, DataRecordHead, RecordHeader, RecordType, decodeDataHead } from '../log/format';
 import { MetaOp, decodeMetaOp } from '../volume/meta-ops';
 import { Inode, ROOT_INO, VolumeState, isDir } from '../volume/state';
-import { isWalSegmentName, walSegmentStartLsn } from '../pg/control';
+import { PAGE_LSN_BYTES, isWalSegmentName, pageLsnAt, walSegmentStartLsn } from '../pg/control';
 import { DEFAULT_WAL_SEGMENT_BYTES } from '../volume/wal-position';
 
 const log = pino({ name: 'lsnfs-standby-gate' }, pino.destination(2));
@@ -46,17 +46,12 @@ const APPLY_SLICE_RECORDS = 256;
  */
 type HeldRecord = { header: RecordHeader; dataHead: Buffer; pageLsn: number } | { header: RecordHeader; op: MetaOp };
 
-/** Where PostgreSQL keeps a page's LSN (pd_lsn: xlogid u32, then xrecoff u32, at the page's start). */
-const PAGE_LSN_BYTES = 8;
-
 /**
  * The page LSN a data record writes: pd_lsn from its bytes when it writes the start of the page, else 0
  * (unknown). Meaningful for relation files only; the listener knows which files those are.
  */
-export function writtenPageLsn(payload: Buffer): number {
-  const head = decodeDataHead(payload);
-  if (head.offsetInPage !== 0 || head.length < PAGE_LSN_BYTES) return 0;
-  return payload.readUInt32LE(DATA_BYTES_OFFSET) * 0x1_0000_0000 + payload.readUInt32LE(DATA_BYTES_OFFSET + 4);
+function writtenPageLsn(head: DataRecordHead, payload: Buffer): number {
+  return head.offsetInPage === 0 && head.length >= PAGE_LSN_BYTES ? pageLsnAt(payload, DATA_BYTES_OFFSET) : 0;
 }
 /** `segment`: the WAL segment whose name the op removes (applied once the standby passed it); null: an op queued behind one. */
 interface DeferredUnlink { header: RecordHeader; op: MetaOp; segment: string | null }
@@ -162,7 +157,7 @@ export class StandbyGate {
         this.state.applyData(header, payload);
         this.walGeneration++;
         this.onWalData();
-      } else this.hold({ header, dataHead: Buffer.from(payload.subarray(0, DATA_BYTES_OFFSET)), pageLsn: writtenPageLsn(payload) });
+      } else this.hold({ header, dataHead: Buffer.from(payload.subarray(0, DATA_BYTES_OFFSET)), pageLsn: writtenPageLsn(head, payload) });
       return;
     }
     if (header.type !== RecordType.Meta) return;

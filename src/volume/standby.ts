@@ -26,7 +26,7 @@ import PQueue from 'p-queue';
 import pino from 'pino';
 import { BlockDevice } from '../device/device';
 import { FsError, UserError } from '../util/errors';
-import { CONTROL_FILE_SUFFIX, parseControlFile } from '../pg/control';
+import { CONTROL_FILE_SUFFIX, pageLsnAt, parseControlFile } from '../pg/control';
 import { StandbyGate } from '../replica/standby-gate';
 import { AttrChange, DirEntry, FileSystem, ReadOrigin } from './file-system';
 import { PageStore } from './page-store';
@@ -108,11 +108,6 @@ interface OverlayNode {
   pages: Map<number, OverlayPage>;
   /** Page changes of this file run one after another (a partial write reads, patches and stores the page). */
   chain: Promise<void>;
-}
-
-/** pd_lsn: xlogid (u32) then xrecoff (u32), in the page's first 8 bytes. */
-function pageLsn(page: Buffer): number {
-  return page.readUInt32LE(0) * 0x1_0000_0000 + page.readUInt32LE(4);
 }
 
 function parentPath(path: string): string {
@@ -463,7 +458,7 @@ export class StandbyVolume implements FileSystem {
     // nothing could reach the page again.
     if (!this.attached(node)) return Promise.resolve();
     const entry: OverlayPage = {
-      slot: this.store.allocate(), pdLsn: LSN_ORDERED_FILE.test(node.path) ? pageLsn(page) : 0, comparedVersionLsn: 0,
+      slot: this.store.allocate(), pdLsn: LSN_ORDERED_FILE.test(node.path) ? pageLsnAt(page) : 0, comparedVersionLsn: 0,
       unstored: page, stored: Promise.resolve(),
     };
     const old = node.pages.get(pageNo);
@@ -499,7 +494,7 @@ export class StandbyVolume implements FileSystem {
   private async storeIfCurrent(node: OverlayNode, pageNo: number, entry: OverlayPage, wholeWrite: boolean): Promise<void> {
     const current = (): boolean => node.pages.get(pageNo) === entry && this.attached(node);
     if (!current()) return;
-    if (wholeWrite && (await this.sharedCaughtUp(node, pageNo, entry.unstored!))) {
+    if (wholeWrite && (await this.sharedCaughtUp(node, pageNo, entry.pdLsn))) {
       if (current()) this.fallThrough(node, pageNo);
       return;
     }
@@ -515,18 +510,18 @@ export class StandbyVolume implements FileSystem {
   }
 
   /**
-   * Whether the shared file's page at L is at least as new (pd_lsn) as relation page `page` the
-   * standby writes whole: the primary wrote it before the standby evicted it, and it is a state the
+   * Whether the shared file's page at L is at least as new as `pdLsn`, the page LSN of a page the
+   * standby writes whole (0: a page without one, never caught up): the primary wrote it before the standby evicted it, and it is a state the
    * standby's replay passed through (invariant 4), so the page need not be stored. Checked with one
    * read of the shared page before it is stored, rather than left to the sweep, which fell behind:
    * about half of a pgbench standby's evictions are such pages.
    */
-  private async sharedCaughtUp(node: OverlayNode, pageNo: number, page: Buffer): Promise<boolean> {
+  private async sharedCaughtUp(node: OverlayNode, pageNo: number, pdLsn: number): Promise<boolean> {
     const inode = node.sharedIno !== null ? this.shared.state.inodes.get(node.sharedIno) : undefined;
-    if (!inode?.pages?.has(pageNo) || !LSN_ORDERED_FILE.test(node.path) || pageLsn(page) === 0) return false;
+    if (pdLsn === 0 || !inode?.pages?.has(pageNo)) return false;
     // A shared page that cannot be read now (a device error) only means the page is stored.
     const shared = await this.shared.readPage(inode, pageNo).catch(() => null);
-    return shared !== null && pageLsn(shared) >= pageLsn(page);
+    return shared !== null && pageLsnAt(shared) >= pdLsn;
   }
 
   /** Page `pageNo` of the node reads from the shared file again (its overlay copy, if any, goes). */
@@ -653,7 +648,7 @@ export class StandbyVolume implements FileSystem {
           const sharedPage = await this.shared.readPage(inode, pageNo);
           if (node.pages.get(pageNo) !== page) return;
           page.comparedVersionLsn = newest;
-          this.dropIfCaughtUp(node, pageNo, pageLsn(sharedPage));
+          this.dropIfCaughtUp(node, pageNo, pageLsnAt(sharedPage));
         });
       }
     }

@@ -10,6 +10,8 @@ import path from 'node:path';
 
 import { BlockDevice } from '../../src/device/device';
 import { FileDevice } from '../../src/device/file-device';
+import { readDurableMarker } from '../../src/log/durable-marker';
+import type { Volume } from '../../src/volume/volume';
 
 export interface TempDir { dir: string; remove(): void }
 
@@ -218,4 +220,10 @@ export function stopVolumeTimers(volume: object): void {
   const v = volume as { timers?: NodeJS.Timeout[]; heartbeatTimer?: NodeJS.Timeout | null };
   for (const timer of v.timers ?? []) clearInterval(timer);
   if (v.heartbeatTimer) clearInterval(v.heartbeatTimer);
+}
+
+/** Syncs the primary and waits until its durable marker says so: what a replica tailing `device` may apply. */
+export async function untilShipped(primary: Volume, device: BlockDevice): Promise<void> {
+  await primary.sync();
+  while (((await readDurableMarker(device))?.durableLsn ?? 0) < primary.durableLsn) await new Promise((resolve) => setTimeout(resolve, 1));
 }

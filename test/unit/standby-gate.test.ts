@@ -32,13 +32,19 @@ class Feed {
   }
 }
 
-test('standby gate: pg_wal/ follows the tail, the rest waits for L, removed segments stay until the standby passed them', () => {
+/** A state holding /pgdata (ino 2) with pg_wal/ (3), base/ (4) and WAL segment 5 (5), and the feed that made it. */
+function dataDirectory(): { state: VolumeState; setup: Feed } {
   const state = VolumeState.empty(PAGE, 0o755, 0);
   const setup = new Feed(state, null);
   setup.meta({ op: 'create', parent: ROOT_INO, name: 'pgdata', ino: 2, mode: S_IFDIR | 0o700, uid: 0, gid: 0 }, 0);
   setup.meta({ op: 'create', parent: 2, name: 'pg_wal', ino: 3, mode: S_IFDIR | 0o700, uid: 0, gid: 0 }, 0);
   setup.meta({ op: 'create', parent: 2, name: 'base', ino: 4, mode: S_IFDIR | 0o700, uid: 0, gid: 0 }, 0);
   setup.meta({ op: 'create', parent: 3, name: SEG_5, ino: 5, mode: S_IFREG | 0o600, uid: 0, gid: 0 }, 0);
+  return { state, setup };
+}
+
+test('standby gate: pg_wal/ follows the tail, the rest waits for L, removed segments stay until the standby passed them', () => {
+  const { state, setup } = dataDirectory();
 
   const gate = new StandbyGate(state, 5 * SEGMENT);
   const feed = new Feed(state, gate);
@@ -74,12 +80,7 @@ test('standby gate: pg_wal/ follows the tail, the rest waits for L, removed segm
 });
 
 test('standby gate: a removed segment the standby still shows does not hold its view; the pages L brings in are reported with their page LSN', () => {
-  const state = VolumeState.empty(PAGE, 0o755, 0);
-  const setup = new Feed(state, null);
-  setup.meta({ op: 'create', parent: ROOT_INO, name: 'pgdata', ino: 2, mode: S_IFDIR | 0o700, uid: 0, gid: 0 }, 0);
-  setup.meta({ op: 'create', parent: 2, name: 'pg_wal', ino: 3, mode: S_IFDIR | 0o700, uid: 0, gid: 0 }, 0);
-  setup.meta({ op: 'create', parent: 2, name: 'base', ino: 4, mode: S_IFDIR | 0o700, uid: 0, gid: 0 }, 0);
-  setup.meta({ op: 'create', parent: 3, name: SEG_5, ino: 5, mode: S_IFREG | 0o600, uid: 0, gid: 0 }, 0);
+  const { state, setup } = dataDirectory();
   setup.meta({ op: 'create', parent: 4, name: '16384', ino: 6, mode: S_IFREG | 0o600, uid: 0, gid: 0 }, 0);
 
   const gate = new StandbyGate(state, 6 * SEGMENT);

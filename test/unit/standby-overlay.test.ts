@@ -13,14 +13,13 @@ import assert from 'node:assert/strict';
 import path from 'node:path';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { FileDevice } from '../../src/device/file-device';
-import { readDurableMarker } from '../../src/log/durable-marker';
 import { execOk } from '../../src/pg/exec';
 import { FsError } from '../../src/util/errors';
 import { mkfs } from '../../src/volume/mkfs';
 import { StandbyVolume, openStandby } from '../../src/volume/standby';
 import { S_IFDIR, S_IFREG } from '../../src/volume/state';
 import { Volume } from '../../src/volume/volume';
-import { tempDevice, tempDir } from '../support/core';
+import { tempDevice, tempDir, untilShipped } from '../support/core';
 
 const PAGE = 8192;
 const MiB = 1024 * 1024;
@@ -44,10 +43,9 @@ test('standby: an overlay page leaves the overlay when the shared page it gets a
   t.after(() => primary.close());
   for (const dir of ['/pgdata', '/pgdata/pg_wal', '/pgdata/base', '/pgdata/base/5']) await primary.mkdir(dir, S_IFDIR | 0o700, 0, 0);
   const relation = await primary.create(RELATION_PATH, S_IFREG | 0o600, 0, 0);
-  const primaryWrites = async (page: Buffer): Promise<void> => {
-    await primary.write(relation.ino, 0, page, RELATION_PATH);
-    await primary.sync();
-    while (((await readDurableMarker(device))?.durableLsn ?? 0) < primary.durableLsn) await new Promise((resolve) => setTimeout(resolve, 1));
+  const primaryWrites = async (page: Buffer, ino = relation.ino, path = RELATION_PATH): Promise<void> => {
+    await primary.write(ino, 0, page, path);
+    await untilShipped(primary, device);
   };
   await primaryWrites(relationPage(0x1000, 1));
 
@@ -98,9 +96,7 @@ test('standby: an overlay page leaves the overlay when the shared page it gets a
   // The visibility map is exempt: PostgreSQL clears its bits without a new page LSN, so a standby's copy
   // at the shared page's LSN may differ from it in bits that matter. It is stored, and read back as written.
   const vm = await primary.create(`${RELATION_PATH}_vm`, S_IFREG | 0o600, 0, 0);
-  await primary.write(vm.ino, 0, relationPage(0x5000, 7), `${RELATION_PATH}_vm`);
-  await primary.sync();
-  while (((await readDurableMarker(device))?.durableLsn ?? 0) < primary.durableLsn) await new Promise((resolve) => setTimeout(resolve, 1));
+  await primaryWrites(relationPage(0x5000, 7), vm.ino, `${RELATION_PATH}_vm`);
   await applyNewRecords();
   const vmIno = standby.lookupIno(`${RELATION_PATH}_vm`);
   const cleared = relationPage(0x5000, 8);

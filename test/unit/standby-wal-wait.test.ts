@@ -8,13 +8,12 @@ import assert from 'node:assert/strict';
 import path from 'node:path';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { FileDevice } from '../../src/device/file-device';
-import { readDurableMarker } from '../../src/log/durable-marker';
 import type { ReadOrigin } from '../../src/volume/file-system';
 import { mkfs } from '../../src/volume/mkfs';
 import { WAL_POLLS_SERVED, WAL_TAIL_WAIT_MS, openStandby } from '../../src/volume/standby';
 import { S_IFDIR, S_IFREG } from '../../src/volume/state';
 import { Volume } from '../../src/volume/volume';
-import { makeRng, tempDevice, tempDir } from '../support/core';
+import { makeRng, tempDevice, tempDir, untilShipped } from '../support/core';
 
 const PAGE = 8192;
 const MiB = 1024 * 1024;
@@ -48,10 +47,7 @@ test('standby: a WAL poll (the segment reopened and reread, nothing new) waits u
   const wal = Buffer.alloc(2 * PAGE);
   rng.bytes(PAGE + 100).copy(wal);
   await primary.write(segment.ino, 0, wal);
-  const shipped = async (): Promise<void> => {
-    await primary.sync();
-    while (((await readDurableMarker(device))?.durableLsn ?? 0) < primary.durableLsn) await new Promise((resolve) => setTimeout(resolve, 1));
-  };
+  const shipped = (): Promise<void> => untilShipped(primary, device);
   await shipped();
 
   const standby = await openStandby(await FileDevice.open(devicePath, { readOnly: false }), {
