@@ -8,6 +8,13 @@ export interface BlockDevice {
   readonly name: string;
   readonly sizeBytes: number;
   readonly readOnly: boolean;
+  /**
+   * A write to a range never written before makes the host allocate space for
+   * it (a regular file on a filesystem): the flush after it must then commit
+   * the filesystem's journal too. The log writer zero-fills ahead of its tail
+   * on such devices (see LogWriter).
+   */
+  readonly allocatesOnWrite: boolean;
   /** Reads exactly `length` bytes at `offset`; short reads are errors. */
   read(offset: number, length: number): Promise<Buffer>;
   /** Writes all of `data` at `offset`. Not durable until `flush()` resolves. */

@@ -27,6 +27,7 @@ export class FileDevice implements BlockDevice {
     private readonly handle: fsp.FileHandle,
     readonly sizeBytes: number,
     readonly readOnly: boolean,
+    readonly allocatesOnWrite: boolean,
   ) {}
 
   static async open(path: string, options: { readOnly: boolean }): Promise<FileDevice> {
@@ -58,7 +59,7 @@ export class FileDevice implements BlockDevice {
       await handle.close();
       throw new UserError(`device ${path}: not a regular file or block device`);
     }
-    return new FileDevice(path, handle, sizeBytes, options.readOnly);
+    return new FileDevice(path, handle, sizeBytes, options.readOnly, stat.isFile());
   }
 
   /**

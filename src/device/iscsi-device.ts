@@ -265,6 +265,8 @@ export interface IscsiDeviceOptions extends IscsiConnectOptions { readOnly: bool
  * (the covering blocks are read and sliced). flush() is SYNCHRONIZE CACHE.
  */
 export class IscsiDevice implements BlockDevice {
+  /** A LUN's blocks exist before they are written. */
+  readonly allocatesOnWrite = false;
   private readonly queue = new PQueue({ concurrency: ISCSI_MAX_IN_FLIGHT });
 
   private constructor(

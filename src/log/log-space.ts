@@ -1,5 +1,6 @@
 import { BlockDevice } from '../device/device';
 import { assert } from '../util/errors';
+import { FIRST_LSN } from './format';
 
 /**
  * The log's byte range on the device, addressed by LSN. The range is
@@ -15,6 +16,15 @@ export class LogSpace {
     readonly salt: number,
   ) {
     assert(logOffset + logBytes <= device.sizeBytes, 'log extends beyond the device');
+  }
+
+  /**
+   * The end of the log's first lap: the LSNs below it that are above the
+   * tail have never been written on this device (the log starts at FIRST_LSN
+   * on a fresh device and wraps to the start after logBytes).
+   */
+  get firstLapEndLsn(): number {
+    return FIRST_LSN + this.logBytes;
   }
 
   private offsetOf(lsn: number): number {

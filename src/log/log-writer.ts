@@ -24,6 +24,13 @@ const log = pino({ name: 'lsnfs-log' }, pino.destination(2));
 export const MAX_BATCH_BYTES = 4 * 1024 * 1024;
 /** Written-but-not-durable bytes that force a flush even when nobody waits for one. */
 export const MAX_UNFLUSHED_BYTES = 8 * 1024 * 1024;
+/**
+ * On a device that allocates on write (a regular file), the log's first lap
+ * is zero-filled this far ahead of the tail, one chunk after each flush.
+ */
+const ZERO_FILL_AHEAD_BYTES = 16 * 1024 * 1024;
+const ZERO_FILL_CHUNK_BYTES = 1024 * 1024;
+const ZEROS = Buffer.alloc(ZERO_FILL_CHUNK_BYTES);
 
 /**
  * The writer's right to write, asked at two points: before each batch goes to
@@ -60,6 +67,8 @@ export class LogWriter {
   private roomWaiters: Array<() => void> = [];
   private running = false;
   private failure: Error | null = null;
+  /** Everything from the tail up to here holds zeros this writer wrote (see fillAhead). */
+  private zeroFilledEndLsn: number;
 
   constructor(
     private readonly space: LogSpace,
@@ -79,7 +88,7 @@ export class LogWriter {
     private readonly onIdleDurable: (durableLsn: number) => void = () => undefined,
   ) {
     assert(sectorHead.length === startLsn % DEVICE_SECTOR_BYTES, 'sector head must reach the tail');
-    this.tailLsn = this.writtenLsn = this.durableLsn = startLsn;
+    this.tailLsn = this.writtenLsn = this.durableLsn = this.zeroFilledEndLsn = startLsn;
     this.queueStartLsn = startLsn - sectorHead.length;
     if (sectorHead.length > 0) this.queue.push(sectorHead);
   }
@@ -174,6 +183,7 @@ export class LogWriter {
       }
       if (this.queue.length === 0) this.onIdleDurable(target);
       assert(this.queue.length > 0 || this.syncWaiters.every((w) => w.lsn <= this.durableLsn), 'sync waiter beyond the tail');
+      await this.fillAhead();
     }
   }
 
@@ -221,6 +231,33 @@ export class LogWriter {
       this.unwritten.delete(lsn);
     }
     if (this.unwrittenBytes <= MAX_UNWRITTEN_BYTES) for (const wake of this.roomWaiters.splice(0)) wake();
+  }
+
+  /**
+   * Writes zeros ahead of the tail on the log's first lap, where the device
+   * is a regular file that has never held those bytes (PostgreSQL's
+   * wal_init_zero, for the same reason). A write there makes the host
+   * filesystem allocate blocks, so the fdatasync after it commits the
+   * filesystem's journal as well: measured on this machine (ext4, Debian 12),
+   * write+fdatasync of 8 KiB ran ~3200/s into fresh blocks and ~5000/s into
+   * written ones, and into fresh blocks fell to ~1900/s while other processes
+   * kept the other CPU busy (the journal thread waits for a CPU); into written
+   * blocks it did not slow at all. A flush then finds at most one chunk's
+   * allocation to commit, once per chunk instead of once per flush.
+   *
+   * Safe: only bytes at or beyond the tail are written, which no reader may
+   * use (recovery and tailing stop at the first invalid record, and zeros are
+   * one), never past the first lap (beyond it is the live log), and in this
+   * loop, so a batch for those LSNs is written only after the zeros.
+   */
+  private async fillAhead(): Promise<void> {
+    if (!this.space.device.allocatesOnWrite || this.failure) return;
+    const startLsn = Math.max(this.zeroFilledEndLsn, alignUp(this.tailLsn, DEVICE_SECTOR_BYTES));
+    const endLsn = Math.min(startLsn + ZERO_FILL_CHUNK_BYTES, this.space.firstLapEndLsn, this.tailLimitLsn());
+    if (startLsn - this.tailLsn >= ZERO_FILL_AHEAD_BYTES || endLsn <= startLsn) return;
+    await this.guard.beforeWrite();
+    await this.space.write(startLsn, ZEROS.subarray(0, endLsn - startLsn));
+    this.zeroFilledEndLsn = endLsn;
   }
 
   /** Batches end on a sector boundary so that the next batch never rewrites a written sector. */

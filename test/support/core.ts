@@ -112,6 +112,7 @@ export class CrashDevice implements BlockDevice {
   get name(): string { return this.inner.name; }
   get sizeBytes(): number { return this.inner.sizeBytes; }
   get readOnly(): boolean { return this.inner.readOnly; }
+  get allocatesOnWrite(): boolean { return this.inner.allocatesOnWrite; }
 
   private alive(): void {
     if (this.dead) throw new Error('CrashDevice: power is off');

@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
+import { promises as fsp } from 'node:fs';
 
 import { BlockDevice, DEVICE_SECTOR_BYTES } from '../../src/device/device';
 import { FIRST_LSN, RecordType, recordBytes, volumeSalt } from '../../src/log/format';
@@ -141,6 +142,44 @@ test('append many records, sync, scan them back in order', async () => {
     const mid = appended[Math.floor(appended.length / 2)]!;
     const tail = await scanAll(t.reader, mid.lsn, t.writer.tailLsn);
     assertSameRecords(tail.records, appended.slice(appended.indexOf(mid)), 'scan from the middle');
+  } finally {
+    await t.done();
+  }
+});
+
+test('on a regular file the writer zero-fills the log\'s first lap ahead of its tail, and never past it', async () => {
+  const rng = makeRng(SEED ^ 0x2222);
+  // A 3 MiB log in a device with 2 MiB after it: the fill must stop at the end of the lap (beyond it is the
+  // live log's start) and never reach the bytes after the log.
+  const logBytes = 3 * 1024 * 1024;
+  const t = await setup('log-fill-ahead', logBytes, LOG_OFFSET + logBytes + 2 * 1024 * 1024);
+  try {
+    assert.equal(t.device.allocatesOnWrite, true, 'a temp file device allocates on write');
+    const allocatedBytes = async (): Promise<number> => (await fsp.stat(t.device.name)).blocks * 512;
+    /** The fill follows the flush that acknowledged a sync: wait for it. */
+    const allocatedAtLeast = async (bytes: number): Promise<number> => {
+      for (let i = 0; i < 200 && await allocatedBytes() < bytes; i++) await new Promise((r) => setTimeout(r, 10));
+      return allocatedBytes();
+    };
+    assert.ok(await allocatedBytes() < 64 * 1024, 'a fresh device file is sparse');
+    const appended: Appended[] = [];
+    appendRandom(t.writer, rng, 600, appended);
+    await t.writer.sync();
+    // One chunk after the flush: allocated well beyond the few records written.
+    const afterOne = await allocatedAtLeast(1024 * 1024);
+    assert.ok(afterOne >= 1024 * 1024, `one flush zero-fills a chunk ahead (allocated ${afterOne} bytes)`);
+    for (let i = 0; i < 6; i++) {
+      appendRandom(t.writer, rng, 600, appended);
+      await t.writer.sync();
+    }
+    const allocated = await allocatedAtLeast(logBytes);
+    assert.ok(allocated >= logBytes, `the whole first lap is allocated (${allocated} of ${logBytes} bytes)`);
+    assert.ok(allocated <= LOG_OFFSET + logBytes + 64 * 1024, `nothing past the log is written (${allocated} bytes allocated)`);
+    // The records are intact (the fill never wrapped onto the log's start) and the scan stops at the tail.
+    const scan = await scanAll(t.reader, FIRST_LSN);
+    assert.equal(scan.stop.stop, 'no-record');
+    assert.equal(scan.stop.stopLsn, t.writer.tailLsn);
+    assertSameRecords(scan.records, appended, 'records after the fill');
   } finally {
     await t.done();
   }

@@ -32,6 +32,7 @@ class ReadCountingDevice implements BlockDevice {
   get name(): string { return this.inner.name; }
   get sizeBytes(): number { return this.inner.sizeBytes; }
   get readOnly(): boolean { return this.inner.readOnly; }
+  get allocatesOnWrite(): boolean { return this.inner.allocatesOnWrite; }
   read(offset: number, length: number): Promise<Buffer> {
     if (offset >= LOG_OFFSET) this.logReads.push(length);
     else if (offset === DURABLE_MARKER_OFFSET) this.markerReads++;
