@@ -43,7 +43,8 @@ import {
 
 interface BenchOptions { scale: number; duration: number; clients: number; splitCpus: boolean; dir?: string; keep: boolean; json: boolean }
 
-interface Sample { lsn: number; timeMs: number }
+/** `startup`: a standby's startup process's wait event then ("CPU" when it waits for none), for the --keep series. */
+interface Sample { lsn: number; timeMs: number; startup?: string }
 
 /** psql \\watch interval: every sampler is a query stream, and the machine running the bench also runs every server. */
 const SAMPLE_INTERVAL_S = 0.02;
@@ -62,8 +63,8 @@ async function sampler(cluster: PgCluster, dir: string, name: string, sql: strin
     const lines = (partial + chunk.toString()).split('\n');
     partial = lines.pop() ?? '';
     for (const line of lines) {
-      const match = /^([0-9A-F]+\/[0-9A-F]+)\|([\d.]+)$/.exec(line.trim());
-      if (match) samples.push({ lsn: parsePgLsn(match[1]!), timeMs: Number(match[2]) * 1000 });
+      const match = /^([0-9A-F]+\/[0-9A-F]+)\|([\d.]+)(?:\|(.*))?$/.exec(line.trim());
+      if (match) samples.push({ lsn: parsePgLsn(match[1]!), timeMs: Number(match[2]) * 1000, ...(match[3] ? { startup: match[3] } : {}) });
     }
   });
   return {
@@ -146,7 +147,10 @@ async function bench(options: BenchOptions): Promise<void> {
 
     // Replay lag under load.
     const flushSql = "SELECT pg_current_wal_flush_lsn(), extract(epoch FROM clock_timestamp())";
-    const replaySql = "SELECT pg_last_wal_replay_lsn(), extract(epoch FROM clock_timestamp())";
+    // What the startup process waits for at each sample: the lag series (--keep) shows what a standby that
+    // falls behind is doing then (reading pages, writing them, waiting for WAL, ...).
+    const replaySql = "SELECT pg_last_wal_replay_lsn(), extract(epoch FROM clock_timestamp()), " +
+      "(SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU') FROM pg_stat_activity WHERE backend_type = 'startup')";
     const primarySampler = await sampler(primary, dir, 'primary', flushSql);
     await onPrimaryHost(primarySampler.pid);
     const standbySamplers = await Promise.all(standbys.map((s, i) => sampler(s.cluster, dir, `standby-${i}`, replaySql)));
