@@ -67,8 +67,12 @@ const RECORD_BYTES = 8192;
 const FILE_PAGES = 1024;
 const FILE_NAME = 'bench-replica.dat';
 const RECORD_MAGIC = 0x4c53_5242; // "LSRB"
-/** Records written before the lag samples start (the replica and the page cache settle). */
-const LAG_WARMUP_RECORDS = 100;
+/**
+ * Records written before the lag samples start: about a second at this machine's rate, while the
+ * replica's process, just started, still runs its rounds unoptimized and its page cache fills
+ * (instrumented rounds took 8-20 ms in a replica's first second under load, under 1 ms after).
+ */
+const LAG_WARMUP_RECORDS = 2000;
 /** Replicas of the throughput phase. */
 const REPLICA_COUNTS = [0, 1, 3] as const;
 const MAX_REPLICAS = 3;
