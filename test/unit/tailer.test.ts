@@ -11,7 +11,8 @@ import assert from 'node:assert/strict';
 import { BlockDevice } from '../../src/device/device';
 import { FileDevice } from '../../src/device/file-device';
 import { readDurableMarker } from '../../src/log/durable-marker';
-import { DURABLE_MARKER_OFFSET, LOG_OFFSET } from '../../src/log/format';
+import { DURABLE_MARKER_OFFSET, LOG_OFFSET, REPLICA_SLOTS_OFFSET, REPLICA_SLOT_BYTES, REPLICA_SLOT_COUNT } from '../../src/log/format';
+import { readSlots } from '../../src/replica/slots';
 import { mkfs } from '../../src/volume/mkfs';
 import { S_IFREG } from '../../src/volume/state';
 import { Volume } from '../../src/volume/volume';
@@ -42,6 +43,36 @@ class ReadCountingDevice implements BlockDevice {
   flush(): Promise<void> { return this.inner.flush(); }
   close(): Promise<void> { return this.inner.close(); }
   reset(): void { this.logReads = []; this.markerReads = 0; }
+}
+
+/** A device whose slot writes wait while `closed`: a slot write stuck behind another host's writes. */
+class SlowSlotDevice implements BlockDevice {
+  closed = false;
+  slotWritesWaiting = 0;
+  private waiters: Array<() => void> = [];
+  constructor(private readonly inner: BlockDevice) {}
+  get name(): string { return this.inner.name; }
+  get sizeBytes(): number { return this.inner.sizeBytes; }
+  get readOnly(): boolean { return this.inner.readOnly; }
+  get allocatesOnWrite(): boolean { return this.inner.allocatesOnWrite; }
+  read(offset: number, length: number): Promise<Buffer> { return this.inner.read(offset, length); }
+  async write(offset: number, data: Uint8Array): Promise<void> {
+    const isSlot = offset >= REPLICA_SLOTS_OFFSET && offset < REPLICA_SLOTS_OFFSET + REPLICA_SLOT_COUNT * REPLICA_SLOT_BYTES;
+    if (isSlot && this.closed) {
+      this.slotWritesWaiting++;
+      await new Promise<void>((resolve) => this.waiters.push(resolve));
+      this.slotWritesWaiting--;
+    }
+    return this.inner.write(offset, data);
+  }
+  open(): void { this.closed = false; for (const wake of this.waiters.splice(0)) wake(); }
+  flush(): Promise<void> { return this.inner.flush(); }
+  close(): Promise<void> { return this.inner.close(); }
+}
+
+/** `promise`, or 'pending' if it has not settled within `ms`. */
+function within<T>(promise: Promise<T>, ms: number): Promise<T | 'pending'> {
+  return Promise.race([promise, new Promise<'pending'>((resolve) => setTimeout(() => resolve('pending'), ms))]);
 }
 
 /** Waits until the primary's durable marker on the device covers `lsn` (it is written just after the flush). */
@@ -102,6 +133,48 @@ test('tailer: an idle round reads one small chunk and no marker; catching up gro
       assert.ok(counting.logReads.every((bytes) => bytes <= IDLE_READ_BYTES), `idle again: ${JSON.stringify(counting.logReads)}`);
     } finally {
       await replica.close();
+      await primary.close();
+    }
+  } finally {
+    tmp.remove();
+  }
+});
+
+test('tailer: rounds go on while a slot write waits; closing waits for it, then frees the slot', async () => {
+  const tmp = tempDir('tailer-slot');
+  try {
+    const { path, device } = await tempDevice(tmp.dir, 64 * MiB);
+    await mkfs(device);
+    const primary = await Volume.openPrimary(device, { host: 'tailer-primary' });
+    const rng = makeRng(SEED ^ 0x77);
+    const inode = await primary.create('/f', S_IFREG | 0o644, 0, 0);
+    const slow = new SlowSlotDevice(await FileDevice.open(path, { readOnly: false }));
+    const replica = await Volume.openReader(slow, { host: 'tailer-slot-replica', role: 'replica', pollIntervalMs: 3_600_000 });
+    let closed = false;
+    try {
+      slow.closed = true;
+      for (let round = 0; round < 3; round++) {
+        const data = rng.bytes(PAGE);
+        await primary.write(inode.ino, round * PAGE, data);
+        await primary.sync();
+        await markerCovers(device, primary.durableLsn);
+        // Past the slot's minimum publish interval, so that this round publishes its view.
+        await new Promise((resolve) => setTimeout(resolve, 30));
+        const applied = await within(replica.tailer!.poll(), 2000);
+        assert.ok(applied !== 'pending' && applied > 0, `round ${round} waited for its slot write ${ctx}`);
+        assert.ok((await replica.read(inode.ino, round * PAGE, PAGE)).equals(data), `round ${round} applied the write`);
+        assert.equal(slow.slotWritesWaiting, 1, 'one slot write in flight at a time');
+      }
+      const closing = replica.close();
+      assert.equal(await within(closing, 200), 'pending', 'close went on while a slot write was in flight');
+      slow.open();
+      await closing;
+      closed = true;
+      const slots = await readSlots(device);
+      assert.ok(!slots.some((slot) => slot.host === 'tailer-slot-replica'), `the closed replica's slot is free: ${JSON.stringify(slots)}`);
+    } finally {
+      slow.open();
+      if (!closed) await replica.close();
       await primary.close();
     }
   } finally {
