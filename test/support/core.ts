@@ -112,7 +112,8 @@ export class CrashDevice implements BlockDevice {
   get name(): string { return this.inner.name; }
   get sizeBytes(): number { return this.inner.sizeBytes; }
   get readOnly(): boolean { return this.inner.readOnly; }
-  get allocatesOnWrite(): boolean { return this.inner.allocatesOnWrite; }
+  /** A disk's sectors exist before they are written (and a 1 MiB zero-fill would fill the cache with 2048 sectors). */
+  readonly allocatesOnWrite = false;
 
   private alive(): void {
     if (this.dead) throw new Error('CrashDevice: power is off');
