@@ -439,7 +439,7 @@ class SlotSampler {
         await handle.read(buf, 0, buf.length, REPLICA_SLOTS_OFFSET);
         for (let index = 0; index < slots; index++) {
           const slot = decodeSlot(buf.subarray(index * REPLICA_SLOT_BYTES, (index + 1) * REPLICA_SLOT_BYTES), index);
-          if (!slot) continue;
+          if (!slot || slot === 'damaged') continue; // free, or caught mid-write: the next sample has it
           const before = last.get(slot.host);
           if (before && slot.appliedLsn > before.appliedLsn) {
             if (!this.applies.has(slot.host)) this.applies.set(slot.host, []);

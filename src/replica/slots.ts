@@ -10,6 +10,8 @@ import { crc32c } from '../util/crc32c';
 import { REPLICA_SLOTS_OFFSET, REPLICA_SLOT_BYTES, REPLICA_SLOT_COUNT, readU48, writeU48 } from '../log/format';
 
 const SLOT_MAGIC = Buffer.from('LSNFS-RP', 'ascii');
+/** A reader rewrites its slot at least this often, as its heartbeat. */
+export const SLOT_HEARTBEAT_MS = 200;
 const HOST_BYTES = 64;
 
 export interface ReplicaSlot {
@@ -65,9 +67,10 @@ export function encodeSlot(slot: Omit<ReplicaSlot, 'index'> | null): Buffer {
   return buf;
 }
 
-export function decodeSlot(buf: Buffer, index: number): ReplicaSlot | null {
+/** A slot's bytes: null when free (no magic), 'damaged' when its checksum fails. */
+export function decodeSlot(buf: Buffer, index: number): ReplicaSlot | null | 'damaged' {
   if (!buf.subarray(0, 8).equals(SLOT_MAGIC)) return null;
-  if (buf.readUInt32LE(RS.crc) !== crc32c(buf.subarray(0, RS.crc))) return null;
+  if (buf.readUInt32LE(RS.crc) !== crc32c(buf.subarray(0, RS.crc))) return 'damaged';
   const hostBytes = buf.subarray(RS.host, RS.host + HOST_BYTES);
   return {
     index,
@@ -83,14 +86,46 @@ export function decodeSlot(buf: Buffer, index: number): ReplicaSlot | null {
   };
 }
 
-export async function readSlots(device: BlockDevice): Promise<ReplicaSlot[]> {
-  const area = await device.read(REPLICA_SLOTS_OFFSET, REPLICA_SLOT_COUNT * REPLICA_SLOT_BYTES);
-  const slots: ReplicaSlot[] = [];
-  for (let index = 0; index < REPLICA_SLOT_COUNT; index++) {
-    const slot = decodeSlot(area.subarray(index * REPLICA_SLOT_BYTES, (index + 1) * REPLICA_SLOT_BYTES), index);
-    if (slot) slots.push(slot);
+/**
+ * Reads of the slot area after one that found a slot failing its checksum.
+ * A read that races the owner's rewrite of its slot can see it half written
+ * (buffered reads of a file do not wait for a 512-byte write in progress, and
+ * a target's backing file is no different), and one made of the slot area a
+ * moment later sees it whole.
+ */
+const DAMAGED_SLOT_REREADS = 5;
+
+/**
+ * The slots in use, and those still failing their checksum after
+ * DAMAGED_SLOT_REREADS more reads. A damaged slot may be a live reader's:
+ * the horizon must not move past it, the cleaner must wait for it, and no
+ * new reader may take it.
+ */
+export async function readSlotArea(device: BlockDevice): Promise<{ slots: ReplicaSlot[]; damaged: number[] }> {
+  for (let reread = 0; ; reread++) {
+    const area = await device.read(REPLICA_SLOTS_OFFSET, REPLICA_SLOT_COUNT * REPLICA_SLOT_BYTES);
+    const slots: ReplicaSlot[] = [];
+    const damaged: number[] = [];
+    for (let index = 0; index < REPLICA_SLOT_COUNT; index++) {
+      const slot = decodeSlot(area.subarray(index * REPLICA_SLOT_BYTES, (index + 1) * REPLICA_SLOT_BYTES), index);
+      if (slot === 'damaged') damaged.push(index);
+      else if (slot) slots.push(slot);
+    }
+    if (damaged.length === 0 || reread >= DAMAGED_SLOT_REREADS) return { slots, damaged };
+    await new Promise((resolve) => setTimeout(resolve, 1));
   }
-  return slots;
+}
+
+/** The slots in use, for naming hosts and reporting (a slot that stays damaged is left out). */
+export async function readSlots(device: BlockDevice): Promise<ReplicaSlot[]> {
+  return (await readSlotArea(device)).slots;
+}
+
+/** What the primary logs while a slot stays damaged. */
+export function describeDamagedSlots(device: BlockDevice, damaged: number[]): string {
+  return `device ${device.name}: replica slot ${damaged.join(', ')} (byte ${slotOffset(damaged[0]!)}) failed its checksum on ` +
+    `${DAMAGED_SLOT_REREADS + 1} reads; the reader there cannot be accounted for, so nothing it may read is reclaimed until the ` +
+    `slot reads whole (a live reader rewrites it every ${SLOT_HEARTBEAT_MS} ms)`;
 }
 
 /** A replica is live while its heartbeat is younger than the timeout. */
@@ -103,10 +138,11 @@ export function liveSlots(slots: ReplicaSlot[], nowMs: number, heartbeatTimeoutM
  * else the one with the oldest heartbeat if that is older than the timeout.
  */
 export async function claimSlot(device: BlockDevice, host: string, heartbeatTimeoutMs: number): Promise<number> {
-  const slots = await readSlots(device);
+  const { slots, damaged } = await readSlotArea(device);
   const own = slots.find((slot) => slot.host === host);
   if (own) return own.index;
-  const used = new Set(slots.map((slot) => slot.index));
+  // A damaged slot may be a live reader's: never taken.
+  const used = new Set([...slots.map((slot) => slot.index), ...damaged]);
   for (let index = 0; index < REPLICA_SLOT_COUNT; index++) if (!used.has(index)) return index;
   const stale = slots.filter((slot) => Date.now() - slot.heartbeatAtMs > heartbeatTimeoutMs)
     .sort((a, b) => a.heartbeatAtMs - b.heartbeatAtMs)[0];

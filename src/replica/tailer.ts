@@ -16,7 +16,7 @@ import { readSuperblock } from '../log/superblock';
 import { applyRecord } from '../volume/recovery';
 import { VolumeState } from '../volume/state';
 import { assert } from '../util/errors';
-import { ReplicaSlot, writeSlot } from './slots';
+import { ReplicaSlot, SLOT_HEARTBEAT_MS, writeSlot } from './slots';
 import { StandbyGate } from './standby-gate';
 
 const log = pino({ name: 'lsnfs-tailer' }, pino.destination(2));
@@ -31,8 +31,6 @@ const IDLE_READ_BYTES = 8 * 1024;
 const MAX_READ_BYTES = 4 * 1024 * 1024;
 /** Records buffered per poll before applying (bounds memory while catching up). */
 const MAX_PENDING_BYTES = 16 * 1024 * 1024;
-/** The slot is rewritten at least this often, as the reader's heartbeat. */
-export const SLOT_HEARTBEAT_MS = 200;
 /**
  * A moved view is published at most this often: under load nearly every round
  * applies records, and a slot write per 5 ms round buys nothing -- the primary

@@ -110,8 +110,7 @@ export class Cleaner {
     // whose heartbeat stops is no longer waited for).
     const copiesEndLsn = this.writer.tailLsn;
     for (;;) {
-      const behind = await volume.readersBehind(copiesEndLsn);
-      if (behind.length === 0) break;
+      if (!(await volume.readerBehind(copiesEndLsn))) break;
       if (this.stopped) return false;
       await new Promise((resolve) => setTimeout(resolve, READER_WAIT_POLL_MS));
     }

@@ -8,7 +8,7 @@
  * still need.
  */
 import { BlockDevice } from '../device/device';
-import { ReplicaSlot, liveSlots, readSlots } from '../replica/slots';
+import { ReplicaSlot, liveSlots, readSlotArea } from '../replica/slots';
 import { CheckpointMark } from './checkpoint';
 import { retentionFloorLsn } from './snapshot';
 
@@ -18,11 +18,14 @@ export const DEFAULT_READER_TIMEOUT_MS = 10_000;
 /** What the primary keeps for readers: versions visible at or after `lsn`, and files deleted at or after `keepDeletedFromLsn`. */
 export interface Horizon { lsn: number; keepDeletedFromLsn: number }
 
+/** The horizon now; `damaged` (the slot indexes) when a slot cannot be read whole: its reader may hold it lower. */
 export async function readHorizon(
   device: BlockDevice, checkpoints: CheckpointMark[], retainMs: number, readerTimeoutMs = DEFAULT_READER_TIMEOUT_MS,
-): Promise<Horizon> {
+): Promise<Horizon | { damaged: number[] }> {
   const nowMs = Date.now();
-  return horizonOf(liveSlots(await readSlots(device), nowMs, readerTimeoutMs), retentionFloorLsn(checkpoints, retainMs, nowMs));
+  const { slots, damaged } = await readSlotArea(device);
+  if (damaged.length > 0) return { damaged };
+  return horizonOf(liveSlots(slots, nowMs, readerTimeoutMs), retentionFloorLsn(checkpoints, retainMs, nowMs));
 }
 
 /** The horizon that live readers and the retention window's floor make. */

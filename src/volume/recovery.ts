@@ -112,8 +112,9 @@ export async function recover(device: BlockDevice, superblock: Superblock, optio
   const state = checkpoint.state;
   // Deletions replayed below must keep what live readers and retention still need.
   const horizon = await readHorizon(device, [...checkpoint.history, { lsn: superblock.checkpointLsn, timeMs: checkpoint.timeMs }], superblock.retainMs);
-  state.horizonLsn = horizon.lsn;
-  state.keepDeletedFromLsn = horizon.keepDeletedFromLsn;
+  // A damaged slot's reader may read anything: keep it all until the horizon can be read (the primary rereads it).
+  state.horizonLsn = 'damaged' in horizon ? 0 : horizon.lsn;
+  state.keepDeletedFromLsn = 'damaged' in horizon ? 0 : horizon.keepDeletedFromLsn;
   let replayedRecords = 0;
   let lastRecordTimeMs = checkpoint.timeMs;
   let walLsn = checkpoint.walLsn;

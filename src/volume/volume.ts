@@ -29,7 +29,7 @@ import { loadSnapshot } from './snapshot';
 import { Overlay, existingBranchLsn, openOverlay } from './branch';
 import { DEFAULT_READER_TIMEOUT_MS, readHorizon } from './horizon';
 import { writeDurableMarker } from '../log/durable-marker';
-import { ReplicaSlot, claimSlot, liveSlots, readSlots, writeSlot } from '../replica/slots';
+import { claimSlot, describeDamagedSlots, liveSlots, readSlotArea, writeSlot } from '../replica/slots';
 import { Tailer } from '../replica/tailer';
 import { WalPositionTracker } from './wal-position';
 import type { AttrChange, DirEntry, FileSystem } from './file-system';
@@ -104,6 +104,8 @@ export class Volume implements FileSystem {
   private checkpointEndLsn: number;
   private markerWrite: Promise<void> = Promise.resolve();
   private closed = false;
+  /** The damaged slots last warned about (updateHorizon), so that a lasting damage is said once. */
+  private damagedSlotsLogged: string | null = null;
   readonly cleaner: Cleaner | null;
   /** Checkpoints still in the log, oldest first, the newest last. */
   checkpoints: CheckpointMark[];
@@ -340,14 +342,22 @@ export class Volume implements FileSystem {
    */
   async updateHorizon(): Promise<void> {
     const horizon = await readHorizon(this.device, this.checkpoints, this.superblock.retainMs, this.replicaTimeoutMs);
+    if ('damaged' in horizon) {
+      // Kept where it was (it only moves on once every reader can be accounted for); said once per damage.
+      const damage = describeDamagedSlots(this.device, horizon.damaged);
+      if (damage !== this.damagedSlotsLogged) log.warn(damage);
+      this.damagedSlotsLogged = damage;
+      return;
+    }
+    this.damagedSlotsLogged = null;
     if (horizon.lsn === this.state.horizonLsn && horizon.keepDeletedFromLsn === this.state.keepDeletedFromLsn) return;
     this.state.setHorizon(horizon.lsn, horizon.keepDeletedFromLsn);
   }
 
-  /** Live readers that have not yet consumed the log up to `lsn` (the cleaner waits for them). */
-  async readersBehind(lsn: number): Promise<ReplicaSlot[]> {
-    const readers = liveSlots(await readSlots(this.device), Date.now(), this.replicaTimeoutMs);
-    return readers.filter((r) => r.appliedLsn < lsn);
+  /** Whether a live reader has not yet consumed the log up to `lsn` (the cleaner waits for it); a damaged slot's reader may not have. */
+  async readerBehind(lsn: number): Promise<boolean> {
+    const { slots, damaged } = await readSlotArea(this.device);
+    return damaged.length > 0 || liveSlots(slots, Date.now(), this.replicaTimeoutMs).some((r) => r.appliedLsn < lsn);
   }
 
   // -------------------------------------------------------------------------

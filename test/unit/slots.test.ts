@@ -1,0 +1,81 @@
+/**
+ * Reader slots read while their owners rewrite them: a read that races a
+ * write can see a slot half written (its checksum fails). Such a slot must
+ * never pass for a free one: the horizon would leave its reader out and let
+ * the primary reclaim what it reads, and a new reader could take its slot.
+ * The device here damages the slot area's bytes in the reads it serves, as a
+ * racing read would see them; the bytes on the device stay whole.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+
+import { BlockDevice } from '../../src/device/device';
+import { REPLICA_SLOTS_OFFSET, REPLICA_SLOT_BYTES } from '../../src/log/format';
+import { claimSlot, describeDamagedSlots, readSlotArea, readSlots, writeSlot } from '../../src/replica/slots';
+import { readHorizon } from '../../src/volume/horizon';
+import { tempDevice, tempDir } from '../support/core';
+
+const MiB = 1024 * 1024;
+
+/** Flips a byte of slot `slot` in the next `reads` reads of the slot area it serves. */
+class TornSlotReads implements BlockDevice {
+  slot = 0;
+  reads = 0;
+  slotAreaReads = 0;
+  constructor(private readonly inner: BlockDevice) {}
+  get name(): string { return this.inner.name; }
+  get sizeBytes(): number { return this.inner.sizeBytes; }
+  get readOnly(): boolean { return this.inner.readOnly; }
+  get allocatesOnWrite(): boolean { return this.inner.allocatesOnWrite; }
+  async read(offset: number, length: number): Promise<Buffer> {
+    const buf = await this.inner.read(offset, length);
+    const at = REPLICA_SLOTS_OFFSET + this.slot * REPLICA_SLOT_BYTES + 100 - offset;
+    if (offset === REPLICA_SLOTS_OFFSET) this.slotAreaReads++;
+    if (this.reads > 0 && at >= 0 && at < length) {
+      this.reads--;
+      buf[at]! ^= 0xff;
+    }
+    return buf;
+  }
+  write(offset: number, data: Uint8Array): Promise<void> { return this.inner.write(offset, data); }
+  flush(): Promise<void> { return this.inner.flush(); }
+  close(): Promise<void> { return this.inner.close(); }
+}
+
+const reader = (host: string, viewLsn: number) => ({
+  host, pid: 1, viewLsn, appliedLsn: viewLsn, viewTimeMs: Date.now(), heartbeatAtMs: Date.now(),
+});
+
+test('a slot read half written is read again; one that stays damaged holds the horizon and the cleaner, is named, and is never taken', async () => {
+  const tmp = tempDir('slots');
+  const { device: file } = await tempDevice(tmp.dir, 4 * MiB);
+  const device = new TornSlotReads(file);
+  try {
+    await writeSlot(device, 0, reader('lagging', 5000));
+    await writeSlot(device, 1, reader('recent', 90_000));
+
+    // A torn read or two: the next reads see the slot whole.
+    device.reads = 2;
+    const slots = await readSlots(device);
+    assert.deepEqual(slots.map((slot) => [slot.host, slot.viewLsn]), [['lagging', 5000], ['recent', 90_000]]);
+    assert.equal(device.slotAreaReads, 3, 'two rereads');
+    device.reads = 3;
+    assert.deepEqual(await readHorizon(device, [], 0), { lsn: 5000, keepDeletedFromLsn: Number.POSITIVE_INFINITY }, 'the horizon holds for the slot read torn');
+
+    // Damaged in every read: no horizon (the primary keeps the one it had) but the slot that stops it, and a
+    // cleaner would wait.
+    device.reads = 1000;
+    assert.deepEqual(await readHorizon(device, [], 0), { damaged: [0] });
+    device.reads = 1000;
+    assert.match(describeDamagedSlots(device, (await readSlotArea(device)).damaged), /device .*device\.img: replica slot 0 \(byte 16384\) failed its checksum/);
+    // Where slots only name hosts, the damaged one is left out ...
+    device.reads = 1000;
+    assert.deepEqual((await readSlots(device)).map((slot) => slot.host), ['recent']);
+    // ... and a new reader never takes it.
+    device.reads = 1000;
+    assert.equal(await claimSlot(device, 'newcomer', 10_000), 2);
+  } finally {
+    await file.close();
+    tmp.remove();
+  }
+});
