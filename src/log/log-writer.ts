@@ -71,6 +71,8 @@ export class LogWriter {
   private failure: Error | null = null;
   /** Everything from the tail up to here holds zeros this writer wrote (see fillAhead). */
   private zeroFilledEndLsn: number;
+  /** No more zero-filling: the volume is closing (nothing may be written after its last flush), or a fill failed. */
+  private fillStopped = false;
 
   constructor(
     private readonly space: LogSpace,
@@ -253,13 +255,28 @@ export class LogWriter {
    * loop, so a batch for those LSNs is written only after the zeros.
    */
   private async fillAhead(): Promise<void> {
-    if (!this.space.device.allocatesOnWrite || this.failure) return;
+    if (!this.space.device.allocatesOnWrite || this.fillStopped || this.failure) return;
     const startLsn = Math.max(this.zeroFilledEndLsn, alignUp(this.tailLsn, DEVICE_SECTOR_BYTES));
     const endLsn = Math.min(startLsn + ZERO_FILL_CHUNK_BYTES, this.space.firstLapEndLsn, this.tailLimitLsn());
     if (startLsn - this.tailLsn >= ZERO_FILL_AHEAD_BYTES || endLsn <= startLsn) return;
+    // A refusal (this host is fenced) fails the writer, as it does before a batch.
     await this.guard.beforeWrite();
-    await this.space.write(startLsn, ZEROS.subarray(0, endLsn - startLsn));
+    if (this.failure) return;
+    try {
+      await this.space.write(startLsn, ZEROS.subarray(0, endLsn - startLsn));
+    } catch (error) {
+      // Only a speed-up: a fill the host filesystem refuses (full, say) must not stop the log. The records'
+      // own writes will say whether the device is at fault.
+      this.fillStopped = true;
+      log.warn({ err: error, lsn: startLsn }, 'zero-filling the log ahead of its tail failed; going on without it');
+      return;
+    }
     this.zeroFilledEndLsn = endLsn;
+  }
+
+  /** No more zero-filling: call before the last flush of a clean close, after which nothing may be written. */
+  stopFillingAhead(): void {
+    this.fillStopped = true;
   }
 
   /** Batches end on a sector boundary so that the next batch never rewrites a written sector. */

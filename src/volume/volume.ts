@@ -25,11 +25,11 @@ import { CheckpointMark, serializeState } from './checkpoint';
 import { Cleaner } from './cleaner';
 import { MetaOp, encodeMetaOp } from './meta-ops';
 import { loadCheckpoint, logSpaceOf, recover } from './recovery';
-import { loadSnapshot } from './snapshot';
+import { loadSnapshot, retentionFloorLsn } from './snapshot';
 import { Overlay, existingBranchLsn, openOverlay } from './branch';
-import { DEFAULT_READER_TIMEOUT_MS, readHorizon } from './horizon';
+import { DEFAULT_READER_TIMEOUT_MS, horizonOf } from './horizon';
 import { writeDurableMarker } from '../log/durable-marker';
-import { claimSlot, describeDamagedSlots, liveSlots, readSlotArea, writeSlot } from '../replica/slots';
+import { ReplicaSlot, claimSlot, describeDamagedSlots, liveSlots, readSlotArea, writeSlot } from '../replica/slots';
 import { Tailer } from '../replica/tailer';
 import { WalPositionTracker } from './wal-position';
 import type { AttrChange, DirEntry, FileSystem } from './file-system';
@@ -106,6 +106,8 @@ export class Volume implements FileSystem {
   private closed = false;
   /** The damaged slots last warned about (updateHorizon), so that a lasting damage is said once. */
   private damagedSlotsLogged: string | null = null;
+  /** Slots found damaged, by index: since when, without a break (see readersNow). */
+  private readonly damagedSlotsSinceMs = new Map<number, number>();
   readonly cleaner: Cleaner | null;
   /** Checkpoints still in the log, oldest first, the newest last. */
   checkpoints: CheckpointMark[];
@@ -252,7 +254,13 @@ export class Volume implements FileSystem {
     if (options.role === 'replica') {
       // Catch up before serving, so a new replica starts near the tail.
       const loadedMs = Date.now();
-      while ((await volume.tailer.poll()) > 0);
+      try {
+        while ((await volume.tailer.poll()) > 0);
+      } catch (error) {
+        // Its timer would go on publishing the slot that the caller frees.
+        await volume.tailer.stop().catch(() => undefined);
+        throw error;
+      }
       // Where a new replica's (or standby's) mount time goes.
       log.info({
         checkpointLsn: superblock.checkpointLsn, checkpointBytes: start.checkpoint.checkpointBytes, loadMs: loadedMs - startedMs,
@@ -341,23 +349,42 @@ export class Volume implements FileSystem {
    * them (keepDeletedFromLsn).
    */
   async updateHorizon(): Promise<void> {
-    const horizon = await readHorizon(this.device, this.checkpoints, this.superblock.retainMs, this.replicaTimeoutMs);
-    if ('damaged' in horizon) {
-      // Kept where it was (it only moves on once every reader can be accounted for); said once per damage.
-      const damage = describeDamagedSlots(this.device, horizon.damaged);
+    const { live, unaccounted } = await this.readersNow();
+    if (unaccounted.length > 0) {
+      // Kept where it was until every reader can be accounted for; said once per damage.
+      const damage = describeDamagedSlots(this.device, unaccounted);
       if (damage !== this.damagedSlotsLogged) log.warn(damage);
       this.damagedSlotsLogged = damage;
       return;
     }
     this.damagedSlotsLogged = null;
+    const horizon = horizonOf(live, retentionFloorLsn(this.checkpoints, this.superblock.retainMs, Date.now()));
     if (horizon.lsn === this.state.horizonLsn && horizon.keepDeletedFromLsn === this.state.keepDeletedFromLsn) return;
     this.state.setHorizon(horizon.lsn, horizon.keepDeletedFromLsn);
   }
 
   /** Whether a live reader has not yet consumed the log up to `lsn` (the cleaner waits for it); a damaged slot's reader may not have. */
   async readerBehind(lsn: number): Promise<boolean> {
+    const { live, unaccounted } = await this.readersNow();
+    return unaccounted.length > 0 || live.some((r) => r.appliedLsn < lsn);
+  }
+
+  /**
+   * The live readers, and the damaged slots that may be live readers': a
+   * live reader rewrites its slot every 200 ms, so one that stays damaged
+   * longer than the reader timeout is a dead reader's, like a slot whose
+   * heartbeat stopped (else one bad sector would stop the horizon and the
+   * cleaner for good).
+   */
+  private async readersNow(): Promise<{ live: ReplicaSlot[]; unaccounted: number[] }> {
     const { slots, damaged } = await readSlotArea(this.device);
-    return damaged.length > 0 || liveSlots(slots, Date.now(), this.replicaTimeoutMs).some((r) => r.appliedLsn < lsn);
+    const nowMs = Date.now();
+    for (const index of this.damagedSlotsSinceMs.keys()) if (!damaged.includes(index)) this.damagedSlotsSinceMs.delete(index);
+    for (const index of damaged) if (!this.damagedSlotsSinceMs.has(index)) this.damagedSlotsSinceMs.set(index, nowMs);
+    return {
+      live: liveSlots(slots, nowMs, this.replicaTimeoutMs),
+      unaccounted: damaged.filter((index) => nowMs - this.damagedSlotsSinceMs.get(index)! <= this.replicaTimeoutMs),
+    };
   }
 
   // -------------------------------------------------------------------------
@@ -738,6 +765,7 @@ export class Volume implements FileSystem {
     for (const timer of this.timers) clearInterval(timer);
     await this.cleaner?.stop();
     if (this.role === 'primary' && !this.writer!.failed) {
+      this.writer!.stopFillingAhead();
       // Without room for it, skip the checkpoint: the next mount replays a little more. An idle checkpoint
       // may already cover the tail.
       if (this.checkpointInFlight || this.writer!.tailLsn !== this.checkpointEndLsn) {
@@ -747,6 +775,7 @@ export class Volume implements FileSystem {
       await this.reservation!.release();
     }
     if (this.overlay) {
+      this.overlay.writer.stopFillingAhead();
       await this.overlay.writer.sync();
       await this.overlay.device.close();
     }

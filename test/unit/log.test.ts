@@ -58,9 +58,12 @@ class TrackingSpace extends LogSpace {
   }
 }
 
-async function setup(label: string, logBytes: number, deviceBytes = LOG_OFFSET + logBytes) {
+async function setup(label: string, logBytes: number, deviceBytes = LOG_OFFSET + logBytes, options: { fillAhead?: boolean } = {}) {
   const tmp = tempDir(label);
   const { device } = await tempDevice(tmp.dir, deviceBytes);
+  // The zero-fill ahead of the tail has its own test: elsewhere TrackingSpace would count its flushed zeros
+  // as durable log and vouch for records a sync acknowledged too early.
+  if (!options.fillAhead) Object.defineProperty(device, 'allocatesOnWrite', { value: false });
   const space = new TrackingSpace(device, logBytes, volumeSalt(randomUUID()));
   // The head, for the writer's tail limit; tests that wrap the log move it.
   const limits = { headLsn: FIRST_LSN };
@@ -152,7 +155,7 @@ test('on a regular file the writer zero-fills the log\'s first lap ahead of its 
   // A 3 MiB log in a device with 2 MiB after it: the fill must stop at the end of the lap (beyond it is the
   // live log's start) and never reach the bytes after the log.
   const logBytes = 3 * 1024 * 1024;
-  const t = await setup('log-fill-ahead', logBytes, LOG_OFFSET + logBytes + 2 * 1024 * 1024);
+  const t = await setup('log-fill-ahead', logBytes, LOG_OFFSET + logBytes + 2 * 1024 * 1024, { fillAhead: true });
   try {
     assert.equal(t.device.allocatesOnWrite, true, 'a temp file device allocates on write');
     const allocatedBytes = async (): Promise<number> => (await fsp.stat(t.device.name)).blocks * 512;

@@ -13,6 +13,8 @@ import { BlockDevice } from '../../src/device/device';
 import { REPLICA_SLOTS_OFFSET, REPLICA_SLOT_BYTES } from '../../src/log/format';
 import { claimSlot, describeDamagedSlots, readSlotArea, readSlots, writeSlot } from '../../src/replica/slots';
 import { readHorizon } from '../../src/volume/horizon';
+import { mkfs } from '../../src/volume/mkfs';
+import { Volume } from '../../src/volume/volume';
 import { tempDevice, tempDir } from '../support/core';
 
 const MiB = 1024 * 1024;
@@ -76,6 +78,36 @@ test('a slot read half written is read again; one that stays damaged holds the h
     assert.equal(await claimSlot(device, 'newcomer', 10_000), 2);
   } finally {
     await file.close();
+    tmp.remove();
+  }
+});
+
+test('the primary keeps its horizon while a slot is damaged, and lets it go once damaged longer than the reader timeout', async () => {
+  const tmp = tempDir('slots-primary');
+  const { device: file } = await tempDevice(tmp.dir, 64 * MiB);
+  await mkfs(file);
+  const device = new TornSlotReads(file);
+  const timeoutMs = 400;
+  const primary = await Volume.openPrimary(device, { host: 'slots-primary', replicaTimeoutMs: timeoutMs });
+  try {
+    const viewLsn = primary.durableLsn;
+    await writeSlot(device, 0, reader('lagging', viewLsn));
+    await primary.updateHorizon();
+    assert.equal(primary.state.horizonLsn, viewLsn, 'a live reader holds the horizon');
+    // Its slot now reads damaged every time (its owner gone mid-write, a bad sector).
+    device.reads = Number.MAX_SAFE_INTEGER;
+    await primary.updateHorizon();
+    assert.equal(primary.state.horizonLsn, viewLsn, 'the horizon stays while the damaged slot may be a live reader\'s');
+    assert.equal(await primary.readerBehind(viewLsn + 1), true, 'the cleaner waits for it');
+    // A live reader would have rewritten it by now: it is a dead reader's slot.
+    await new Promise((resolve) => setTimeout(resolve, timeoutMs + 100));
+    await primary.updateHorizon();
+    assert.ok(primary.state.horizonLsn > viewLsn, `the horizon moved on (${primary.state.horizonLsn})`);
+    assert.equal(await primary.readerBehind(viewLsn + 1), false, 'the cleaner no longer waits');
+  } finally {
+    device.reads = 0;
+    await primary.close();
+    await file.close().catch(() => undefined);
     tmp.remove();
   }
 });

@@ -65,7 +65,8 @@ class SlowSlotDevice implements BlockDevice {
     }
     return this.inner.write(offset, data);
   }
-  open(): void { this.closed = false; for (const wake of this.waiters.splice(0)) wake(); }
+  /** Lets the waiting writes go, the last first: a slot write issued after another must not land before it. */
+  open(): void { this.closed = false; for (const wake of this.waiters.splice(0).reverse()) wake(); }
   flush(): Promise<void> { return this.inner.flush(); }
   close(): Promise<void> { return this.inner.close(); }
 }
