@@ -93,6 +93,19 @@ export function seedFrom(envName: string): number {
 
 const SECTOR = 512;
 
+/** Passes every call on to `inner`: tests extend it to count, hold back or damage some of a device's I/O. */
+export class DelegatingDevice implements BlockDevice {
+  constructor(protected readonly inner: BlockDevice) {}
+  get name(): string { return this.inner.name; }
+  get sizeBytes(): number { return this.inner.sizeBytes; }
+  get readOnly(): boolean { return this.inner.readOnly; }
+  get allocatesOnWrite(): boolean { return this.inner.allocatesOnWrite; }
+  read(offset: number, length: number): Promise<Buffer> { return this.inner.read(offset, length); }
+  write(offset: number, data: Uint8Array): Promise<void> { return this.inner.write(offset, data); }
+  flush(): Promise<void> { return this.inner.flush(); }
+  close(): Promise<void> { return this.inner.close(); }
+}
+
 /**
  * Wraps a BlockDevice with a volatile write cache of 512-byte sectors, as a
  * disk with its write cache enabled: writes land in the cache (and reads see
@@ -101,25 +114,20 @@ const SECTOR = 512;
  * real disk may -- drops the rest, and kills this object: every later call
  * fails, so an abandoned Volume using it can do no more I/O.
  */
-export class CrashDevice implements BlockDevice {
+export class CrashDevice extends DelegatingDevice {
   private cache = new Map<number, Buffer>();
   private dead = false;
   flushes = 0;
   writes = 0;
 
-  constructor(private readonly inner: BlockDevice) {}
-
-  get name(): string { return this.inner.name; }
-  get sizeBytes(): number { return this.inner.sizeBytes; }
-  get readOnly(): boolean { return this.inner.readOnly; }
   /** A disk's sectors exist before they are written (and a 1 MiB zero-fill would fill the cache with 2048 sectors). */
-  readonly allocatesOnWrite = false;
+  override get allocatesOnWrite(): boolean { return false; }
 
   private alive(): void {
     if (this.dead) throw new Error('CrashDevice: power is off');
   }
 
-  async read(offset: number, length: number): Promise<Buffer> {
+  override async read(offset: number, length: number): Promise<Buffer> {
     this.alive();
     const buf = await this.inner.read(offset, length);
     this.alive();
@@ -142,7 +150,7 @@ export class CrashDevice implements BlockDevice {
     data.copy(buf, start - offset, start - sector * SECTOR, end - sector * SECTOR);
   }
 
-  async write(offset: number, data: Uint8Array): Promise<void> {
+  override async write(offset: number, data: Uint8Array): Promise<void> {
     this.alive();
     this.writes++;
     const bytes = Buffer.from(data.buffer, data.byteOffset, data.length);
@@ -165,7 +173,7 @@ export class CrashDevice implements BlockDevice {
     }
   }
 
-  async flush(): Promise<void> {
+  override async flush(): Promise<void> {
     this.alive();
     this.flushes++;
     const entries = [...this.cache];
@@ -200,7 +208,7 @@ export class CrashDevice implements BlockDevice {
     return { kept, lost };
   }
 
-  async close(): Promise<void> {
+  override async close(): Promise<void> {
     if (this.dead) return;
     await this.flush();
     this.dead = true;

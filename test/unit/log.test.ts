@@ -9,7 +9,7 @@ import { LogReader, LogRecord } from '../../src/log/log-reader';
 import { LogSpace } from '../../src/log/log-space';
 import { LogWriter, UNGUARDED } from '../../src/log/log-writer';
 import { FsError } from '../../src/util/errors';
-import { Rng, makeRng, seedFrom, tempDevice, tempDir } from '../support/core';
+import { DelegatingDevice, Rng, makeRng, seedFrom, tempDevice, tempDir } from '../support/core';
 
 const SEED = seedFrom('LOG_TEST_SEED');
 const ctx = `(LOG_TEST_SEED=${SEED})`;
@@ -58,12 +58,17 @@ class TrackingSpace extends LogSpace {
   }
 }
 
+/** A file device the log writer does not zero-fill ahead on. */
+class NoFillDevice extends DelegatingDevice {
+  override get allocatesOnWrite(): boolean { return false; }
+}
+
 async function setup(label: string, logBytes: number, deviceBytes = LOG_OFFSET + logBytes, options: { fillAhead?: boolean } = {}) {
   const tmp = tempDir(label);
-  const { device } = await tempDevice(tmp.dir, deviceBytes);
+  const { device: file } = await tempDevice(tmp.dir, deviceBytes);
   // The zero-fill ahead of the tail has its own test: elsewhere TrackingSpace would count its flushed zeros
   // as durable log and vouch for records a sync acknowledged too early.
-  if (!options.fillAhead) Object.defineProperty(device, 'allocatesOnWrite', { value: false });
+  const device = options.fillAhead ? file : new NoFillDevice(file);
   const space = new TrackingSpace(device, logBytes, volumeSalt(randomUUID()));
   // The head, for the writer's tail limit; tests that wrap the log move it.
   const limits = { headLsn: FIRST_LSN };

@@ -9,27 +9,21 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { BlockDevice } from '../../src/device/device';
 import { REPLICA_SLOTS_OFFSET, REPLICA_SLOT_BYTES } from '../../src/log/format';
 import { claimSlot, describeDamagedSlots, readSlotArea, readSlots, writeSlot } from '../../src/replica/slots';
 import { readHorizon } from '../../src/volume/horizon';
 import { mkfs } from '../../src/volume/mkfs';
 import { Volume } from '../../src/volume/volume';
-import { tempDevice, tempDir } from '../support/core';
+import { DelegatingDevice, tempDevice, tempDir } from '../support/core';
 
 const MiB = 1024 * 1024;
 
 /** Flips a byte of slot `slot` in the next `reads` reads of the slot area it serves. */
-class TornSlotReads implements BlockDevice {
+class TornSlotReads extends DelegatingDevice {
   slot = 0;
   reads = 0;
   slotAreaReads = 0;
-  constructor(private readonly inner: BlockDevice) {}
-  get name(): string { return this.inner.name; }
-  get sizeBytes(): number { return this.inner.sizeBytes; }
-  get readOnly(): boolean { return this.inner.readOnly; }
-  get allocatesOnWrite(): boolean { return this.inner.allocatesOnWrite; }
-  async read(offset: number, length: number): Promise<Buffer> {
+  override async read(offset: number, length: number): Promise<Buffer> {
     const buf = await this.inner.read(offset, length);
     const at = REPLICA_SLOTS_OFFSET + this.slot * REPLICA_SLOT_BYTES + 100 - offset;
     if (offset === REPLICA_SLOTS_OFFSET) this.slotAreaReads++;
@@ -39,9 +33,6 @@ class TornSlotReads implements BlockDevice {
     }
     return buf;
   }
-  write(offset: number, data: Uint8Array): Promise<void> { return this.inner.write(offset, data); }
-  flush(): Promise<void> { return this.inner.flush(); }
-  close(): Promise<void> { return this.inner.close(); }
 }
 
 const reader = (host: string, viewLsn: number) => ({

@@ -16,7 +16,7 @@ import { readSlots } from '../../src/replica/slots';
 import { mkfs } from '../../src/volume/mkfs';
 import { S_IFREG } from '../../src/volume/state';
 import { Volume } from '../../src/volume/volume';
-import { makeRng, seedFrom, tempDevice, tempDir } from '../support/core';
+import { DelegatingDevice, makeRng, seedFrom, tempDevice, tempDir } from '../support/core';
 
 const SEED = seedFrom('TAILER_TEST_SEED');
 const ctx = `(TAILER_TEST_SEED=${SEED})`;
@@ -26,37 +26,23 @@ const PAGE = 8192;
 const IDLE_READ_BYTES = 8 * 1024;
 
 /** A device that notes the size of every log read and counts durable-marker reads. */
-class ReadCountingDevice implements BlockDevice {
+class ReadCountingDevice extends DelegatingDevice {
   logReads: number[] = [];
   markerReads = 0;
-  constructor(private readonly inner: BlockDevice) {}
-  get name(): string { return this.inner.name; }
-  get sizeBytes(): number { return this.inner.sizeBytes; }
-  get readOnly(): boolean { return this.inner.readOnly; }
-  get allocatesOnWrite(): boolean { return this.inner.allocatesOnWrite; }
-  read(offset: number, length: number): Promise<Buffer> {
+  override read(offset: number, length: number): Promise<Buffer> {
     if (offset >= LOG_OFFSET) this.logReads.push(length);
     else if (offset === DURABLE_MARKER_OFFSET) this.markerReads++;
     return this.inner.read(offset, length);
   }
-  write(offset: number, data: Uint8Array): Promise<void> { return this.inner.write(offset, data); }
-  flush(): Promise<void> { return this.inner.flush(); }
-  close(): Promise<void> { return this.inner.close(); }
   reset(): void { this.logReads = []; this.markerReads = 0; }
 }
 
 /** A device whose slot writes wait while `closed`: a slot write stuck behind another host's writes. */
-class SlowSlotDevice implements BlockDevice {
+class SlowSlotDevice extends DelegatingDevice {
   closed = false;
   slotWritesWaiting = 0;
   private waiters: Array<() => void> = [];
-  constructor(private readonly inner: BlockDevice) {}
-  get name(): string { return this.inner.name; }
-  get sizeBytes(): number { return this.inner.sizeBytes; }
-  get readOnly(): boolean { return this.inner.readOnly; }
-  get allocatesOnWrite(): boolean { return this.inner.allocatesOnWrite; }
-  read(offset: number, length: number): Promise<Buffer> { return this.inner.read(offset, length); }
-  async write(offset: number, data: Uint8Array): Promise<void> {
+  override async write(offset: number, data: Uint8Array): Promise<void> {
     const isSlot = offset >= REPLICA_SLOTS_OFFSET && offset < REPLICA_SLOTS_OFFSET + REPLICA_SLOT_COUNT * REPLICA_SLOT_BYTES;
     if (isSlot && this.closed) {
       this.slotWritesWaiting++;
@@ -67,8 +53,6 @@ class SlowSlotDevice implements BlockDevice {
   }
   /** Lets the waiting writes go, the last first: a slot write issued after another must not land before it. */
   open(): void { this.closed = false; for (const wake of this.waiters.splice(0).reverse()) wake(); }
-  flush(): Promise<void> { return this.inner.flush(); }
-  close(): Promise<void> { return this.inner.close(); }
 }
 
 /** `promise`, or 'pending' if it has not settled within `ms`. */
