@@ -9,7 +9,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { Command } from 'commander';
 import { UserError } from '../util/errors';
-import { PG_OS_USER, binariesMajorVersion, formatPgLsn, osIds, startPrimary, startStandby } from '../pg';
+import {
+  PG_OS_USER, PRIMARY_FIXED_SETTINGS, STANDBY_FIXED_SETTINGS, Settings, binariesMajorVersion, formatPgLsn, osIds, startPrimary, startStandby,
+} from '../pg';
 import { mountInBackground } from './mount';
 import { isMounted, readMountRecord } from './runtime';
 
@@ -22,6 +24,25 @@ interface PgCommandOptions {
   host?: string;
   overlay?: string;
   pollIntervalMs: number;
+  setting?: string[];
+}
+
+/** A name=value the shell and postgres -c pass through unquoted: a size, a time, a number, a word, a path. */
+const SETTING_ARGUMENT = /^([A-Za-z_][A-Za-z0-9_.]*)=([A-Za-z0-9_.:/+-]+)$/;
+
+/** `-c name=value` arguments as settings; refuses a malformed one and those lsnfs must set itself, by name. */
+function parseSettings(texts: string[], fixed: Readonly<Record<string, string>>): Settings {
+  const settings: Settings = {};
+  for (const text of texts) {
+    const match = SETTING_ARGUMENT.exec(text);
+    if (!match) {
+      throw new UserError(`-c ${text}: expected NAME=VALUE with a plain value (e.g. -c shared_buffers=2GB); put other values in postgresql.conf`);
+    }
+    const name = match[1]!.toLowerCase();
+    if (fixed[name] !== undefined) throw new UserError(`-c ${text}: ${name} cannot be set here (${fixed[name]})`);
+    settings[name] = match[2]!;
+  }
+  return settings;
 }
 
 function parsePort(text: string): number {
@@ -60,7 +81,9 @@ function commonOptions(command: Command): Command {
     .option('--pgdata <path>', 'the data directory, inside the volume', 'pgdata')
     .option('--run-dir <dir>', 'local directory for the socket and the server log')
     .option('--host <name>', 'this mount\'s name in the reader slots and logs')
-    .option('--poll-interval-ms <ms>', 'replica: how often to look for new records', (text) => Number(text), 5);
+    .option('--poll-interval-ms <ms>', 'replica: how often to look for new records', (text) => Number(text), 5)
+    .option('-c, --setting <name=value>', 'a PostgreSQL setting for this server (repeatable), e.g. -c shared_buffers=2GB',
+      (text: string, earlier: string[] | undefined) => [...(earlier ?? []), text]);
 }
 
 export function registerPg(program: Command): void {
@@ -70,10 +93,11 @@ export function registerPg(program: Command): void {
     .description('mount read-write and start PostgreSQL (initdb first if the data directory does not exist); returns once it accepts connections')
     .action(async (options: PgCommandOptions) => {
       const host = options.host ?? os.hostname();
+      const settings = parseSettings(options.setting ?? [], PRIMARY_FIXED_SETTINGS);
       await ensureMounted(options, 'primary', host);
       const runDir = path.resolve(options.runDir ?? path.join(os.tmpdir(), `lsnfs-pg-${options.port}`));
       // Absolute: PostgreSQL's programs run as another user, from another directory.
-      const { initialized } = await startPrimary({ dataDir: path.resolve(options.mountpoint, options.pgdata), runDir, port: options.port });
+      const { initialized } = await startPrimary({ dataDir: path.resolve(options.mountpoint, options.pgdata), runDir, port: options.port, settings });
       process.stdout.write(`PostgreSQL primary ${initialized ? 'initialized and ' : ''}running on ${path.join(options.mountpoint, options.pgdata)} ` +
         `(port ${options.port}, socket and log in ${runDir})\n`);
     });
@@ -83,12 +107,13 @@ export function registerPg(program: Command): void {
     .option('--overlay <dir>', 'local directory for what the standby writes (emptied at mount)')
     .action(async (options: PgCommandOptions) => {
       const host = options.host ?? `${os.hostname()}-standby-${options.port}`;
+      const settings = parseSettings(options.setting ?? [], STANDBY_FIXED_SETTINGS);
       // What does not need the mount is asked while it comes up (both answers are kept for the start).
       const early = Promise.all([binariesMajorVersion(), osIds(PG_OS_USER)]);
       early.catch(() => undefined); // asked again, and reported, by startStandby
       await ensureMounted(options, 'replica', host);
       const runDir = path.resolve(options.runDir ?? path.join(os.tmpdir(), `lsnfs-pg-${options.port}`));
-      const { minRecoveryPoint } = await startStandby({ dataDir: path.resolve(options.mountpoint, options.pgdata), runDir, port: options.port });
+      const { minRecoveryPoint } = await startStandby({ dataDir: path.resolve(options.mountpoint, options.pgdata), runDir, port: options.port, settings });
       process.stdout.write(`PostgreSQL hot standby running on ${path.join(options.mountpoint, options.pgdata)} (port ${options.port}, ` +
         `socket and log in ${runDir}); consistent from WAL position ${formatPgLsn(minRecoveryPoint)}\n`);
     });

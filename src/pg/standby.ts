@@ -183,7 +183,21 @@ export interface PgServerOptions {
   dataDir: string;
   runDir: string;
   port: number;
+  /** The user's settings for this start (postgres -c), over the ones lsnfs writes to postgresql.conf. */
+  settings?: Settings;
 }
+
+/** Settings a user may not give `lsnfs pg primary`, each with what sets it instead. */
+export const PRIMARY_FIXED_SETTINGS: Readonly<Record<string, string>> = {
+  port: 'set by --port', unix_socket_directories: 'the socket is in --run-dir',
+};
+/** And `lsnfs pg standby`: a standby on lsnfs reads WAL from the shared pg_wal/ and serves read-only queries. */
+export const STANDBY_FIXED_SETTINGS: Readonly<Record<string, string>> = {
+  ...PRIMARY_FIXED_SETTINGS,
+  hot_standby: 'a standby on lsnfs is a hot standby',
+  primary_conninfo: 'a standby on lsnfs reads WAL from the shared pg_wal/, not from a connection',
+  restore_command: 'a standby on lsnfs reads WAL from the shared pg_wal/, not from an archive',
+};
 
 /** Starts a hot standby on a standby's mount; resolves once it accepts read-only connections. */
 export async function startStandby(options: PgServerOptions): Promise<{ cluster: PgCluster; minRecoveryPoint: number }> {
@@ -192,7 +206,7 @@ export async function startStandby(options: PgServerOptions): Promise<{ cluster:
   const cluster = new PgCluster({ ...options, settings: STANDBY_SETTINGS });
   const { minRecoveryPoint } = await prepareStandbyDirectory(options.dataDir, control);
   await cluster.writeSettings();
-  await cluster.start();
+  await cluster.start({ settings: options.settings ?? {} });
   return { cluster, minRecoveryPoint };
 }
 
@@ -206,7 +220,7 @@ export async function startPrimary(options: PgServerOptions): Promise<{ cluster:
   } else {
     await cluster.initdb({ walSegmentMb: LSNFS_WAL_SEGMENT_MB });
   }
-  await cluster.start();
+  await cluster.start({ settings: options.settings ?? {} });
   return { cluster, initialized: !exists };
 }
 

@@ -31,9 +31,9 @@ test('PostgreSQL hot standbys on replica mounts: consistent reads under pgbench,
   const mountpointOf = (name: string): string => path.join(volume.dir, `mnt-${name}`);
   const withMountpoint = (mountpoint: string): TestVolume => ({ ...volume, mountpoint });
 
-  async function startStandby(name: string, port: number, overlay: string): Promise<PgStandby> {
+  async function startStandby(name: string, port: number, overlay: string, settings: string[] = []): Promise<PgStandby> {
     const started = Date.now();
-    const standby = await startPgStandby(volume, { name, mountpoint: mountpointOf(name), overlay, port, runDir: runDir(name) });
+    const standby = await startPgStandby(volume, { name, mountpoint: mountpointOf(name), overlay, port, runDir: runDir(name), settings });
     t.diagnostic(`standby ${name}: mounted and accepting read-only connections in ${Date.now() - started} ms`);
     standbys.push(standby);
     return standby;
@@ -55,8 +55,10 @@ test('PostgreSQL hot standbys on replica mounts: consistent reads under pgbench,
     const currentSegment = await primary.psql('SELECT pg_walfile_name(pg_current_wal_lsn())');
     const ahead = (await fsp.readdir(path.join(volume.mountpoint, 'pgdata', 'pg_wal'))).filter((name) => /^[0-9A-F]{24}$/.test(name) && name > currentSegment);
     assert.ok(ahead.length >= 2, `segments created ahead of ${currentSegment}: ${ahead.join(', ')}`);
-    const fresh = await startStandby('standby-fresh', PRIMARY_PORT + 3, path.join(volume.dir, 'overlay-fresh'));
+    // With a setting of its own (-c): the command line wins over what lsnfs writes to postgresql.conf.
+    const fresh = await startStandby('standby-fresh', PRIMARY_PORT + 3, path.join(volume.dir, 'overlay-fresh'), ['shared_buffers=48MB']);
     assert.equal(await fresh.cluster.psql('SELECT pg_is_in_recovery()'), 't');
+    assert.equal(await fresh.cluster.psql('SHOW shared_buffers'), '48MB');
     await fresh.cluster.stop('fast');
     await lsnfsOk(['umount', '--mountpoint', fresh.mountpoint], volume.env);
     standbys.splice(standbys.indexOf(fresh), 1);
@@ -173,6 +175,15 @@ test('PostgreSQL hot standbys on replica mounts: consistent reads under pgbench,
       '--port', String(PRIMARY_PORT + 4)], volume.env);
     assert.notEqual(wrongMajor.code, 0);
     assert.match(wrongMajor.stderr, /data directory is PostgreSQL 14, but this host's PostgreSQL binaries .* are version 15/);
+    // Settings: one lsnfs must set itself, and one the command line cannot pass as is; both refused before anything is mounted.
+    const standbyArgs = ['pg', 'standby', '--device', volume.device, '--mountpoint', mountpointOf('settings'), '--overlay', path.join(volume.dir, 'overlay-settings'),
+      '--port', String(PRIMARY_PORT + 4)];
+    const archive = await lsnfs([...standbyArgs, '-c', 'restore_command=true'], volume.env);
+    assert.notEqual(archive.code, 0);
+    assert.match(archive.stderr, /-c restore_command=true: restore_command cannot be set here \(a standby on lsnfs reads WAL from the shared pg_wal\/, not from an archive\)/);
+    const spaced = await lsnfs([...standbyArgs, '-c', 'search_path=a, b'], volume.env);
+    assert.notEqual(spaced.code, 0);
+    assert.match(spaced.stderr, /-c search_path=a, b: expected NAME=VALUE with a plain value/);
 
     for (const standby of [...standbys]) {
       await standby.cluster.stop('fast');
