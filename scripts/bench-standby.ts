@@ -54,6 +54,7 @@ interface Sample { lsn: number; timeMs: number; startup?: string }
 
 /** psql \\watch interval: every sampler is a query stream, and the machine running the bench also runs every server. */
 const SAMPLE_INTERVAL_S = 0.02;
+const FIRST_SAMPLE_TIMEOUT_MS = 30_000;
 const LSNFS_STANDBYS = 3;
 /**
  * pgbench's database. The samplers connect to another one (postgres): replay that prunes row versions
@@ -188,7 +189,11 @@ async function bench(options: BenchOptions): Promise<void> {
     const standbySamplers = await Promise.all(standbys.map((s, i) => sampler(s.cluster, dir, `standby-${i}`, replaySql)));
     const streamingSampler = await sampler(streaming, dir, 'streaming', replaySql);
     stoppers.push(primarySampler.stop, streamingSampler.stop, ...standbySamplers.map((s) => s.stop));
-    await Promise.all([primarySampler, streamingSampler, ...standbySamplers].map((s) => s.firstSample));
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.all([primarySampler, streamingSampler, ...standbySamplers].map((s) => s.firstSample)),
+      new Promise((_, reject) => { timer = setTimeout(() => reject(new Error(`a sampler gave no sample within ${FIRST_SAMPLE_TIMEOUT_MS} ms`)), FIRST_SAMPLE_TIMEOUT_MS); }),
+    ]).finally(() => clearTimeout(timer));
     const pgbench = await startPgbench(primary, { db: BENCH_DB, clients: options.clients, threads: Math.min(options.clients, 2), durationS: options.duration, noVacuum: true });
     await onPrimaryHost(pgbench.child.pid);
     const load = await pgbench.result;

@@ -10,9 +10,9 @@ import path from 'node:path';
 import { Command } from 'commander';
 import { UserError } from '../util/errors';
 import {
-  PG_OS_USER, PRIMARY_FIXED_SETTINGS, STANDBY_FIXED_SETTINGS, Settings, binariesMajorVersion, formatPgLsn, osIds, startPrimary, startStandby,
+  PG_OS_USER, Settings, binariesMajorVersion, formatPgLsn, osIds, primarySettingRefusal, standbySettingRefusal, startPrimary, startStandby,
 } from '../pg';
-import { mountInBackground } from './mount';
+import { mountInBackground, umount } from './mount';
 import { isMounted, readMountRecord } from './runtime';
 
 interface PgCommandOptions {
@@ -31,7 +31,7 @@ interface PgCommandOptions {
 const SETTING_ARGUMENT = /^([A-Za-z_][A-Za-z0-9_.]*)=([A-Za-z0-9_.:/+-]+)$/;
 
 /** `-c name=value` arguments as settings; refuses a malformed one and those lsnfs must set itself, by name. */
-function parseSettings(texts: string[], fixed: Readonly<Record<string, string>>): Settings {
+function parseSettings(texts: string[], refusal: (name: string, value: string) => string | null): Settings {
   const settings: Settings = {};
   for (const text of texts) {
     const match = SETTING_ARGUMENT.exec(text);
@@ -39,7 +39,8 @@ function parseSettings(texts: string[], fixed: Readonly<Record<string, string>>)
       throw new UserError(`-c ${text}: expected NAME=VALUE with a plain value (e.g. -c shared_buffers=2GB); put other values in postgresql.conf`);
     }
     const name = match[1]!.toLowerCase();
-    if (fixed[name] !== undefined) throw new UserError(`-c ${text}: ${name} cannot be set here (${fixed[name]})`);
+    const why = refusal(name, match[2]!);
+    if (why !== null) throw new UserError(`-c ${text}: ${name} cannot be set here (${why})`);
     settings[name] = match[2]!;
   }
   return settings;
@@ -51,8 +52,27 @@ function parsePort(text: string): number {
   return port;
 }
 
-/** Mounts unless `mountpoint` already serves this device in the role wanted; refuses a mount that cannot host the server. */
-async function ensureMounted(options: PgCommandOptions, role: 'primary' | 'replica', host: string): Promise<void> {
+/**
+ * Mounts unless `mountpoint` already serves this device in the role wanted; refuses a mount that cannot
+ * host the server. Then runs `start`; if it fails, a mount made here is unmounted again (nothing runs on
+ * it), so a refused start leaves the host as it was.
+ */
+async function onMount<T>(options: PgCommandOptions, role: 'primary' | 'replica', host: string, start: () => Promise<T>): Promise<T> {
+  const mountedHere = await ensureMounted(options, role, host);
+  try {
+    return await start();
+  } catch (error) {
+    if (mountedHere) {
+      await umount(options.mountpoint).catch((umountError: Error) => {
+        if (error instanceof Error) error.message += `\n(the mount at ${options.mountpoint} stays: ${umountError.message})`;
+      });
+    }
+    throw error;
+  }
+}
+
+/** Mounts unless `mountpoint` already serves this device in the role wanted; true when it mounted. */
+async function ensureMounted(options: PgCommandOptions, role: 'primary' | 'replica', host: string): Promise<boolean> {
   if (await isMounted(options.mountpoint)) {
     const record = await readMountRecord(options.mountpoint);
     if (role === 'replica' && record?.role === 'replica' && record.overlay === undefined) {
@@ -62,7 +82,7 @@ async function ensureMounted(options: PgCommandOptions, role: 'primary' | 'repli
     if (record?.role !== role) {
       throw new UserError(`mountpoint ${options.mountpoint} is mounted ${record ? `as a ${record.role}` : 'by something else'}, not as a ${role === 'primary' ? 'primary' : 'standby\'s replica'}`);
     }
-    return;
+    return false;
   }
   if (role === 'replica' && options.overlay === undefined) {
     throw new UserError('lsnfs pg standby needs --overlay DIR: a local directory for what the standby writes (the shared device is never written)');
@@ -71,6 +91,7 @@ async function ensureMounted(options: PgCommandOptions, role: 'primary' | 'repli
     device: options.device, mountpoint: options.mountpoint, host, allowOther: true, foreground: false, role, pollIntervalMs: options.pollIntervalMs,
     ...(role === 'replica' ? { overlay: path.resolve(options.overlay!) } : {}),
   });
+  return true;
 }
 
 function commonOptions(command: Command): Command {
@@ -93,11 +114,11 @@ export function registerPg(program: Command): void {
     .description('mount read-write and start PostgreSQL (initdb first if the data directory does not exist); returns once it accepts connections')
     .action(async (options: PgCommandOptions) => {
       const host = options.host ?? os.hostname();
-      const settings = parseSettings(options.setting ?? [], PRIMARY_FIXED_SETTINGS);
-      await ensureMounted(options, 'primary', host);
+      const settings = parseSettings(options.setting ?? [], primarySettingRefusal);
       const runDir = path.resolve(options.runDir ?? path.join(os.tmpdir(), `lsnfs-pg-${options.port}`));
       // Absolute: PostgreSQL's programs run as another user, from another directory.
-      const { initialized } = await startPrimary({ dataDir: path.resolve(options.mountpoint, options.pgdata), runDir, port: options.port, settings });
+      const { initialized } = await onMount(options, 'primary', host,
+        () => startPrimary({ dataDir: path.resolve(options.mountpoint, options.pgdata), runDir, port: options.port, settings }));
       process.stdout.write(`PostgreSQL primary ${initialized ? 'initialized and ' : ''}running on ${path.join(options.mountpoint, options.pgdata)} ` +
         `(port ${options.port}, socket and log in ${runDir})\n`);
     });
@@ -107,13 +128,13 @@ export function registerPg(program: Command): void {
     .option('--overlay <dir>', 'local directory for what the standby writes (emptied at mount)')
     .action(async (options: PgCommandOptions) => {
       const host = options.host ?? `${os.hostname()}-standby-${options.port}`;
-      const settings = parseSettings(options.setting ?? [], STANDBY_FIXED_SETTINGS);
+      const settings = parseSettings(options.setting ?? [], standbySettingRefusal);
       // What does not need the mount is asked while it comes up (both answers are kept for the start).
       const early = Promise.all([binariesMajorVersion(), osIds(PG_OS_USER)]);
       early.catch(() => undefined); // asked again, and reported, by startStandby
-      await ensureMounted(options, 'replica', host);
       const runDir = path.resolve(options.runDir ?? path.join(os.tmpdir(), `lsnfs-pg-${options.port}`));
-      const { minRecoveryPoint } = await startStandby({ dataDir: path.resolve(options.mountpoint, options.pgdata), runDir, port: options.port, settings });
+      const { minRecoveryPoint } = await onMount(options, 'replica', host,
+        () => startStandby({ dataDir: path.resolve(options.mountpoint, options.pgdata), runDir, port: options.port, settings }));
       process.stdout.write(`PostgreSQL hot standby running on ${path.join(options.mountpoint, options.pgdata)} (port ${options.port}, ` +
         `socket and log in ${runDir}); consistent from WAL position ${formatPgLsn(minRecoveryPoint)}\n`);
     });

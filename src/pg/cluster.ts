@@ -212,7 +212,8 @@ export class PgCluster {
     const pgCtl = exec(await pgProgram('pg_ctl'),
       // Port and socket directory from this object, whatever postgresql.conf says: after a failover the
       // data directory's configuration is the old host's.
-      ['-D', this.dataDir, '-l', this.logFile, '-o', `-p ${this.port} -k ${this.runDir}${once}`, '-w', '-t', String(options.timeoutS ?? 600), 'start'],
+      // pg_ctl hands -o to /bin/sh: the socket directory is quoted for it (setting values are plain words, see `lsnfs pg -c`).
+      ['-D', this.dataDir, '-l', this.logFile, '-o', `-p ${this.port} -k '${this.runDir.replace(/'/g, "'\\''")}'${once}`, '-w', '-t', String(options.timeoutS ?? 600), 'start'],
       { user: this.osUser }).then((result) => { pgCtlResult = result; });
     while (pgCtlResult === null) {
       const content = await fsp.readFile(pidFile, 'utf8').catch(() => null);

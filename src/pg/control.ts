@@ -7,7 +7,8 @@
  * Offsets (x86-64 alignment, checked against pg_controldata of a PG 15 initdb):
  * system_identifier 0, pg_control_version 8, state 16, checkPoint 32,
  * checkPointCopy 40 (redo 40, ThisTimeLineID 48), minRecoveryPoint 136,
- * minRecoveryPointTLI 144, xlog_seg_size 228, crc 288 (CRC-32C of bytes 0..287).
+ * minRecoveryPointTLI 144, MaxConnections 180, max_worker_processes 184, max_wal_senders 188,
+ * max_prepared_xacts 192, max_locks_per_xact 196, xlog_seg_size 228, crc 288 (CRC-32C of bytes 0..287).
  */
 import { crc32c } from '../util/crc32c';
 
@@ -20,6 +21,15 @@ const OFF = {
   version: 8, state: 16, checkPoint: 32, redo: 40, timeline: 48,
   minRecoveryPoint: 136, minRecoveryPointTli: 144, xlogSegSize: 228, crc: 288,
 } as const;
+
+/**
+ * Settings the primary records in pg_control (PostgreSQL's XLogReportParameters): a hot standby
+ * refuses to start, or pauses replay, with a lower value of any of them. By setting name, the offset.
+ */
+const HOT_STANDBY_MINIMUM_OFFSETS = {
+  max_connections: 180, max_worker_processes: 184, max_wal_senders: 188, max_prepared_transactions: 192, max_locks_per_transaction: 196,
+} as const;
+export type HotStandbyMinimums = Record<keyof typeof HOT_STANDBY_MINIMUM_OFFSETS, number>;
 
 /** pg_control's DBState once a server has finished recovery (or promotion) and accepts writes. */
 export const DB_IN_PRODUCTION = 6;
@@ -37,6 +47,8 @@ export interface ControlFile {
   /** The timeline minRecoveryPoint is on (PostgreSQL refuses one whose timeline history does not contain it). */
   minRecoveryPointTimeline: number;
   walSegmentBytes: number;
+  /** The primary's values of the settings a hot standby must match or exceed. */
+  hotStandbyMinimums: HotStandbyMinimums;
 }
 
 function readLsn(bytes: Buffer, offset: number): number {
@@ -57,6 +69,8 @@ export function parseControlFile(bytes: Buffer): ControlFile | null {
     minRecoveryPoint: readLsn(bytes, OFF.minRecoveryPoint),
     minRecoveryPointTimeline: bytes.readUInt32LE(OFF.minRecoveryPointTli),
     walSegmentBytes: bytes.readUInt32LE(OFF.xlogSegSize),
+    hotStandbyMinimums: Object.fromEntries(Object.entries(HOT_STANDBY_MINIMUM_OFFSETS)
+      .map(([name, offset]) => [name, bytes.readInt32LE(offset)])) as HotStandbyMinimums,
   };
 }
 

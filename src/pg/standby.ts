@@ -187,17 +187,52 @@ export interface PgServerOptions {
   settings?: Settings;
 }
 
-/** Settings a user may not give `lsnfs pg primary`, each with what sets it instead. */
-export const PRIMARY_FIXED_SETTINGS: Readonly<Record<string, string>> = {
-  port: 'set by --port', unix_socket_directories: 'the socket is in --run-dir',
+/** Settings no server on lsnfs takes from `-c`, each with why. */
+const FIXED_SETTINGS: Readonly<Record<string, string>> = {
+  port: 'set by --port',
+  unix_socket_directories: 'the socket is in --run-dir',
+  data_directory: 'the data directory is --pgdata on the mount',
+  config_file: 'the configuration is the data directory\'s',
+  hba_file: 'the configuration is the data directory\'s',
+  ident_file: 'the configuration is the data directory\'s',
 };
-/** And `lsnfs pg standby`: a standby on lsnfs reads WAL from the shared pg_wal/ and serves read-only queries. */
-export const STANDBY_FIXED_SETTINGS: Readonly<Record<string, string>> = {
-  ...PRIMARY_FIXED_SETTINGS,
+/** And none a standby on lsnfs takes: it reads WAL from the shared pg_wal/, follows the primary and serves read-only queries. */
+const STANDBY_FIXED_SETTINGS: Readonly<Record<string, string>> = {
   hot_standby: 'a standby on lsnfs is a hot standby',
   primary_conninfo: 'a standby on lsnfs reads WAL from the shared pg_wal/, not from a connection',
   restore_command: 'a standby on lsnfs reads WAL from the shared pg_wal/, not from an archive',
+  promote_trigger_file: 'promote with lsnfs failover',
 };
+
+/** Why `lsnfs pg primary` refuses `-c name=value` (null: it takes it). */
+export function primarySettingRefusal(name: string, value: string): string | null {
+  if (name === 'wal_level' && value.toLowerCase() === 'minimal') return 'standbys need replica or logical';
+  return FIXED_SETTINGS[name] ?? null;
+}
+
+/** Why `lsnfs pg standby` refuses `-c name=value` (null: it takes it). */
+export function standbySettingRefusal(name: string): string | null {
+  if (name.startsWith('recovery_target')) return 'a standby on lsnfs follows the primary to the end of its WAL';
+  return FIXED_SETTINGS[name] ?? STANDBY_FIXED_SETTINGS[name] ?? null;
+}
+
+/**
+ * The standby's values of the settings the primary records in pg_control: the primary's, unless the
+ * user asked for more. PostgreSQL refuses to start a hot standby with less (and lsnfs writes its own
+ * max_connections, which a primary set up elsewhere may well exceed).
+ */
+export function hotStandbySettings(control: ControlFile, requested: Settings): Settings {
+  const settings: Settings = {};
+  for (const [name, primaryValue] of Object.entries(control.hotStandbyMinimums)) {
+    const wanted = requested[name];
+    if (wanted === undefined) settings[name] = primaryValue;
+    else if (Number(wanted) < primaryValue) {
+      throw new UserError(`-c ${name}=${wanted}: the primary runs with ${name} = ${primaryValue} (its pg_control says so); ` +
+        'a hot standby needs at least that');
+    }
+  }
+  return settings;
+}
 
 /** Starts a hot standby on a standby's mount; resolves once it accepts read-only connections. */
 export async function startStandby(options: PgServerOptions): Promise<{ cluster: PgCluster; minRecoveryPoint: number }> {
@@ -206,7 +241,8 @@ export async function startStandby(options: PgServerOptions): Promise<{ cluster:
   const cluster = new PgCluster({ ...options, settings: STANDBY_SETTINGS });
   const { minRecoveryPoint } = await prepareStandbyDirectory(options.dataDir, control);
   await cluster.writeSettings();
-  await cluster.start({ settings: options.settings ?? {} });
+  const requested = options.settings ?? {};
+  await cluster.start({ settings: { ...hotStandbySettings(control, requested), ...requested } });
   return { cluster, minRecoveryPoint };
 }
 

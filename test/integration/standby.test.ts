@@ -44,8 +44,11 @@ test('PostgreSQL hot standbys on replica mounts: consistent reads under pgbench,
 
   async function scenario(): Promise<void> {
     // The primary, through the one command a user types.
+    // With more connections than lsnfs writes to postgresql.conf (-c, this start only): pg_control records
+    // it, and every standby below must run with at least as many or PostgreSQL refuses to start it.
     await lsnfsOk(['pg', 'primary', '--device', volume.device, '--mountpoint', volume.mountpoint, '--port', String(PRIMARY_PORT),
-      '--run-dir', runDir('primary')], volume.env);
+      '--run-dir', runDir('primary'), '-c', 'max_connections=60'], volume.env);
+    assert.equal(await primary.psql('SHOW max_connections'), '60');
     // Frequent checkpoints: the primary removes WAL segments and the standbys make restart points within the run.
     await primary.reconfigure({ checkpoint_timeout: '30s' });
 
@@ -59,6 +62,7 @@ test('PostgreSQL hot standbys on replica mounts: consistent reads under pgbench,
     const fresh = await startStandby('standby-fresh', PRIMARY_PORT + 3, path.join(volume.dir, 'overlay-fresh'), ['shared_buffers=48MB']);
     assert.equal(await fresh.cluster.psql('SELECT pg_is_in_recovery()'), 't');
     assert.equal(await fresh.cluster.psql('SHOW shared_buffers'), '48MB');
+    assert.equal(await fresh.cluster.psql('SHOW max_connections'), '60');
     await fresh.cluster.stop('fast');
     await lsnfsOk(['umount', '--mountpoint', fresh.mountpoint], volume.env);
     standbys.splice(standbys.indexOf(fresh), 1);
@@ -175,15 +179,25 @@ test('PostgreSQL hot standbys on replica mounts: consistent reads under pgbench,
       '--port', String(PRIMARY_PORT + 4)], volume.env);
     assert.notEqual(wrongMajor.code, 0);
     assert.match(wrongMajor.stderr, /data directory is PostgreSQL 14, but this host's PostgreSQL binaries .* are version 15/);
-    // Settings: one lsnfs must set itself, and one the command line cannot pass as is; both refused before anything is mounted.
-    const standbyArgs = ['pg', 'standby', '--device', volume.device, '--mountpoint', mountpointOf('settings'), '--overlay', path.join(volume.dir, 'overlay-settings'),
-      '--port', String(PRIMARY_PORT + 4)];
-    const archive = await lsnfs([...standbyArgs, '-c', 'restore_command=true'], volume.env);
-    assert.notEqual(archive.code, 0);
-    assert.match(archive.stderr, /-c restore_command=true: restore_command cannot be set here \(a standby on lsnfs reads WAL from the shared pg_wal\/, not from an archive\)/);
-    const spaced = await lsnfs([...standbyArgs, '-c', 'search_path=a, b'], volume.env);
-    assert.notEqual(spaced.code, 0);
-    assert.match(spaced.stderr, /-c search_path=a, b: expected NAME=VALUE with a plain value/);
+    // Settings lsnfs must set itself, and one the command line cannot pass as is: refused, and no mount is left behind.
+    const settingsMountpoint = mountpointOf('settings');
+    await fsp.mkdir(settingsMountpoint);
+    const refused = async (role: 'primary' | 'standby', setting: string, message: RegExp): Promise<void> => {
+      const result = await lsnfs(['pg', role, '--device', volume.device, '--mountpoint', settingsMountpoint, '--port', String(PRIMARY_PORT + 4),
+        ...(role === 'standby' ? ['--overlay', path.join(volume.dir, 'overlay-settings')] : []), '-c', setting], volume.env);
+      assert.notEqual(result.code, 0, `-c ${setting} was taken`);
+      assert.match(result.stderr, message);
+    };
+    await refused('standby', 'restore_command=true',
+      /-c restore_command=true: restore_command cannot be set here \(a standby on lsnfs reads WAL from the shared pg_wal\/, not from an archive\)/);
+    await refused('standby', 'recovery_target_lsn=0/1', /-c recovery_target_lsn=0\/1: recovery_target_lsn cannot be set here \(a standby on lsnfs follows the primary/);
+    await refused('standby', 'search_path=a, b', /-c search_path=a, b: expected NAME=VALUE with a plain value/);
+    // Fewer connections than the primary's pg_control records: refused once the data directory is read, and the mount made for it goes.
+    await refused('standby', 'max_connections=20',
+      /-c max_connections=20: the primary runs with max_connections = 60 \(its pg_control says so\); a hot standby needs at least that/);
+    await refused('primary', 'Port=1', /-c Port=1: port cannot be set here \(set by --port\)/);
+    await refused('primary', 'wal_level=minimal', /-c wal_level=minimal: wal_level cannot be set here \(standbys need replica or logical\)/);
+    assert.ok(!(await fsp.readFile('/proc/mounts', 'utf8')).includes(` ${settingsMountpoint} `), 'a refused command left a mount');
 
     for (const standby of [...standbys]) {
       await standby.cluster.stop('fast');
