@@ -215,7 +215,11 @@ for (const backend of ['file', 'iscsi'] as const) {
       // A write whose flush completed before the fence may be acknowledged on resume; nothing later may.
       assertRecords(promotedBytes, writer.acked(), 'new primary, counting what the resumed primary acknowledged');
       if (backend === 'iscsi') {
-        assert.match(mountLog(c, c.mnt.alpha), /host 'alpha' (was fenced \(unit attention 2A\/03 reservations preempted|\(epoch \d+\) lost the reservation)|RESERVATION_CONFLICT/);
+        // The daemon's log is written asynchronously (pino's destination), so its line about the fence can land
+        // after the writer has seen EIO: wait for it a little, then match (a failed match prints the log).
+        const fencedLine = /host 'alpha' (was fenced \(unit attention 2A\/03 reservations preempted|\(epoch \d+\) lost the reservation)|RESERVATION_CONFLICT/;
+        await waitFor('alpha to log its fencing', () => fencedLine.test(mountLog(c, c.mnt.alpha)), 5000).catch(() => undefined);
+        assert.match(mountLog(c, c.mnt.alpha), fencedLine);
       }
       const failedWrite = await lsnfs(['status', '--device', c.device, '--json'], c.env);
       assert.equal((JSON.parse(failedWrite.stdout) as { holder: { host: string } }).holder.host, 'beta');
