@@ -27,8 +27,11 @@ interface PgCommandOptions {
   setting?: string[];
 }
 
-/** A name=value the shell and postgres -c pass through unquoted: a size, a time, a number, a word, a path. */
-const SETTING_ARGUMENT = /^([A-Za-z_][A-Za-z0-9_.]*)=([A-Za-z0-9_.:/+-]+)$/;
+/**
+ * A name=value the shell and postgres -c pass through unquoted: a size, a time, a number, a word, a path.
+ * PostgreSQL's setting names (custom ones too: ext.name) start with a letter.
+ */
+const SETTING_ARGUMENT = /^([A-Za-z][A-Za-z0-9_.]*)=([A-Za-z0-9_.:/+-]+)$/;
 
 /** `-c name=value` arguments as settings; refuses a malformed one and those lsnfs must set itself, by name. */
 function parseSettings(texts: string[], refusal: (name: string, value: string) => string | null): Settings {

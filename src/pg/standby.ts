@@ -207,13 +207,18 @@ const STANDBY_FIXED_SETTINGS: Readonly<Record<string, string>> = {
 /** Why `lsnfs pg primary` refuses `-c name=value` (null: it takes it). */
 export function primarySettingRefusal(name: string, value: string): string | null {
   if (name === 'wal_level' && value.toLowerCase() === 'minimal') return 'standbys need replica or logical';
-  return FIXED_SETTINGS[name] ?? null;
+  return reasonFor(FIXED_SETTINGS, name);
 }
 
 /** Why `lsnfs pg standby` refuses `-c name=value` (null: it takes it). */
 export function standbySettingRefusal(name: string): string | null {
   if (name.startsWith('recovery_target')) return 'a standby on lsnfs follows the primary to the end of its WAL';
-  return FIXED_SETTINGS[name] ?? STANDBY_FIXED_SETTINGS[name] ?? null;
+  return reasonFor(FIXED_SETTINGS, name) ?? reasonFor(STANDBY_FIXED_SETTINGS, name);
+}
+
+/** `reasons[name]`, own entries only (a name like "constructor" is not a reason). */
+function reasonFor(reasons: Readonly<Record<string, string>>, name: string): string | null {
+  return Object.hasOwn(reasons, name) ? reasons[name]! : null;
 }
 
 /**

@@ -179,7 +179,8 @@ test('PostgreSQL hot standbys on replica mounts: consistent reads under pgbench,
       '--port', String(PRIMARY_PORT + 4)], volume.env);
     assert.notEqual(wrongMajor.code, 0);
     assert.match(wrongMajor.stderr, /data directory is PostgreSQL 14, but this host's PostgreSQL binaries .* are version 15/);
-    // Settings lsnfs must set itself, and one the command line cannot pass as is: refused, and no mount is left behind.
+    // Settings refused, each naming why (lsnfs sets it, it would stop the standby following, it is no plain
+    // value, it is less than the primary's), and no mount is left behind.
     const settingsMountpoint = mountpointOf('settings');
     await fsp.mkdir(settingsMountpoint);
     const refused = async (role: 'primary' | 'standby', setting: string, message: RegExp): Promise<void> => {
