@@ -3,15 +3,15 @@ import { mkdtempSync, promises as fsp, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Command } from 'commander';
+import { cliArgv } from '../src/cli/invocation';
 import { runtimeFileIn } from '../src/cli/runtime';
 import { childPids, execOk } from '../src/pg';
 
 export const REPO_ROOT = path.resolve(__dirname, '..', '..');
-export const LSNFS_BIN = path.join(REPO_ROOT, 'bin', 'lsnfs');
 
 /** Runs the lsnfs CLI (never in a process that serves a mount); resolves with its stdout. */
 export function lsnfsCli(args: string[], env: NodeJS.ProcessEnv): Promise<string> {
-  return execOk(process.execPath, [LSNFS_BIN, ...args], { env });
+  return execOk(process.execPath, cliArgv(args), { env });
 }
 
 /** An lsnfs file device with its mountpoint and private runtime directory, driven through the CLI. */

@@ -53,14 +53,12 @@ import { closeSync, fdatasyncSync, mkdtempSync, openSync, promises as fsp, readF
 import os from 'node:os';
 import path from 'node:path';
 import { Command } from 'commander';
-import { daemonPid, hostCpus, log, median, round1, round2, round3, positiveInt } from './bench-common';
+import { daemonPid, hostCpus, log, lsnfsCli, median, round1, round2, round3, positiveInt } from './bench-common';
 import { exec, execOk } from '../src/pg/exec';
 import { REPLICA_SLOTS_OFFSET, REPLICA_SLOT_BYTES, REPLICA_SLOT_COUNT } from '../src/log/format';
 import { decodeSlot } from '../src/replica/slots';
 import { runtimeFileIn } from '../src/cli/runtime';
 
-const REPO_ROOT = path.resolve(__dirname, '..', '..');
-const LSNFS_BIN = path.join(REPO_ROOT, 'bin', 'lsnfs');
 
 /** Record (and page) size, and the number of pages the records cycle through. */
 const RECORD_BYTES = 8192;
@@ -503,7 +501,7 @@ class Mounts {
   replica(index: number): string { return path.join(this.dir, `replica-${index}`); }
 
   private cli(args: string[]): Promise<string> {
-    return execOk(process.execPath, [LSNFS_BIN, ...args], { env: this.env });
+    return lsnfsCli(args, this.env);
   }
   async create(size: string): Promise<void> {
     await fsp.mkdir(this.primary, { recursive: true });

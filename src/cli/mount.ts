@@ -7,10 +7,10 @@
  */
 import { spawn } from 'node:child_process';
 import { openSync, promises as fsp } from 'node:fs';
-import path from 'node:path';
 import { UserError, assert } from '../util/errors';
 import { processAlive } from '../util/process';
 import type { MountRole } from '../volume/volume';
+import { DAEMON_NODE_FLAGS, LSNFS_BIN } from './invocation';
 import { isMounted, mountLogPath, readMountRecord, removeMountRecord, runtimeDir } from './runtime';
 
 export interface MountOptions {
@@ -37,19 +37,7 @@ export interface MountOptions {
 }
 
 const READY_TIMEOUT_MS = 120_000;
-/** The `lsnfs` binary the daemon runs (whoever calls mountInBackground: the CLI, the drill, a test); this file is dist/src/cli/mount.js. */
-const LSNFS_BIN = path.resolve(__dirname, '..', '..', '..', 'bin', 'lsnfs');
 const UMOUNT_WAIT_MS = 120_000;
-/**
- * V8 flags of the daemon. A larger young generation (32 MB semi-spaces; V8 picks 16 here): most of what
- * a FUSE request allocates (buffers, promises, records in flight) lives a few milliseconds, but at
- * thousands of requests a second the default young generation filled before it died, it was promoted,
- * and the old generation, which holds the whole page index, was marked again and again. In
- * bench-standby (perf over 12 s of load) the primary's daemon spent 48 % of its CPU in garbage
- * collection, 2 % with this flag; the four daemons' CPU per pgbench transaction fell from 1.50 to
- * 1.14 ms. It costs up to 32 MB more memory per daemon.
- */
-const DAEMON_NODE_FLAGS = ['--max-semi-space-size=32'];
 
 /** The `lsnfs mount` arguments that make the daemon serve `options`. */
 function daemonArgs(options: MountOptions): string[] {

@@ -5,20 +5,20 @@
  * serving process's event loop, so sync I/O against it would deadlock).
  */
 import { execFile, spawn } from 'node:child_process';
+import { cliArgv } from '../../src/cli/invocation';
 import { runtimeFileIn } from '../../src/cli/runtime';
 import { existsSync, mkdtempSync, promises as fsp, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
 export const REPO_ROOT = path.resolve(__dirname, '..', '..', '..');
-export const LSNFS_BIN = path.join(REPO_ROOT, 'bin', 'lsnfs');
 
 export interface CliResult { code: number; stdout: string; stderr: string }
 
 /** Runs `lsnfs ARGS`; never throws on a non-zero exit (tests assert on it). */
 export function lsnfs(args: string[], env: NodeJS.ProcessEnv = {}): Promise<CliResult> {
   return new Promise((resolve) => {
-    execFile(process.execPath, [LSNFS_BIN, ...args], { env: { ...process.env, ...env }, maxBuffer: 64 * 1024 * 1024 }, (error, stdout, stderr) => {
+    execFile(process.execPath, cliArgv(args), { env: { ...process.env, ...env }, maxBuffer: 64 * 1024 * 1024 }, (error, stdout, stderr) => {
       const code = error ? (typeof error.code === 'number' ? error.code : 1) : 0;
       resolve({ code, stdout, stderr });
     });
