@@ -59,7 +59,6 @@ import { REPLICA_SLOTS_OFFSET, REPLICA_SLOT_BYTES, REPLICA_SLOT_COUNT } from '..
 import { decodeSlot } from '../src/replica/slots';
 import { runtimeFileIn } from '../src/cli/runtime';
 
-
 /** Record (and page) size, and the number of pages the records cycle through. */
 const RECORD_BYTES = 8192;
 const FILE_PAGES = 1024;
