@@ -98,9 +98,9 @@ export function deserializeState(bytes: Buffer): { state: VolumeState; history: 
         versionLsn: readU48(bytes, at + 16),
         loc: readU48(bytes, at + 24),
       };
-      let versions = inode.pages.get(pageNo);
-      if (!versions) { versions = []; inode.pages.set(pageNo, versions); }
-      versions.push(version);
+      const versions = inode.pages.get(pageNo);
+      if (versions) versions.push(version);
+      else inode.pages.set(pageNo, [version]); // at its length: see VolumeState.addVersion
       state.liveBytes += versionLogBytes(version);
     }
   }
