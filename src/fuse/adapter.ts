@@ -271,8 +271,10 @@ export function serveFuse(fs: FileSystem, mountpoint: string, options: ServeOpti
         if (change.valid & SetattrValid.MODE) attrs.mode = change.mode;
         if (change.valid & SetattrValid.UID) attrs.uid = change.uid;
         if (change.valid & SetattrValid.GID) attrs.gid = change.gid;
-        if (change.valid & SetattrValid.ATIME) attrs.atimeMs = change.valid & SetattrValid.ATIME_NOW ? Date.now() : change.atimeMs;
-        if (change.valid & SetattrValid.MTIME) attrs.mtimeMs = change.valid & SetattrValid.MTIME_NOW ? Date.now() : change.mtimeMs;
+        // One reading of the clock: `touch` (both times "now") must set them equal, even across a millisecond.
+        const nowMs = Date.now();
+        if (change.valid & SetattrValid.ATIME) attrs.atimeMs = change.valid & SetattrValid.ATIME_NOW ? nowMs : change.atimeMs;
+        if (change.valid & SetattrValid.MTIME) attrs.mtimeMs = change.valid & SetattrValid.MTIME_NOW ? nowMs : change.mtimeMs;
         if (Object.keys(attrs).length > 0) await fs.setattr(requirePath(ino), attrs);
         const stat = statOf(ino);
         return attrOut(stat, attrValidMs(stat));
