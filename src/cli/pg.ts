@@ -56,9 +56,8 @@ function parsePort(text: string): number {
 }
 
 /**
- * Mounts unless `mountpoint` already serves this device in the role wanted; refuses a mount that cannot
- * host the server. Then runs `start`; if it fails, a mount made here is unmounted again (nothing runs on
- * it), so a refused start leaves the host as it was.
+ * Runs `start` on the mount `ensureMounted` provides; if it fails, a mount made here is unmounted again
+ * (nothing runs on it), so a refused start leaves the host as it was.
  */
 async function onMount<T>(options: PgCommandOptions, role: 'primary' | 'replica', host: string, start: () => Promise<T>): Promise<T> {
   const mountedHere = await ensureMounted(options, role, host);
@@ -74,7 +73,10 @@ async function onMount<T>(options: PgCommandOptions, role: 'primary' | 'replica'
   }
 }
 
-/** Mounts unless `mountpoint` already serves this device in the role wanted; true when it mounted. */
+/**
+ * Mounts unless `mountpoint` already serves this device in the role wanted; refuses a mount that cannot
+ * host the server. True when it mounted.
+ */
 async function ensureMounted(options: PgCommandOptions, role: 'primary' | 'replica', host: string): Promise<boolean> {
   if (await isMounted(options.mountpoint)) {
     const record = await readMountRecord(options.mountpoint);

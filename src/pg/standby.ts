@@ -242,12 +242,14 @@ export function hotStandbySettings(control: ControlFile, requested: Settings): S
 /** Starts a hot standby on a standby's mount; resolves once it accepts read-only connections. */
 export async function startStandby(options: PgServerOptions): Promise<{ cluster: PgCluster; minRecoveryPoint: number }> {
   const control = await checkDataDirectory(options.dataDir);
+  // Refused settings are refused before anything is written to the overlay.
+  const requested = options.settings ?? {};
+  const settings = { ...hotStandbySettings(control, requested), ...requested };
   await ownedDirectory(options.runDir, 0o755);
   const cluster = new PgCluster({ ...options, settings: STANDBY_SETTINGS });
   const { minRecoveryPoint } = await prepareStandbyDirectory(options.dataDir, control);
   await cluster.writeSettings();
-  const requested = options.settings ?? {};
-  await cluster.start({ settings: { ...hotStandbySettings(control, requested), ...requested } });
+  await cluster.start({ settings });
   return { cluster, minRecoveryPoint };
 }
 
