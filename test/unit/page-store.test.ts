@@ -108,7 +108,7 @@ test('page store: compressible, incompressible and all-zero pages read back as w
     const zeros = await writeNew(store, Buffer.alloc(PAGE));
     assert.equal(noise.slotBytes, PAGE);
     assert.equal((await fsp.stat(path.join(dir, `pages-${PAGE}.bin`))).size, PAGE, 'a page that does not deflate is stored raw');
-    assert.equal(zeros.slotBytes, PAGE / 16, 'zeros take the smallest slot');
+    assert.equal(zeros.slotBytes, PAGE / 64, 'zeros take the smallest slot');
     assert.ok(heap.slotBytes <= PAGE / 4, `a pgbench heap page takes ${heap.slotBytes} bytes`);
     t.diagnostic(`pgbench heap page (61 tuples): ${heap.slotBytes}-byte slot, ratio ${(PAGE / heap.slotBytes).toFixed(1)}`);
     assert.equal(store.usedBytes, heap.slotBytes + noise.slotBytes + zeros.slotBytes);
