@@ -48,6 +48,15 @@ const CLASS_COUNT = 64;
 const SPILL_CLASSES = CLASS_COUNT / 8;
 /** Fast: the standby writes every page it evicts through here, and level 6 saved only 1.4 % more on pgbench heap pages. */
 const DEFLATE_OPTIONS: zlib.ZlibOptions = { level: 1 };
+/**
+ * compact() takes on a class's file once at least this many of its slots,
+ * and at least 1/COMPACT_FREE_SHARE_DIVISOR of them, are free: below that, the
+ * free slots are what the next writes take anyway.
+ */
+const COMPACT_MIN_FREE_SLOTS = 64;
+const COMPACT_FREE_SHARE_DIVISOR = 4;
+/** Moves in flight at once: each is a read and a write in libuv's thread pool, which FUSE requests' reads share. */
+const COMPACT_MOVES_IN_FLIGHT = 2;
 /** This store's files, in this or an earlier layout (pages.bin: one file of whole pages). */
 const STORE_FILE = /^pages(-\d+)?\.bin$/;
 
@@ -57,6 +66,8 @@ interface SlotClass {
   /** Slots the file has held so far (its length, in slots): grows only when no slot of the class is free. */
   slotCount: number;
   readonly freeSlots: number[];
+  /** A cut of the file in flight (see compact): a write past the cut waits for it, or the cut could drop it. */
+  cutting: Promise<void> | null;
 }
 
 /** Where the bytes of a written page live. */
@@ -66,6 +77,9 @@ interface Place {
   /** The deflated length, or pageBytes for a page stored raw. */
   readonly storedBytes: number;
 }
+
+/** A page to copy from the end of its file to a lower free slot of the same class. */
+interface Move { readonly handle: number; readonly from: Place; to: number }
 
 export class PageStore {
   /** By handle: its page's place; null while allocated and not written yet, undefined while free. */
@@ -84,6 +98,7 @@ export class PageStore {
    */
   private readonly released: { place: Place; readsBegun: number }[] = [];
   private usedSlotBytes = 0;
+  private compacting = false;
   /** A page deflated to more than this is stored raw: it would save no space, yet cost an inflate on every read. */
   private readonly rawAboveBytes: number;
 
@@ -101,7 +116,7 @@ export class PageStore {
     try {
       for (let i = 1; i <= CLASS_COUNT; i++) {
         const slotBytes = (pageBytes / CLASS_COUNT) * i;
-        classes.push({ slotBytes, file: await fsp.open(path.join(dir, `pages-${slotBytes}.bin`), 'w+'), slotCount: 0, freeSlots: [] });
+        classes.push({ slotBytes, file: await fsp.open(path.join(dir, `pages-${slotBytes}.bin`), 'w+'), slotCount: 0, freeSlots: [], cutting: null });
       }
     } catch (error) {
       await Promise.all(classes.map((slotClass) => slotClass.file.close()));
@@ -112,6 +127,11 @@ export class PageStore {
 
   /** Bytes of the slots holding pages (a deflated page takes a whole slot). */
   get usedBytes(): number { return this.usedSlotBytes; }
+
+  /** Bytes of the store's files: every slot up to each file's last, in use or free. */
+  get fileBytes(): number {
+    return this.classes.reduce((bytes, slotClass) => bytes + slotClass.slotCount * slotClass.slotBytes, 0);
+  }
 
   /** A handle for a page; it holds one once written, and may be written again. */
   allocate(): number {
@@ -153,6 +173,7 @@ export class PageStore {
     const place = this.take(bytes.length);
     this.writing.add(handle);
     try {
+      if (place.slotClass.cutting) await place.slotClass.cutting;
       const { bytesWritten } = await place.slotClass.file.write(bytes, 0, bytes.length, place.slot * place.slotClass.slotBytes);
       assert.equal(bytesWritten, bytes.length, `short write to ${place.slotClass.slotBytes}-byte slot ${place.slot}`);
     } catch (error) {
@@ -187,6 +208,42 @@ export class PageStore {
     return page;
   }
 
+  /**
+   * Gives back the disk of slots freed since the files grew. A standby's
+   * overlay swells when its restart point writes every dirty buffer and
+   * shrinks when the primary's next checkpoint catches up with those pages,
+   * but a file only grows: without this the overlay's disk stays at its peak.
+   * For each class whose file is mostly free: cuts the file after its last
+   * slot in use, and moves up to `maxMoves` pages (in all) from the file's end
+   * into its lowest free slots, whose space the next call cuts. A moved page
+   * keeps its handle; a move whose handle was written or released meanwhile
+   * is abandoned.
+   */
+  async compact(maxMoves: number): Promise<void> {
+    assert.ok(!this.compacting, 'one compaction at a time');
+    const wasteful = this.classes.filter((c) => c.freeSlots.length >= COMPACT_MIN_FREE_SLOTS && c.freeSlots.length * COMPACT_FREE_SHARE_DIVISOR >= c.slotCount);
+    if (wasteful.length === 0) return;
+    this.compacting = true;
+    try {
+      const owners = new Map<SlotClass, Map<number, number>>(wasteful.map((c) => [c, new Map()]));
+      this.places.forEach((place, handle) => { if (place) owners.get(place.slotClass)?.set(place.slot, handle); });
+      const moves: Move[] = [];
+      const cuts: Promise<void>[] = [];
+      for (const slotClass of wasteful) {
+        const cut = this.cutFreeTail(slotClass);
+        if (cut) cuts.push(cut);
+        this.planMoves(slotClass, owners.get(slotClass)!, maxMoves, moves);
+      }
+      let next = 0;
+      const mover = async (): Promise<void> => {
+        while (next < moves.length) await this.move(moves[next++]!);
+      };
+      await Promise.all([...cuts, ...Array.from({ length: COMPACT_MOVES_IN_FLIGHT }, mover)]);
+    } finally {
+      this.compacting = false;
+    }
+  }
+
   async close(): Promise<void> {
     await Promise.all(this.classes.map((slotClass) => slotClass.file.close()));
   }
@@ -202,6 +259,79 @@ export class PageStore {
     const slot = slotClass.freeSlots.pop() ?? slotClass.slotCount++;
     this.usedSlotBytes += slotClass.slotBytes;
     return { slotClass, slot, storedBytes };
+  }
+
+  /**
+   * Drops the free slots at the end of the class's file from its free list and
+   * cuts the file there. Only free slots go: a slot being written, or released
+   * while a read may still read it, is not on the free list. Leaves the free
+   * list lowest slot last, so take() fills the file from its start.
+   */
+  private cutFreeTail(slotClass: SlotClass): Promise<void> | null {
+    const free = Int32Array.from(slotClass.freeSlots).sort();
+    let end = free.length;
+    while (end > 0 && free[end - 1] === slotClass.slotCount - 1) {
+      end--;
+      slotClass.slotCount--;
+    }
+    slotClass.freeSlots.length = 0;
+    for (let i = end - 1; i >= 0; i--) slotClass.freeSlots.push(free[i]!);
+    if (end === free.length) return null;
+    // Cuts run one after another: an earlier, longer cut must not land after a write past a later one.
+    // A cut that fails leaves the file longer than its slots, which costs disk and nothing else.
+    const length = slotClass.slotCount * slotClass.slotBytes;
+    const cutting: Promise<void> = (slotClass.cutting ?? Promise.resolve())
+      .then(() => slotClass.file.truncate(length))
+      .catch(() => undefined)
+      .finally(() => { if (slotClass.cutting === cutting) slotClass.cutting = null; });
+    slotClass.cutting = cutting;
+    return cutting;
+  }
+
+  /**
+   * Pairs the class's last pages (by slot) with its lowest free slots, which
+   * leave the free list. Skips slots that are free, and pages being written
+   * or released (their slots are about to change anyway).
+   */
+  private planMoves(slotClass: SlotClass, owners: Map<number, number>, maxMoves: number, moves: Move[]): void {
+    const free = slotClass.freeSlots; // highest first, lowest last (cutFreeTail)
+    let highestFree = 0;
+    for (let slot = slotClass.slotCount - 1; moves.length < maxMoves && slot >= 0; slot--) {
+      if (free[highestFree] === slot) {
+        highestFree++;
+        continue;
+      }
+      const lowest = free[free.length - 1];
+      if (lowest === undefined || lowest >= slot) return;
+      const handle = owners.get(slot);
+      if (handle === undefined || this.writing.has(handle)) continue;
+      free.pop();
+      moves.push({ handle, from: this.places[handle]!, to: lowest });
+    }
+  }
+
+  /** Copies a page's stored bytes to its new slot and maps its handle there, unless the handle changed meanwhile. */
+  private async move({ handle, from, to }: Move): Promise<void> {
+    const { slotClass, storedBytes } = from;
+    const current = (): boolean => this.places[handle] === from && !this.writing.has(handle);
+    let moved = false;
+    try {
+      if (!current()) return;
+      // Not counted as a read in flight: if the handle changes meanwhile, the bytes read are not used.
+      const bytes = Buffer.allocUnsafe(storedBytes);
+      const { bytesRead } = await slotClass.file.read(bytes, 0, storedBytes, from.slot * slotClass.slotBytes);
+      assert.equal(bytesRead, storedBytes, `short read of ${slotClass.slotBytes}-byte slot ${from.slot}`);
+      if (!current()) return;
+      const { bytesWritten } = await slotClass.file.write(bytes, 0, storedBytes, to * slotClass.slotBytes);
+      assert.equal(bytesWritten, storedBytes, `short write to ${slotClass.slotBytes}-byte slot ${to}`);
+      if (!current()) return;
+      this.places[handle] = { slotClass, slot: to, storedBytes };
+      this.usedSlotBytes += slotClass.slotBytes;
+      this.releasePlace(from);
+      moved = true;
+    } finally {
+      if (!moved) slotClass.freeSlots.push(to);
+    }
   }
 
   private releasePlace(place: Place): void {

@@ -226,3 +226,77 @@ test('page store: close, and create empties what an earlier store left', async (
     await fsp.rm(dir, { recursive: true, force: true });
   }
 });
+
+test('page store: compact cuts the files back to the pages in use, which read back as written under their handles', async () => {
+  await withStore(async (store, dir) => {
+    // Pages of one size class, as a pgbench standby's are (see CLASS_COUNT).
+    const pageOf = (block: number): Buffer => pageDeflatingTo(random(block), 520);
+    const pages = new Map<number, Buffer>();
+    for (let block = 0; block < 600; block++) pages.set((await writeNew(store, pageOf(block))).handle, pageOf(block));
+    const grown = store.fileBytes;
+    assert.ok(await fileBytes(dir) <= grown, 'a file\'s last slot may be written in part');
+    // What a primary's checkpoint does to a standby's overlay: most pages dropped, a few scattered ones stay.
+    for (const handle of [...pages.keys()]) {
+      if (handle % 10 === 0) continue;
+      store.release(handle);
+      pages.delete(handle);
+    }
+    assert.equal(store.fileBytes, grown, 'releases alone leave the files at their peak');
+    await store.compact(1_000);
+    await store.compact(1_000);
+    assert.equal(store.fileBytes, store.usedBytes, 'the files hold just the pages in use');
+    assert.ok(await fileBytes(dir) <= store.usedBytes, 'and the files were cut');
+    for (const [handle, page] of pages) assert.deepEqual(await store.read(handle), page, `handle ${handle}`);
+    // The cut files grow again from their ends.
+    const later = await writeNew(store, pageOf(9_999));
+    assert.deepEqual(await store.read(later.handle), pageOf(9_999));
+    assert.ok(await fileBytes(dir) <= store.usedBytes);
+  });
+});
+
+test('page store: compaction racing writes, rewrites, releases and reads loses no page', async (t) => {
+  await withStore(async (store, dir) => {
+    const HANDLES = 1_000;
+    const next = random(7);
+    const live: ({ handle: number; page: Buffer; writing: boolean } | null)[] = new Array(HANDLES).fill(null);
+    let compactions = 0;
+    let compacting: Promise<void> = Promise.resolve();
+    for (let round = 0; round < 20; round++) {
+      // A burst of writes (a restart point), then most pages dropped (the primary caught up), with
+      // compactions, reads and rewrites in flight at the same time.
+      const work: Promise<void>[] = [];
+      for (let op = 0; op < 1_200; op++) {
+        const i = Math.floor(next() * HANDLES);
+        const entry = live[i];
+        const roll = next();
+        // As the standby's overlay does: a handle being written is neither read nor released nor written again.
+        if (entry?.writing) continue;
+        if (entry && roll < (round % 2 === 0 ? 0.6 : 0.1)) {
+          store.release(entry.handle);
+          live[i] = null;
+        } else if (entry && roll < 0.8) {
+          work.push(store.read(entry.handle).then((read) => assert.deepEqual(read, entry.page, `handle ${entry.handle} read in flight`)));
+        } else {
+          const page = pageDeflatingTo(next, 440 + Math.floor(next() * 200)); // two or three classes: compaction has work
+          const handle = entry?.handle ?? store.allocate();
+          const written = { handle, page, writing: true };
+          live[i] = written;
+          work.push(store.write(handle, page).then(() => { written.writing = false; }));
+        }
+        if (op % 25 === 0) {
+          compacting = compacting.then(() => { compactions++; return store.compact(64); });
+          work.push(compacting);
+        }
+        if (op % 5 === 0) await new Promise((resolve) => setImmediate(resolve)); // let I/O in flight move on
+      }
+      await Promise.all(work);
+    }
+    await compacting;
+    for (const entry of live) if (entry) assert.deepEqual(await store.read(entry.handle), entry.page, `handle ${entry.handle}`);
+    for (let i = 0; i < 50 && store.fileBytes > store.usedBytes; i++) await store.compact(1_000);
+    t.diagnostic(`${compactions} compactions in flight with the churn; files ${await fileBytes(dir)} bytes for ${store.usedBytes} in use`);
+    assert.ok(store.fileBytes <= store.usedBytes * 1.25 + 64 * PAGE, `files ${store.fileBytes} bytes for ${store.usedBytes} in use`);
+    assert.ok(await fileBytes(dir) <= store.fileBytes);
+    for (const entry of live) if (entry) assert.deepEqual(await store.read(entry.handle), entry.page, `handle ${entry.handle} after compaction`);
+  });
+});
