@@ -99,8 +99,7 @@ export function deserializeState(bytes: Buffer): { state: VolumeState; history: 
         loc: readU48(bytes, at + 24),
       };
       const versions = inode.pages.get(pageNo);
-      if (versions) versions.push(version);
-      else inode.pages.set(pageNo, [version]); // at its length: see VolumeState.addVersion
+      inode.pages.set(pageNo, versions ? versions.concat(version) : [version]); // at its length: see VolumeState.addVersion
       state.liveBytes += versionLogBytes(version);
     }
   }

@@ -86,9 +86,9 @@ export class Cleaner {
       if (header.type === RecordType.Data) {
         const head = decodeDataHead(payload);
         const versionLsn = head.versionLsn || header.lsn;
-        const versions = volume.state.fileInode(head.ino)?.pages?.get(head.pageNo);
+        const inode = volume.state.fileInode(head.ino);
         // Versions the horizon has passed since they were written are garbage now.
-        if (versions) volume.state.trimPage(versions);
+        const versions = inode ? volume.state.trimPage(inode, head.pageNo) : undefined;
         const version = versions?.find((v) => v.versionLsn === versionLsn);
         if (version && version.loc === header.lsn) {
           // Copies must leave room for the checkpoint this chunk needs before the head can move.

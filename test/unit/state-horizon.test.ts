@@ -70,6 +70,24 @@ test('moving the horizon drops versions a newer base at or below it hides, even 
   assert.equal(state.liveBytes, 0);
 });
 
+test('a page written again while its trim waits in the queue is trimmed when the horizon passes, down to one version', () => {
+  const state = VolumeState.empty(PAGE, 0o755, 0);
+  const log = new Log(state);
+  log.create(2, 'f');
+  state.setHorizon(log.lsn); // a reader holds the view here
+  log.write(2, 0);
+  const second = log.write(2, 0); // queued: the horizon passing it makes the first version unreachable
+  const third = log.write(2, 0); // written again while queued (the page's array is a new one each time)
+  const delta = log.write(2, 0, 100, 10);
+  const file = state.inode(2);
+  assert.equal(file.pages!.get(0)!.length, 4);
+  state.setHorizon(second + 1);
+  assert.deepEqual(file.pages!.get(0)!.map((v) => v.versionLsn), [second, third, delta], 'the queued trim still found the page');
+  state.setHorizon(third + 1);
+  assert.deepEqual(file.pages!.get(0)!.map((v) => v.versionLsn), [third, delta], 'and it was queued again at its next base');
+  assert.equal(state.liveBytes, indexedBytes(state));
+});
+
 test('versions a checkpoint kept for a reader are dropped once the horizon passes them after a reload', () => {
   const state = VolumeState.empty(PAGE, 0o755, 0);
   const log = new Log(state);
