@@ -142,7 +142,8 @@ export class StandbyVolume implements FileSystem {
   private readonly hidden = new Set<number>();
   private nextIno = OVERLAY_INO_BASE;
   private sweepTimer: NodeJS.Timeout | null = null;
-  private sweeping = false;
+  /** The sweep in flight (dropping caught-up pages, then compacting the page store): close() waits for it. */
+  private sweepRun: Promise<void> | null = null;
   /**
    * WAL reads since WAL was last applied (`gate.walGeneration`): each page (`ino:page`) with the open
    * file that read it last; the open file of the last read and when it was answered; polls in a row.
@@ -165,11 +166,10 @@ export class StandbyVolume implements FileSystem {
     const tailer = shared.tailer!;
     tailer.slotExtras = () => ({ viewWalLsn: gate.viewWalLsn, overlayBytes: this.overlayBytes, keepDeletedFromLsn: gate.keepDeletedFromLsn() });
     this.sweepTimer = setInterval(() => {
-      if (this.sweeping) return;
-      this.sweeping = true;
-      this.dropCaughtUpPages().then(() => this.store.compact(COMPACT_MOVES_PER_SWEEP))
+      if (this.sweepRun) return;
+      this.sweepRun = this.dropCaughtUpPages().then(() => this.store.compact(COMPACT_MOVES_PER_SWEEP))
         .catch((error: Error) => log.error({ err: error }, 'overlay sweep failed'))
-        .finally(() => { this.sweeping = false; });
+        .finally(() => { this.sweepRun = null; });
     }, sweepIntervalMs);
     this.sweepTimer.unref();
   }
@@ -742,6 +742,7 @@ export class StandbyVolume implements FileSystem {
   async close(): Promise<void> {
     this.wakeWalWaiters();
     if (this.sweepTimer) clearInterval(this.sweepTimer);
+    await this.sweepRun;
     await this.overlaySettled();
     await this.shared.close();
     await this.store.close();
