@@ -63,7 +63,7 @@ const STORE_FILE = /^pages(-\d+)?\.bin$/;
 interface SlotClass {
   readonly slotBytes: number;
   readonly file: fsp.FileHandle;
-  /** Slots the file has held so far (its length, in slots): grows only when no slot of the class is free. */
+  /** The file's length in slots: grows only when no slot of the class is free, shrinks when compact() cuts its free end. */
   slotCount: number;
   readonly freeSlots: number[];
   /** A cut of the file in flight (see compact): a write past the cut waits for it, or the cut could drop it. */
