@@ -13,13 +13,14 @@
  *
  * Why compressed: the overlay is where a standby's disk goes (200-290 MB per
  * standby on a 1.1 GB pgbench database), and its pages are mostly heap pages
- * of blank-padded tuples and btree pages, which deflate to an eighth to a
- * third of a page. Why size classes: a freed slot fits any later page of its
- * class, so a file grows only while its class has no free slot, and a page
- * loses less than one class step to rounding; variable-length extents would
- * fragment under the standby's churn and need compaction. A page's size is
- * known only when it is written, so the number the caller keeps is a handle
- * that maps to the class and slot its bytes went to.
+ * of blank-padded tuples, which deflate to about a fifteenth of a page, and
+ * btree pages, to about a third. Why size classes: a freed slot fits any later
+ * page of its class, so a file grows only while its class has no free slot, a
+ * page loses less than one class step to rounding, and compact() can move any
+ * page into any free slot of its class without searching for room;
+ * variable-length extents would fragment under the standby's churn. A page's
+ * size is known only when it is written, so the number the caller keeps is a
+ * handle that maps to the class and slot its bytes went to.
  */
 import assert from 'node:assert/strict';
 import { promises as fsp } from 'node:fs';
