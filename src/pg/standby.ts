@@ -18,11 +18,23 @@ import { ControlFile, formatPgLsn, isWalSegmentName, parseControlFile, parsePgLs
  * filesystem gains nothing from either), and no full-page images: lsnfs
  * writes a whole 8 KiB page as one log record (an image), replayed whole or
  * not at all, so a torn page cannot happen.
+ *
+ * A checkpoint every 30 s (PostgreSQL's default is 5 min, or max_wal_size of
+ * WAL: 64 MB with lsnfs's 1 MB segments). It bounds the redo of a crash
+ * recovery, and so a failover's RTO (~0.2 s per MiB of WAL here). And a
+ * standby's costs follow the checkpoint cycle: each restart point writes every
+ * page its replay dirtied, and such a page stays in its overlay until the
+ * primary writes the page again; its view L, and with it the versions the
+ * primary keeps for it, moves mostly while a restart point writes. Over
+ * 12 minutes of bench-standby the three overlays held 84 MB on average with
+ * checkpoints every 2.2 min, 6 MB with 30 s. The price is page writes: a
+ * page dirtied again after a checkpoint is written again at the next one.
  */
 export const PRIMARY_SETTINGS: Readonly<Settings> = {
   ...LSNFS_SETTINGS,
   full_page_writes: false,
   wal_level: 'replica',
+  checkpoint_timeout: '30s',
 };
 
 /**
