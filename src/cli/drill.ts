@@ -39,7 +39,7 @@ import { processAlive } from '../util/process';
 import { percentile } from '../util/stats';
 import { formatBytes, parseSizeBytes } from '../util/units';
 import {
-  LSNFS_SETTINGS, LSNFS_WAL_SEGMENT_MB, PgCluster, RunningPgbench, childPids, countLoggedCommits, exec, parsePgLsn, pgBinDir, pgbenchInit, startPgbench, startStandby, tpcbBalances,
+  LSNFS_WAL_SEGMENT_MB, PRIMARY_SETTINGS, PgCluster, RunningPgbench, childPids, countLoggedCommits, exec, parsePgLsn, pgBinDir, pgbenchInit, startPgbench, startStandby, tpcbBalances,
   waitForExit,
 } from '../pg';
 import { FailoverPhase, failover } from './failover';
@@ -226,11 +226,8 @@ export async function runDrill(options: DrillOptions, progress: Progress): Promi
   await fsp.chmod(dir, 0o755); // PostgreSQL (user postgres) must reach the mounts and its run directories
   const iscsi = options.device?.startsWith('iscsi://') ?? false;
   const deviceSpec = options.device ?? path.join(dir, 'device.img');
-  const settings = {
-    ...LSNFS_SETTINGS, full_page_writes: options.fullPageWrites === 'on',
-    // A short redo after a failover: the new primary replays at most ~30 s of WAL.
-    checkpoint_timeout: '30s', wal_retrieve_retry_interval: '100ms',
-  };
+  // What lsnfs pg primary writes (among it checkpoints every 30 s: a short redo after a failover).
+  const settings = { ...PRIMARY_SETTINGS, full_page_writes: options.fullPageWrites === 'on', wal_retrieve_retry_interval: '100ms' };
   const hosts = HOSTS.map((name, i) => new DrillHost(name, dir, options.port + i, settings));
   const report: DrillReport = {
     kind: 'failover', ok: false, dir, dirKept: true,
