@@ -193,7 +193,7 @@ export class PgCluster {
   /** Appends the settings to postgresql.conf (later lines win over initdb's). */
   async writeSettings(): Promise<void> {
     const lines = Object.entries(this.settings).map(([name, value]) => `${name} = ${formatSetting(value)}`);
-    await fsp.appendFile(path.join(this.dataDir, 'postgresql.conf'), `\n# lsnfs test settings\n${lines.join('\n')}\n`);
+    await fsp.appendFile(path.join(this.dataDir, 'postgresql.conf'), `\n# written by lsnfs\n${lines.join('\n')}\n`);
   }
 
   /**
