@@ -226,7 +226,7 @@ export async function runDrill(options: DrillOptions, progress: Progress): Promi
   await fsp.chmod(dir, 0o755); // PostgreSQL (user postgres) must reach the mounts and its run directories
   const iscsi = options.device?.startsWith('iscsi://') ?? false;
   const deviceSpec = options.device ?? path.join(dir, 'device.img');
-  // What lsnfs pg primary writes (among it checkpoints every 30 s: a short redo after a failover).
+  // The settings lsnfs pg primary writes (checkpoints every 30 s among them: a short redo after a failover).
   const settings = { ...PRIMARY_SETTINGS, full_page_writes: options.fullPageWrites === 'on', wal_retrieve_retry_interval: '100ms' };
   const hosts = HOSTS.map((name, i) => new DrillHost(name, dir, options.port + i, settings));
   const report: DrillReport = {

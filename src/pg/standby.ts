@@ -28,7 +28,9 @@ import { ControlFile, formatPgLsn, isWalSegmentName, parseControlFile, parsePgLs
  * primary keeps for it, moves mostly while a restart point writes. Over
  * 12 minutes of bench-standby the three overlays held 84 MB on average with
  * checkpoints every 2.2 min, 6 MB with 30 s. The price is page writes: a
- * page dirtied again after a checkpoint is written again at the next one.
+ * page dirtied again after a checkpoint is written again at the next one
+ * (the primary alone under pgbench, 1 GB, shared_buffers 2GB: 25 % more
+ * buffers written by checkpoints, 7 % fewer transactions a second).
  */
 export const PRIMARY_SETTINGS: Readonly<Settings> = {
   ...LSNFS_SETTINGS,
