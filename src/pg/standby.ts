@@ -27,7 +27,7 @@ import { ControlFile, formatPgLsn, isWalSegmentName, parseControlFile, parsePgLs
  * primary writes the page again; its view L, and with it the versions the
  * primary keeps for it, moves mostly while a restart point writes. Over
  * 12 minutes of bench-standby the three overlays held 84 MB on average with
- * checkpoints every 2.2 min, 6 MB with 30 s. The price is page writes: a
+ * checkpoints every 2.2 min, 6-13 MB with 30 s. The price is page writes: a
  * page dirtied again after a checkpoint is written again at the next one
  * (the primary alone under pgbench, 1 GB, shared_buffers 2GB: 25 % more
  * buffers written by checkpoints, 7 % fewer transactions a second).
