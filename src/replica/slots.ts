@@ -40,10 +40,16 @@ export interface ReplicaSlot {
    * them, without holding its whole view (and with it every version the primary rewrites) there.
    */
   keepDeletedFromLsn?: number;
+  /**
+   * Page versions visible at or after this LSN must stay readable for this reader, when it is past
+   * viewLsn (0: from viewLsn). A standby keeps locally its view's version of each page the primary has
+   * written since (StandbyGate.keepVersionsFromLsn), so the versions between need not stay on the device.
+   */
+  keepVersionsFromLsn?: number;
 }
 
 // Field offsets in a slot.
-const RS = { magic: 0, viewLsn: 8, viewTimeMs: 16, heartbeatAtMs: 24, pid: 32, host: 40, appliedLsn: 104, viewWalLsn: 112, overlayBytes: 120, keepDeletedFromLsn: 128, crc: REPLICA_SLOT_BYTES - 4 } as const;
+const RS = { magic: 0, viewLsn: 8, viewTimeMs: 16, heartbeatAtMs: 24, pid: 32, host: 40, appliedLsn: 104, viewWalLsn: 112, overlayBytes: 120, keepDeletedFromLsn: 128, keepVersionsFromLsn: 136, crc: REPLICA_SLOT_BYTES - 4 } as const;
 
 function slotOffset(index: number): number {
   return REPLICA_SLOTS_OFFSET + index * REPLICA_SLOT_BYTES;
@@ -58,6 +64,7 @@ export function encodeSlot(slot: Omit<ReplicaSlot, 'index'> | null): Buffer {
     writeU48(buf, RS.viewWalLsn, slot.viewWalLsn ?? 0);
     writeU48(buf, RS.overlayBytes, slot.overlayBytes ?? 0);
     writeU48(buf, RS.keepDeletedFromLsn, slot.keepDeletedFromLsn ?? 0);
+    writeU48(buf, RS.keepVersionsFromLsn, slot.keepVersionsFromLsn ?? 0);
     writeU48(buf, RS.viewTimeMs, slot.viewTimeMs);
     writeU48(buf, RS.heartbeatAtMs, slot.heartbeatAtMs);
     buf.writeUInt32LE(slot.pid, RS.pid);
@@ -81,6 +88,7 @@ export function decodeSlot(buf: Buffer, index: number): ReplicaSlot | null | 'da
     viewWalLsn: readU48(buf, RS.viewWalLsn),
     overlayBytes: readU48(buf, RS.overlayBytes),
     keepDeletedFromLsn: readU48(buf, RS.keepDeletedFromLsn),
+    keepVersionsFromLsn: readU48(buf, RS.keepVersionsFromLsn),
     viewTimeMs: readU48(buf, RS.viewTimeMs),
     heartbeatAtMs: readU48(buf, RS.heartbeatAtMs),
   };

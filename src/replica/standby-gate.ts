@@ -17,11 +17,24 @@
  * inode: a create carries its inode number, so applying WAL creates early
  * cannot shift the numbers of held-back creates, and PostgreSQL never moves
  * files into or out of pg_wal/.
+ *
+ * What the primary must keep for the standby (keepVersionsFromLsn): a held
+ * record that writes a page again makes the primary drop the tree's version
+ * of that page once its horizon passes the record. L moves only when the
+ * standby writes a buffer past it (in practice, during its restart points),
+ * so holding the horizon at the tree kept every page the primary wrote for a
+ * checkpoint cycle. Instead, the standby keeps the tree's version of each
+ * such page itself (PagePins, deflated on local disk), and the horizon it
+ * holds moves on past the records whose pages are kept. It stops at a
+ * page's second held record (the first one's version is then needed from
+ * the device once L covers it) and at a truncate (its dropped pages are not
+ * kept); deletions it passes are covered by keepDeletedFromLsn.
  */
 import pino from 'pino';
 import { DATA_BYTES_OFFSET, DataRecordHead, RecordHeader, RecordType, decodeDataHead } from '../log/format';
 import { MetaOp, decodeMetaOp } from '../volume/meta-ops';
 import { Inode, ROOT_INO, VolumeState, isDir } from '../volume/state';
+import { assert } from '../util/errors';
 import { PAGE_LSN_BYTES, isWalSegmentName, pageLsnAt, walSegmentStartLsn } from '../pg/control';
 import { DEFAULT_WAL_SEGMENT_BYTES } from '../volume/wal-position';
 
@@ -53,6 +66,23 @@ type HeldRecord = { header: RecordHeader; dataHead: Buffer; pageLsn: number } | 
 function writtenPageLsn(head: DataRecordHead, payload: Buffer): number {
   return head.offsetInPage === 0 && head.length >= PAGE_LSN_BYTES ? pageLsnAt(payload, DATA_BYTES_OFFSET) : 0;
 }
+/**
+ * Keeps, off the device, the tree's version of pages that held records write again: the standby volume's
+ * PagePins. The gate asks for a page when it holds a record of it, and releases it when it applies one.
+ */
+export interface PageKeeper {
+  /** The tree's version of the page needs nothing from the device: it is kept, or the tree has no such page. */
+  covers(ino: number, pageNo: number): boolean;
+  /** Starts keeping the tree's version of the page (nothing if it is kept or on its way); publishFurther() runs once it is. */
+  request(ino: number, pageNo: number): void;
+  /** The tree's version of pages [firstPageNo, endPageNo) of the file changed or went: copies kept of the ones before are no longer read. */
+  release(ino: number, firstPageNo: number, endPageNo?: number): void;
+}
+
+function pageKey(ino: number, pageNo: number): string {
+  return `${ino}:${pageNo}`;
+}
+
 /** `segment`: the WAL segment whose name the op removes (applied once the standby passed it); null: an op queued behind one. */
 interface DeferredUnlink { header: RecordHeader; op: MetaOp; segment: string | null }
 
@@ -66,6 +96,17 @@ export class StandbyGate {
   private heldHead = 0;
   /** A drain of the held records L covers is scheduled (setImmediate). */
   private draining = false;
+  /**
+   * Held records from heldHead up to this index no longer hold the horizon (see keepVersionsFromLsn):
+   * their pages' versions in the tree are kept locally.
+   */
+  private publishedIndex = 0;
+  /** The pages of the data records among those (one each: a page's second record stops the index). */
+  private readonly publishedPages = new Set<string>();
+  /** The LSNs of the deletions (unlink, rename) among those, in log order: keepDeletedFromLsn covers them. */
+  private readonly publishedDeletions: number[] = [];
+  /** Keeps the tree's versions of the pages held records write (none: the horizon stays at the tree). */
+  pages: PageKeeper | null = null;
   /** WAL segment unlinks waiting for the standby to pass the segment, in log order. */
   private readonly deferred: DeferredUnlink[] = [];
   /** Names in pg_wal/ that deferred ops touch: later ops on them wait behind (the FUSE adapter renames a file still open to .fuse_hidden* instead of unlinking it). */
@@ -110,13 +151,60 @@ export class StandbyGate {
   }
 
   /**
-   * The first deferred WAL unlink's LSN (0: none): the primary keeps every file deleted at or after it
-   * (the slot's keepDeletedFromLsn), so the segments the standby still shows stay readable. Holding the
-   * view there instead kept every page version the primary wrote until the standby's next restart
-   * point (bench-standby: ~90 of the 137 MB three standbys cost the device).
+   * The first deferred WAL unlink's LSN, or of a held deletion keepVersionsFromLsn passed (0: none):
+   * the primary keeps every file deleted at or after it (the slot's keepDeletedFromLsn), so the segments
+   * and files the standby still shows stay readable. Holding the view there instead kept every page
+   * version the primary wrote until the standby's next restart point (bench-standby: ~90 of the 137 MB
+   * three standbys cost the device).
    */
   keepDeletedFromLsn(): number {
-    return this.deferred[0]?.header.lsn ?? 0;
+    const first = Math.min(this.deferred[0]?.header.lsn ?? Infinity, this.publishedDeletions[0] ?? Infinity);
+    return Number.isFinite(first) ? first : 0;
+  }
+
+  /**
+   * The first held record whose page versions the primary must still keep for this standby, or
+   * `consumedLsn` when there is none (the slot's keepVersionsFromLsn). At or past viewLsn.
+   */
+  keepVersionsFromLsn(consumedLsn: number): number {
+    return this.held[this.publishedIndex]?.header.lsn ?? consumedLsn;
+  }
+
+  /**
+   * Moves keepVersionsFromLsn on past the held records that let it: a data record whose page's
+   * version in the tree is kept (else it asks for it and stops), a page's first held record only, and
+   * every metadata op but a truncate. Runs when records are held or applied, and when a page is kept.
+   */
+  publishFurther(): void {
+    for (; this.publishedIndex < this.held.length; this.publishedIndex++) {
+      const record = this.held[this.publishedIndex]!;
+      if ('op' in record) {
+        if (record.op.op === 'truncate') return;
+        if (record.op.op === 'unlink' || record.op.op === 'rename') this.publishedDeletions.push(record.header.lsn);
+        continue;
+      }
+      const head = decodeDataHead(record.dataHead);
+      if (head.versionLsn !== 0) continue; // a cleaner copy: a new place for a version, not a new version
+      const key = pageKey(head.ino, head.pageNo);
+      if (this.publishedPages.has(key) || !this.pages) return;
+      if (!this.pages.covers(head.ino, head.pageNo)) {
+        this.pages.request(head.ino, head.pageNo);
+        return;
+      }
+      this.publishedPages.add(key);
+    }
+  }
+
+  /** A published record is applied: it no longer counts among them. */
+  private unpublish(record: HeldRecord): void {
+    if ('op' in record) {
+      if (record.op.op === 'unlink' || record.op.op === 'rename') {
+        assert(this.publishedDeletions.shift() === record.header.lsn, 'published deletions leave in log order');
+      }
+      return;
+    }
+    const head = decodeDataHead(record.dataHead);
+    if (head.versionLsn === 0) this.publishedPages.delete(pageKey(head.ino, head.pageNo));
   }
 
   private indexWalSubtree(): void {
@@ -177,8 +265,17 @@ export class StandbyGate {
   }
 
   private hold(record: HeldRecord): void {
-    if (this.heldCount() === 0 && record.header.walLsn <= this.viewWalLsn) this.applyHeld(record);
-    else this.held.push(record);
+    if (this.heldCount() === 0 && record.header.walLsn <= this.viewWalLsn) {
+      this.applyHeld(record);
+      return;
+    }
+    this.held.push(record);
+    // Asked for at once, not when publishFurther reaches the record: the device read is then done by the time it does.
+    if (!('op' in record)) {
+      const head = decodeDataHead(record.dataHead);
+      if (head.versionLsn === 0) this.pages?.request(head.ino, head.pageNo);
+    }
+    this.publishFurther();
   }
 
   private heldCount(): number {
@@ -194,11 +291,20 @@ export class StandbyGate {
    */
   private drainHeld(): void {
     const end = Math.min(this.held.length, this.heldHead + APPLY_SLICE_RECORDS);
-    while (this.heldHead < end && this.held[this.heldHead]!.header.walLsn <= this.viewWalLsn) this.applyHeld(this.held[this.heldHead++]!);
+    while (this.heldHead < end && this.held[this.heldHead]!.header.walLsn <= this.viewWalLsn) {
+      const record = this.held[this.heldHead]!;
+      if (this.heldHead < this.publishedIndex) this.unpublish(record);
+      this.applyHeld(record);
+      this.heldHead++;
+    }
+    this.publishedIndex = Math.max(this.publishedIndex, this.heldHead);
     if (this.heldHead === this.held.length || this.heldHead > 4 * APPLY_SLICE_RECORDS) {
       this.held.splice(0, this.heldHead);
+      this.publishedIndex -= this.heldHead;
       this.heldHead = 0;
     }
+    // A page whose record was applied may let its next one be published now.
+    this.publishFurther();
     if (this.draining || this.heldCount() === 0 || this.held[this.heldHead]!.header.walLsn > this.viewWalLsn) return;
     this.draining = true;
     setImmediate(() => {
@@ -210,12 +316,23 @@ export class StandbyGate {
   private applyHeld(record: HeldRecord): void {
     this.viewTimeMs = record.header.timeMs;
     if ('op' in record) {
-      this.state.applyMeta(record.header, record.op);
+      const { op } = record;
+      const replaced = op.op === 'unlink' ? this.entryIno(op.parent, op.name) : op.op === 'rename' ? this.entryIno(op.newParent, op.newName) : undefined;
+      this.state.applyMeta(record.header, op);
+      // Copies kept of versions the op cut (a truncate) or dropped (a file's last link) would never be read again.
+      if (op.op === 'truncate') this.pages?.release(op.ino, Math.floor(op.size / this.state.pageBytes), Infinity);
+      else if (replaced !== undefined && !this.state.inodes.has(replaced)) this.pages?.release(replaced, 0, Infinity);
       return;
     }
     this.state.applyData(record.header, record.dataHead);
     const head = decodeDataHead(record.dataHead);
-    if (head.versionLsn === 0) this.onSharedPage(head.ino, head.pageNo, record.header.lsn, record.pageLsn);
+    if (head.versionLsn !== 0) return;
+    this.pages?.release(head.ino, head.pageNo);
+    this.onSharedPage(head.ino, head.pageNo, record.header.lsn, record.pageLsn);
+  }
+
+  private entryIno(dirIno: number, name: string): number | undefined {
+    return this.state.inodes.get(dirIno)?.entries?.get(name);
   }
 
   private isWalOp(op: MetaOp): boolean {

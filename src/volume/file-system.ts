@@ -20,6 +20,17 @@ export interface ReadOrigin {
   onInterrupt(callback: () => void): void;
 }
 
+/** Bytes [position, position + length) of a file of `size` bytes, put together from its pages (`pageAt`). */
+export async function readPages(size: number, position: number, length: number, pageBytes: number, pageAt: (pageNo: number) => Promise<Buffer>): Promise<Buffer> {
+  const end = Math.min(size, position + length);
+  if (end <= position) return Buffer.alloc(0);
+  const firstPage = Math.floor(position / pageBytes);
+  const lastPage = Math.floor((end - 1) / pageBytes);
+  const pages = await Promise.all(Array.from({ length: lastPage - firstPage + 1 }, (_, i) => pageAt(firstPage + i)));
+  const whole = pages.length === 1 ? pages[0]! : Buffer.concat(pages);
+  return whole.subarray(position - firstPage * pageBytes, end - firstPage * pageBytes);
+}
+
 export type AttrChange = { mode?: number; uid?: number; gid?: number; atimeMs?: number; mtimeMs?: number };
 
 export interface FileSystem {

@@ -1,7 +1,8 @@
 /**
  * The GC horizon: the oldest LSN anyone may still read at. It is the lowest
- * view of the live readers (replicas, snapshots) and the start of the
- * retention window. The primary keeps every version visible at or after it,
+ * view of the live readers (replicas, snapshots), or what a standby needs
+ * past its view (versionsNeededFromLsn), and the start of the retention
+ * window. The primary keeps every version visible at or after it,
  * and every file deleted at or after the lowest keepDeletedFromLsn a live
  * reader asks for (a standby still showing WAL segments the primary removed);
  * recovery replays with both so that a restarted primary keeps what readers
@@ -28,10 +29,17 @@ export async function readHorizon(
   return horizonOf(liveSlots(slots, nowMs, readerTimeoutMs), retentionFloorLsn(checkpoints, retainMs, nowMs));
 }
 
+type ReaderNeeds = Pick<ReplicaSlot, 'viewLsn' | 'keepDeletedFromLsn' | 'keepVersionsFromLsn'>;
+
+/** The oldest LSN whose visible versions the reader still reads from the device: its view, or past it (a standby's kept pages). */
+export function versionsNeededFromLsn(reader: ReaderNeeds): number {
+  return Math.max(reader.viewLsn, reader.keepVersionsFromLsn ?? 0);
+}
+
 /** The horizon that live readers and the retention window's floor make. */
-export function horizonOf(liveReaders: Array<Pick<ReplicaSlot, 'viewLsn' | 'keepDeletedFromLsn'>>, retentionFloorLsn: number): Horizon {
+export function horizonOf(liveReaders: ReaderNeeds[], retentionFloorLsn: number): Horizon {
   return {
-    lsn: Math.min(retentionFloorLsn, ...liveReaders.map((r) => r.viewLsn)),
+    lsn: Math.min(retentionFloorLsn, ...liveReaders.map(versionsNeededFromLsn)),
     keepDeletedFromLsn: Math.min(Number.POSITIVE_INFINITY, ...liveReaders.map((r) => r.keepDeletedFromLsn || Number.POSITIVE_INFINITY)),
   };
 }

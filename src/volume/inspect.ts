@@ -11,7 +11,7 @@ import { CorruptLogError, Recovered, applyRecord, describeStop, loadCheckpoint, 
 import { Inode, VolumeState, isDir, versionLogBytes } from './state';
 import { liveSlots, readSlots } from '../replica/slots';
 import { retentionFloorLsn } from './snapshot';
-import { DEFAULT_READER_TIMEOUT_MS, horizonOf } from './horizon';
+import { DEFAULT_READER_TIMEOUT_MS, horizonOf, versionsNeededFromLsn } from './horizon';
 import { decodeMetaOp } from './meta-ops';
 import { formatPgLsn } from '../pg/control';
 
@@ -60,6 +60,8 @@ export interface ReplicaStatus {
   overlayBytes: number;
   /** Files deleted at or after this LSN are kept for it (a standby still showing removed WAL segments); 0: none. */
   keepDeletedFromLsn: number;
+  /** Past viewLsn: page versions visible from here on are kept for it (a standby keeps its view's older ones itself); 0: from viewLsn. */
+  keepVersionsFromLsn: number;
   /** False once its heartbeat is older than the timeout: it no longer holds the horizon. */
   live: boolean;
 }
@@ -86,6 +88,7 @@ export async function volumeStatus(device: BlockDevice, replicaTimeoutMs = DEFAU
     lagMs: slot.viewLsn >= recovered.tailLsn ? 0 : Math.max(0, recovered.lastRecordTimeMs - slot.viewTimeMs),
     heartbeatAt: new Date(slot.heartbeatAtMs).toISOString(), live: live.has(slot.index),
     viewWalLsn: slot.viewWalLsn ?? 0, overlayBytes: slot.overlayBytes ?? 0, keepDeletedFromLsn: slot.keepDeletedFromLsn ?? 0,
+    keepVersionsFromLsn: slot.keepVersionsFromLsn ?? 0,
   }));
   const retentionFloor = retentionFloorLsn(checkpoints, superblock.retainMs, nowMs);
   const liveReplicas = replicas.filter((r) => r.live);
@@ -98,7 +101,7 @@ export async function volumeStatus(device: BlockDevice, replicaTimeoutMs = DEFAU
     ino: t.inode.ino, name: t.name, deletedAtLsn: t.deletedAtLsn,
     bytes: [...t.inode.pages?.values() ?? []].flat().reduce((sum, v) => sum + versionLogBytes(v), 0),
     heldBy: [
-      ...liveReplicas.filter((r) => r.viewLsn <= t.deletedAtLsn || keepsDeleted(r, t.deletedAtLsn)).map((r) => r.host),
+      ...liveReplicas.filter((r) => versionsNeededFromLsn(r) <= t.deletedAtLsn || keepsDeleted(r, t.deletedAtLsn)).map((r) => r.host),
       ...(retentionFloor <= t.deletedAtLsn ? ['retention'] : []),
     ],
   }));

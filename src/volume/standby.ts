@@ -28,9 +28,10 @@ import { BlockDevice } from '../device/device';
 import { FsError, UserError } from '../util/errors';
 import { CONTROL_FILE_SUFFIX, pageLsnAt, parseControlFile } from '../pg/control';
 import { StandbyGate } from '../replica/standby-gate';
-import { AttrChange, DirEntry, FileSystem, ReadOrigin } from './file-system';
+import { AttrChange, DirEntry, FileSystem, ReadOrigin, readPages } from './file-system';
+import { KeptPages } from './kept-pages';
 import { PageStore } from './page-store';
-import { Inode, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, isRegular, splitPath } from './state';
+import { Inode, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, isDir, isRegular, splitPath } from './state';
 import { Stat, StatFs, Volume } from './volume';
 
 const log = pino({ name: 'lsnfs-standby' }, pino.destination(2));
@@ -160,12 +161,20 @@ export class StandbyVolume implements FileSystem {
   private readonly storeQueue = new PQueue({ concurrency: MAX_STORES_IN_FLIGHT });
   /** Why storing a page failed (the local disk): later writes fail with it; pages not stored stay in memory. */
   private storeFailure: NodeJS.ErrnoException | null = null;
+  /** The shared tree's versions of pages the primary wrote again, kept here so that the device need not keep them. */
+  private readonly kept: KeptPages;
 
   constructor(readonly shared: Volume, readonly gate: StandbyGate, private readonly store: PageStore, sweepIntervalMs = OVERLAY_SWEEP_INTERVAL_MS) {
     gate.onWalData = () => this.wakeWalWaiters();
     gate.onSharedPage = (ino, pageNo, versionLsn, sharedPageLsn) => this.sharedPageApplied(ino, pageNo, versionLsn, sharedPageLsn);
+    this.kept = new KeptPages(shared, store);
+    this.kept.onKept = () => gate.publishFurther();
+    gate.pages = this.kept;
     const tailer = shared.tailer!;
-    tailer.slotExtras = () => ({ viewWalLsn: gate.viewWalLsn, overlayBytes: this.overlayBytes, keepDeletedFromLsn: gate.keepDeletedFromLsn() });
+    tailer.slotExtras = () => ({
+      viewWalLsn: gate.viewWalLsn, overlayBytes: this.overlayBytes, keepDeletedFromLsn: gate.keepDeletedFromLsn(),
+      keepVersionsFromLsn: gate.keepVersionsFromLsn(tailer.appliedLsn),
+    });
     this.sweepTimer = setInterval(() => {
       if (this.sweepRun) return;
       this.sweepRun = this.dropCaughtUpPages().then(() => this.store.compact(COMPACT_MOVES_PER_SWEEP))
@@ -175,7 +184,11 @@ export class StandbyVolume implements FileSystem {
     this.sweepTimer.unref();
   }
 
+  /** Bytes of the overlay's page store: the standby's own pages and the kept copies. */
   get overlayBytes(): number { return this.store.usedBytes; }
+
+  /** Page versions of the shared tree kept here because the primary may reclaim them (KeptPages). */
+  get keptPageCount(): number { return this.kept.count; }
 
   // -------------------------------------------------------------------------
   // Lookups
@@ -421,9 +434,14 @@ export class StandbyVolume implements FileSystem {
     if (own) return own.unstored ? Buffer.from(own.unstored) : this.store.read(own.slot);
     if (this.fallsThrough(node, pageNo)) {
       const inode = this.shared.state.inodes.get(node.sharedIno!);
-      if (inode && isRegular(inode)) return this.shared.readPage(inode, pageNo);
+      if (inode && isRegular(inode)) return this.sharedPage(inode, pageNo);
     }
     return Buffer.alloc(this.pageBytes);
+  }
+
+  /** A page of the shared tree (at L): its kept copy, else from the device. */
+  private sharedPage(inode: Inode, pageNo: number): Promise<Buffer> {
+    return this.kept.page(inode.ino, pageNo) ?? this.shared.readPage(inode, pageNo);
   }
 
   /**
@@ -440,16 +458,12 @@ export class StandbyVolume implements FileSystem {
     if (!node) {
       if (this.hidden.has(ino)) throw new FsError('ENOENT', `inode ${ino}`);
       if (this.gate.isWalFile(ino)) await this.waitIfPolling(`${ino}:${Math.floor(position / this.pageBytes)}`, origin);
-      return this.shared.read(ino, position, length);
+      const inode = this.shared.state.inode(ino);
+      if (isDir(inode)) throw new FsError('EISDIR', `inode ${ino}`);
+      return readPages(inode.size, position, length, this.pageBytes, (pageNo) => this.sharedPage(inode, pageNo));
     }
     if ((node.mode & S_IFMT) === S_IFDIR) throw new FsError('EISDIR', node.path);
-    const end = Math.min(node.size, position + length);
-    if (end <= position) return Buffer.alloc(0);
-    const firstPage = Math.floor(position / this.pageBytes);
-    const lastPage = Math.floor((end - 1) / this.pageBytes);
-    const pages = await Promise.all(Array.from({ length: lastPage - firstPage + 1 }, (_, i) => this.nodePage(node, firstPage + i)));
-    const whole = pages.length === 1 ? pages[0]! : Buffer.concat(pages);
-    return whole.subarray(position - firstPage * this.pageBytes, end - firstPage * this.pageBytes);
+    return readPages(node.size, position, length, this.pageBytes, (pageNo) => this.nodePage(node, pageNo));
   }
 
   /**
@@ -529,7 +543,7 @@ export class StandbyVolume implements FileSystem {
     const inode = node.sharedIno !== null ? this.shared.state.inodes.get(node.sharedIno) : undefined;
     if (pdLsn === 0 || !inode?.pages?.has(pageNo)) return false;
     // A shared page that cannot be read now (a device error) only means the page is stored.
-    const shared = await this.shared.readPage(inode, pageNo).catch(() => null);
+    const shared = await this.sharedPage(inode, pageNo).catch(() => null);
     return shared !== null && pageLsnAt(shared) >= pdLsn;
   }
 
@@ -654,10 +668,10 @@ export class StandbyVolume implements FileSystem {
         reads++;
         await this.onNode(node, async () => {
           if (node.pages.get(pageNo) !== page) return;
-          const sharedPage = await this.shared.readPage(inode, pageNo);
+          const sharedBytes = await this.sharedPage(inode, pageNo);
           if (node.pages.get(pageNo) !== page) return;
           page.comparedVersionLsn = newest;
-          this.dropIfCaughtUp(node, pageNo, pageLsnAt(sharedPage));
+          this.dropIfCaughtUp(node, pageNo, pageLsnAt(sharedBytes));
         });
       }
     }
@@ -735,9 +749,10 @@ export class StandbyVolume implements FileSystem {
     for (const wake of [...this.walWaiters]) wake();
   }
 
-  /** Resolves once every page written so far is stored (or dropped): the overlay's size is then final. */
+  /** Resolves once every page written or kept so far is stored (or dropped): the overlay's size is then final. */
   async overlaySettled(): Promise<void> {
     while (this.storing.size > 0) await Promise.all([...this.storing]);
+    await this.kept.settled();
   }
 
   async close(): Promise<void> {

@@ -32,7 +32,7 @@ import { writeDurableMarker } from '../log/durable-marker';
 import { ReplicaSlot, claimSlot, describeDamagedSlots, liveSlots, readSlotArea, writeSlot } from '../replica/slots';
 import { Tailer } from '../replica/tailer';
 import { WalPositionTracker } from './wal-position';
-import type { AttrChange, DirEntry, FileSystem } from './file-system';
+import { AttrChange, DirEntry, FileSystem, readPages } from './file-system';
 import pino from 'pino';
 
 const log = pino({ name: 'lsnfs-volume' }, pino.destination(2));
@@ -596,16 +596,7 @@ export class Volume implements FileSystem {
   async read(ino: number, position: number, length: number): Promise<Buffer> {
     const inode = this.state.inode(ino);
     if (isDir(inode)) throw new FsError('EISDIR', `inode ${ino}`);
-    const end = Math.min(inode.size, position + length);
-    if (end <= position) return Buffer.alloc(0);
-    const pageBytes = this.pageBytes;
-    const firstPage = Math.floor(position / pageBytes);
-    const lastPage = Math.floor((end - 1) / pageBytes);
-    const pages = await Promise.all(
-      Array.from({ length: lastPage - firstPage + 1 }, (_, i) => this.readPage(inode, firstPage + i)),
-    );
-    const whole = pages.length === 1 ? pages[0]! : Buffer.concat(pages);
-    return whole.subarray(position - firstPage * pageBytes, end - firstPage * pageBytes);
+    return readPages(inode.size, position, length, this.pageBytes, (pageNo) => this.readPage(inode, pageNo));
   }
 
   /** The page as of `atLsn`: newest image at or below it, with the later deltas applied in order. */

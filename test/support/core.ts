@@ -1,7 +1,7 @@
 /**
  * In-process fixtures for unit tests of the core (no FUSE, no daemon): temp
- * device files, a seeded PRNG, and CrashDevice, a BlockDevice wrapper with a
- * volatile write cache that can lose power.
+ * device files, a seeded PRNG, CrashDevice, a BlockDevice wrapper with a
+ * volatile write cache that can lose power, and PostgreSQL's pg_control.
  */
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, promises as fsp, rmSync } from 'node:fs';
@@ -11,6 +11,8 @@ import path from 'node:path';
 import { BlockDevice } from '../../src/device/device';
 import { FileDevice } from '../../src/device/file-device';
 import { readDurableMarker } from '../../src/log/durable-marker';
+import { PG_CONTROL_VERSION } from '../../src/pg/control';
+import { crc32c } from '../../src/util/crc32c';
 import type { Volume } from '../../src/volume/volume';
 
 export interface TempDir { dir: string; remove(): void }
@@ -237,3 +239,16 @@ export async function untilShipped(primary: Volume, device: BlockDevice): Promis
   await primary.sync();
   while (((await readDurableMarker(device))?.durableLsn ?? 0) < primary.durableLsn) await new Promise((resolve) => setTimeout(resolve, 1));
 }
+/** A PostgreSQL 15 pg_control with the fields lsnfs reads (layout as in src/pg/control.ts). */
+export function controlFile(fields: { redo: number; walSegmentBytes: number; minRecoveryPoint?: number }): Buffer {
+  const bytes = Buffer.alloc(8192);
+  bytes.writeUInt32LE(PG_CONTROL_VERSION, 8);
+  bytes.writeBigUInt64LE(BigInt(fields.redo), 32);
+  bytes.writeBigUInt64LE(BigInt(fields.redo), 40);
+  bytes.writeUInt32LE(1, 48);
+  bytes.writeBigUInt64LE(BigInt(fields.minRecoveryPoint ?? 0), 136);
+  bytes.writeUInt32LE(fields.walSegmentBytes, 228);
+  bytes.writeUInt32LE(crc32c(bytes.subarray(0, 288)) >>> 0, 288);
+  return bytes;
+}
+

@@ -1,21 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { crc32c } from '../../src/util/crc32c';
-import { PG_CONTROL_VERSION, formatPgLsn, parseControlFile, parsePgLsn, walSegmentStartLsn, withMinRecoveryPoint } from '../../src/pg/control';
+import { formatPgLsn, parseControlFile, parsePgLsn, walSegmentStartLsn, withMinRecoveryPoint } from '../../src/pg/control';
 import { WalPositionTracker, walSegmentPath } from '../../src/volume/wal-position';
-
-/** A PostgreSQL 15 pg_control with the fields lsnfs reads (layout as in src/pg/control.ts). */
-function controlFile(fields: { redo: number; walSegmentBytes: number; minRecoveryPoint?: number }): Buffer {
-  const bytes = Buffer.alloc(8192);
-  bytes.writeUInt32LE(PG_CONTROL_VERSION, 8);
-  bytes.writeBigUInt64LE(BigInt(fields.redo), 32);
-  bytes.writeBigUInt64LE(BigInt(fields.redo), 40);
-  bytes.writeUInt32LE(1, 48);
-  bytes.writeBigUInt64LE(BigInt(fields.minRecoveryPoint ?? 0), 136);
-  bytes.writeUInt32LE(fields.walSegmentBytes, 228);
-  bytes.writeUInt32LE(crc32c(bytes.subarray(0, 288)) >>> 0, 288);
-  return bytes;
-}
+import { controlFile } from '../support/core';
 
 test('pg_control: fields parse, a bad CRC or another version is refused, minRecoveryPoint is raised with a valid CRC', () => {
   const bytes = controlFile({ redo: 0x1500718, walSegmentBytes: 64 * 1024 * 1024 });

@@ -1,0 +1,148 @@
+/**
+ * A standby keeps its view's version of each page the primary writes again,
+ * so that its slot holds the primary's horizon at the first record it cannot
+ * do without rather than at its view: in process, a primary Volume and a
+ * standby on one small device file, the log wrapped underneath the standby so
+ * that the versions the primary reclaimed are overwritten on the device, and
+ * the standby's view L moved by writing its pg_control as PostgreSQL would.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import { FileDevice } from '../../src/device/file-device';
+import { CONTROL_FILE_SUFFIX } from '../../src/pg/control';
+import { readSlots } from '../../src/replica/slots';
+import { FsError } from '../../src/util/errors';
+import { mkfs } from '../../src/volume/mkfs';
+import { openStandby } from '../../src/volume/standby';
+import { Inode, S_IFDIR, S_IFREG } from '../../src/volume/state';
+import { Volume } from '../../src/volume/volume';
+import { controlFile, tempDevice, tempDir, untilShipped } from '../support/core';
+
+const PAGE = 8192;
+const MiB = 1024 * 1024;
+const SEGMENT = 16 * MiB;
+const WAL_PATH = '/pgdata/pg_wal/000000010000000000000001';
+const RELATION_PATH = '/pgdata/base/5/16384';
+const DROPPED_PATH = '/pgdata/base/5/16385';
+const CONTROL_PATH = `/pgdata${CONTROL_FILE_SUFFIX}`;
+const NEVER_MS = 3_600_000;
+
+async function until(what: string, condition: () => boolean | Promise<boolean>, timeoutMs = 20_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    assert.ok(Date.now() < deadline, `timed out waiting until ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
+/** The versionLsns the primary's index holds for page 0 of `inode`. */
+function versionLsns(inode: Inode): number[] {
+  return (inode.pages?.get(0) ?? []).map((version) => version.versionLsn);
+}
+
+test('standby: the view\'s version of a page the primary writes again is kept locally, the primary reclaims it on the device, and the standby still reads it', async (t) => {
+  const tmp = tempDir('standby-kept');
+  t.after(() => tmp.remove());
+  const { path: devicePath, device } = await tempDevice(tmp.dir, 10 * MiB);
+  await mkfs(device);
+  const primary = await Volume.openPrimary(device, { host: 'kept-primary' });
+  t.after(() => primary.close());
+  for (const dir of ['/pgdata', '/pgdata/pg_wal', '/pgdata/global', '/pgdata/base', '/pgdata/base/5']) await primary.mkdir(dir, S_IFDIR | 0o700, 0, 0);
+  const wal = await primary.create(WAL_PATH, S_IFREG | 0o600, 0, 0);
+  const relation = await primary.create(RELATION_PATH, S_IFREG | 0o600, 0, 0);
+  const dropped = await primary.create(DROPPED_PATH, S_IFREG | 0o600, 0, 0);
+  const control = await primary.create(CONTROL_PATH, S_IFREG | 0o600, 0, 0);
+  await primary.write(control.ino, 0, controlFile({ redo: SEGMENT, walSegmentBytes: SEGMENT }), CONTROL_PATH);
+  /** PostgreSQL writes WAL page `walPage` of segment 1: the records after it are tagged with its end. */
+  const writeWal = (walPage: number): Promise<number> => primary.write(wal.ino, walPage * PAGE, Buffer.alloc(PAGE, walPage & 0xff), WAL_PATH);
+  const v1 = Buffer.alloc(PAGE, 1);
+  await primary.write(relation.ino, 0, v1, RELATION_PATH);
+  const droppedPage = Buffer.alloc(PAGE, 9);
+  await primary.write(dropped.ino, 0, droppedPage, DROPPED_PATH);
+  await untilShipped(primary, device);
+
+  const standby = await openStandby(await FileDevice.open(devicePath, { readOnly: false }), {
+    host: 'kept-standby', overlayDir: path.join(tmp.dir, 'overlay'), pollIntervalMs: 5, overlaySweepIntervalMs: NEVER_MS,
+  });
+  t.after(() => standby.close());
+  await primary.updateHorizon(); // the primary knows the standby's slot (it reads the slots every 100 ms)
+  const standbyIno = standby.lookupIno(RELATION_PATH);
+  const droppedIno = standby.lookupIno(DROPPED_PATH);
+  const slot = async (): Promise<{ keepVersionsFromLsn: number; keepDeletedFromLsn: number; viewLsn: number }> => {
+    const own = (await readSlots(device)).find((s) => s.host === 'kept-standby')!;
+    return { keepVersionsFromLsn: own.keepVersionsFromLsn ?? 0, keepDeletedFromLsn: own.keepDeletedFromLsn ?? 0, viewLsn: own.viewLsn };
+  };
+  /** The standby replayed to `walLsn`: it writes its pg_control with minRecoveryPoint there. */
+  const standbyReplayedTo = async (walLsn: number): Promise<void> => {
+    const bytes = controlFile({ redo: SEGMENT, walSegmentBytes: SEGMENT, minRecoveryPoint: walLsn });
+    await standby.write(standby.lookupIno(CONTROL_PATH), 0, bytes, CONTROL_PATH);
+  };
+
+  // The primary writes WAL, then the page again, and deletes the other file: the standby's L (0) holds both back.
+  const walAfterV2 = SEGMENT + 9 * PAGE;
+  await writeWal(8);
+  const v2 = Buffer.alloc(PAGE, 2);
+  await primary.write(relation.ino, 0, v2, RELATION_PATH);
+  const v1Lsn = versionLsns(relation)[0]!;
+  const v2Lsn = versionLsns(relation)[1]!;
+  const unlinkLsn = primary.tailLsn;
+  await primary.unlink(DROPPED_PATH);
+  await untilShipped(primary, device);
+  const afterUnlink = primary.tailLsn;
+  await until('the standby\'s slot passes the rewrite and the deletion', async () => (await slot()).keepVersionsFromLsn >= afterUnlink);
+  const published = await slot();
+  assert.ok(published.viewLsn <= v2Lsn, `the view itself stays before the rewrite (view ${published.viewLsn}, rewrite ${v2Lsn})`);
+  assert.equal(published.keepDeletedFromLsn, unlinkLsn, 'the deletion it passed is kept by keepDeletedFromLsn');
+  assert.equal(standby.keptPageCount, 1, 'one copy kept: v1');
+  await standby.overlaySettled();
+  assert.ok(standby.overlayBytes > 0, 'the kept copy is in the standby\'s page store');
+
+  // The primary reclaims v1 (its horizon passed v2) and the log wraps over it, rewriting WAL pages 0-7.
+  await primary.updateHorizon();
+  assert.deepEqual(versionLsns(relation), [v2Lsn], 'the primary dropped the version the standby keeps');
+  const logBytes = primary.superblock.logBytes;
+  for (let i = 0; primary.tailLsn <= v1Lsn + logBytes + 2 * PAGE; i++) {
+    await writeWal(i % 8);
+    if (i % 64 === 63) await primary.sync();
+    assert.ok(i < 40 * logBytes / PAGE, 'the log wraps over the reclaimed version');
+  }
+  assert.ok(primary.state.tombstones.has(dropped.ino), 'the deleted file is kept for the standby');
+  assert.deepEqual(await standby.read(standbyIno, 0, PAGE), v1, 'the standby reads its view\'s version, kept locally');
+  assert.deepEqual(await standby.read(droppedIno, 0, PAGE), droppedPage, 'and the file the primary deleted');
+
+  // A second write of the page: its first (v2) must then stay on the device, so the slot stops there.
+  await writeWal(16);
+  const v3 = Buffer.alloc(PAGE, 3);
+  await primary.write(relation.ino, 0, v3, RELATION_PATH);
+  await untilShipped(primary, device);
+  const v3Lsn = versionLsns(relation).at(-1)!;
+  await until('the standby consumed the second rewrite', () => standby.shared.tailer!.appliedLsn > v3Lsn);
+  await until('the slot shows it', async () => (await slot()).keepVersionsFromLsn === v3Lsn);
+  await primary.updateHorizon();
+  assert.deepEqual(versionLsns(relation), [v2Lsn, v3Lsn], 'the primary keeps v2 for the standby');
+
+  // The standby replays past v2 and the deletion, not v3: it reads v2 from the device, keeps it, and the slot moves on.
+  await standbyReplayedTo(walAfterV2);
+  await until('the slot passes v3', async () => (await slot()).keepVersionsFromLsn > v3Lsn);
+  assert.equal(standby.keptPageCount, 1, 'one copy kept: v2, read once v1 was released');
+  assert.equal((await slot()).keepDeletedFromLsn, 0, 'the deletion applied: nothing deleted is kept for the standby');
+  assert.deepEqual(await standby.read(standbyIno, 0, PAGE), v2);
+  await assert.rejects(standby.read(droppedIno, 0, PAGE), (error: FsError) => error.errno === 'ENOENT');
+  await primary.updateHorizon();
+  assert.deepEqual(versionLsns(relation), [v3Lsn]);
+
+  // A truncate's cut pages are not kept: the slot stops at it until the standby replays it.
+  await writeWal(24);
+  const truncateLsn = primary.tailLsn;
+  await primary.truncate(relation.ino, 0);
+  await untilShipped(primary, device);
+  const afterTruncate = primary.tailLsn;
+  await until('the standby consumed the truncate', () => standby.shared.tailer!.appliedLsn >= afterTruncate);
+  await until('the slot shows it', async () => (await slot()).keepVersionsFromLsn <= afterTruncate && (await slot()).keepVersionsFromLsn >= truncateLsn);
+  assert.deepEqual(await standby.read(standbyIno, 0, PAGE), v2, 'the view still shows v2');
+  await standbyReplayedTo(SEGMENT + 32 * PAGE);
+  await until('the slot passes the truncate', async () => (await slot()).keepVersionsFromLsn >= afterTruncate);
+  assert.equal((await standby.read(standbyIno, 0, PAGE)).length, 0, 'the standby sees the file truncated');
+  assert.equal(standby.keptPageCount, 0, 'no copy is kept once the view has passed every rewrite');
+});
