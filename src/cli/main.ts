@@ -140,7 +140,8 @@ export function buildProgram(): Command {
       for (const r of status.replicas) {
         process.stdout.write(`  ${r.host.padEnd(14)} view LSN ${r.viewLsn}, lag ${formatBytes(r.lagBytes)} / ${r.lagMs} ms, heartbeat ${r.heartbeatAt}${r.live ? '' : ' (timed out)'}\n`);
         if (r.viewWalLsn > 0 || r.overlayBytes > 0) {
-          const keeps = r.keepDeletedFromLsn > 0 ? `, keeps files deleted from LSN ${r.keepDeletedFromLsn} (WAL segments it may still read)` : '';
+          const keeps = (r.keepVersionsFromLsn > r.viewLsn ? `, needs page versions from LSN ${r.keepVersionsFromLsn} (keeps older ones itself)` : '') +
+            (r.keepDeletedFromLsn > 0 ? `, keeps files deleted from LSN ${r.keepDeletedFromLsn} (WAL segments and files it may still read)` : '');
           process.stdout.write(`  ${''.padEnd(14)} PostgreSQL standby: database LSN ${formatPgLsn(r.viewWalLsn)}, overlay ${formatBytes(r.overlayBytes)}${keeps}\n`);
         }
       }

@@ -19,16 +19,15 @@
  * files into or out of pg_wal/.
  *
  * What the primary must keep for the standby (keepVersionsFromLsn): a held
- * record that writes a page again makes the primary drop the tree's version
- * of that page once its horizon passes the record. L moves only when the
+ * image of a page (a whole-page write) makes the primary drop the tree's
+ * version of that page once its horizon passes the record. L moves only when the
  * standby writes a buffer past it (in practice, during its restart points),
  * so holding the horizon at the tree kept every page the primary wrote for a
  * checkpoint cycle. Instead, the standby keeps the tree's version of each
- * such page itself (PagePins, deflated on local disk), and the horizon it
- * holds moves on past the records whose pages are kept. It stops at a
- * page's second held record (the first one's version is then needed from
- * the device once L covers it) and at a truncate (its dropped pages are not
- * kept); deletions it passes are covered by keepDeletedFromLsn.
+ * such page itself (a PageKeeper: KeptPages, deflated on local disk), and
+ * the horizon it holds moves on past the images whose pages are kept, and
+ * past truncates whose cut pages are (publishFurther has the rules);
+ * deletions it passes are covered by keepDeletedFromLsn.
  */
 import pino from 'pino';
 import { DATA_BYTES_OFFSET, DataRecordHead, RecordHeader, RecordType, decodeDataHead } from '../log/format';
@@ -73,15 +72,19 @@ function writtenPageLsn(head: DataRecordHead, payload: Buffer): number {
 export interface PageKeeper {
   /** The tree's version of the page needs nothing from the device: it is kept, or the tree has no such page. */
   covers(ino: number, pageNo: number): boolean;
-  /** Starts keeping the tree's version of the page (nothing if it is kept or on its way); publishFurther() runs once it is. */
-  request(ino: number, pageNo: number): void;
+  /**
+   * Starts keeping the tree's version of the page, if it is not kept or on its way; publishFurther() runs
+   * once it is. Null: kept already; else settles once made or dropped (never while it cannot be made).
+   */
+  request(ino: number, pageNo: number): Promise<void> | null;
+  /** The same for every page of the file from `firstPageNo` on (a truncate cuts them), all or none. */
+  requestFrom(ino: number, firstPageNo: number): Promise<void> | null;
   /** The tree's version of pages [firstPageNo, endPageNo) of the file changed or went: copies kept of the ones before are no longer read. */
   release(ino: number, firstPageNo: number, endPageNo?: number): void;
 }
 
-function pageKey(ino: number, pageNo: number): string {
-  return `${ino}:${pageNo}`;
-}
+/** Published records of one page not applied yet: one image, or deltas only. */
+interface PublishedPage { image: boolean; records: number }
 
 /** `segment`: the WAL segment whose name the op removes (applied once the standby passed it); null: an op queued behind one. */
 interface DeferredUnlink { header: RecordHeader; op: MetaOp; segment: string | null }
@@ -101,10 +104,12 @@ export class StandbyGate {
    * their pages' versions in the tree are kept locally.
    */
   private publishedIndex = 0;
-  /** The pages of the data records among those (one each: a page's second record stops the index). */
-  private readonly publishedPages = new Set<string>();
+  /** The pages of the data records among those, by file and page number. */
+  private readonly publishedPages = new Map<number, Map<number, PublishedPage>>();
   /** The LSNs of the deletions (unlink, rename) among those, in log order: keepDeletedFromLsn covers them. */
   private readonly publishedDeletions: number[] = [];
+  /** The truncate publishFurther waits at while the pages it cuts are copied. */
+  private truncateWaiting: HeldRecord | null = null;
   /** Keeps the tree's versions of the pages held records write (none: the horizon stays at the tree). */
   pages: PageKeeper | null = null;
   /** WAL segment unlinks waiting for the standby to pass the segment, in log order. */
@@ -171,28 +176,70 @@ export class StandbyGate {
   }
 
   /**
-   * Moves keepVersionsFromLsn on past the held records that let it: a data record whose page's
-   * version in the tree is kept (else it asks for it and stops), a page's first held record only, and
-   * every metadata op but a truncate. Runs when records are held or applied, and when a page is kept.
+   * Moves keepVersionsFromLsn on past the held records that let it, and stops at the first that does
+   * not. The primary drops a page's versions once its horizon passes a newer image of the page (a
+   * base), so for a data record:
+   * - an image, the page's first published record: the tree's version of the page must be kept
+   *   (else it asks for it and stops);
+   * - a delta, with only deltas of the page published: it frees nothing (the kernel now and then
+   *   sends one page write as two requests, and so as two deltas in a row: [0, 4992) and
+   *   [4992, 8192) of pgbench_accounts pages in bench-standby);
+   * - any other: stops until the page's published records are applied (an image after them would
+   *   free a version the standby needs from the device once L covers it).
+   * A truncate waits for its cut pages the same way (cutPagesKept); other metadata ops pass. Runs
+   * when records are held or applied, and when a page is kept.
    */
   publishFurther(): void {
     for (; this.publishedIndex < this.held.length; this.publishedIndex++) {
       const record = this.held[this.publishedIndex]!;
       if ('op' in record) {
-        if (record.op.op === 'truncate') return;
+        if (record.op.op === 'truncate' && !this.cutPagesKept(record, record.op.ino, record.op.size)) return;
         if (record.op.op === 'unlink' || record.op.op === 'rename') this.publishedDeletions.push(record.header.lsn);
         continue;
       }
       const head = decodeDataHead(record.dataHead);
       if (head.versionLsn !== 0) continue; // a cleaner copy: a new place for a version, not a new version
-      const key = pageKey(head.ino, head.pageNo);
-      if (this.publishedPages.has(key) || !this.pages) return;
-      if (!this.pages.covers(head.ino, head.pageNo)) {
+      if (!this.pages) return;
+      const image = this.isImage(head);
+      let pages = this.publishedPages.get(head.ino);
+      const published = pages?.get(head.pageNo);
+      if (published) {
+        if (image || published.image) return;
+        published.records++;
+        continue;
+      }
+      if (image && !this.pages.covers(head.ino, head.pageNo)) {
         this.pages.request(head.ino, head.pageNo);
         return;
       }
-      this.publishedPages.add(key);
+      if (!pages) this.publishedPages.set(head.ino, pages = new Map());
+      pages.set(head.pageNo, { image, records: 1 });
     }
+  }
+
+  private isImage(head: DataRecordHead): boolean {
+    return head.offsetInPage === 0 && head.length === this.state.pageBytes;
+  }
+
+  /**
+   * Whether the pages the held truncate `record` cuts are kept; if not, asks for them and runs
+   * publishFurther again once they are (or once something was dropped meanwhile: it checks again).
+   * Not while a record of a cut page is published: the truncate writes that page again.
+   */
+  private cutPagesKept(record: HeldRecord, ino: number, size: number): boolean {
+    if (this.truncateWaiting === record || !this.pages) return false;
+    const firstCut = Math.ceil(size / this.state.pageBytes);
+    // A cut page with a published record: that record's version is needed from the device once L covers it.
+    for (const pageNo of this.publishedPages.get(ino)?.keys() ?? []) if (pageNo >= firstCut) return false;
+    const copies = this.pages.requestFrom(ino, firstCut);
+    if (copies === null) return true;
+    this.truncateWaiting = record;
+    void copies.then(() => {
+      if (this.truncateWaiting !== record) return;
+      this.truncateWaiting = null;
+      this.publishFurther();
+    });
+    return false;
   }
 
   /** A published record is applied: it no longer counts among them. */
@@ -204,7 +251,12 @@ export class StandbyGate {
       return;
     }
     const head = decodeDataHead(record.dataHead);
-    if (head.versionLsn === 0) this.publishedPages.delete(pageKey(head.ino, head.pageNo));
+    if (head.versionLsn !== 0) return;
+    const pages = this.publishedPages.get(head.ino)!;
+    const published = pages.get(head.pageNo)!;
+    if (--published.records > 0) return;
+    pages.delete(head.pageNo);
+    if (pages.size === 0) this.publishedPages.delete(head.ino);
   }
 
   private indexWalSubtree(): void {
@@ -273,7 +325,7 @@ export class StandbyGate {
     // Asked for at once, not when publishFurther reaches the record: the device read is then done by the time it does.
     if (!('op' in record)) {
       const head = decodeDataHead(record.dataHead);
-      if (head.versionLsn === 0) this.pages?.request(head.ino, head.pageNo);
+      if (head.versionLsn === 0 && this.isImage(head)) this.pages?.request(head.ino, head.pageNo);
     }
     this.publishFurther();
   }
@@ -297,7 +349,10 @@ export class StandbyGate {
       this.applyHeld(record);
       this.heldHead++;
     }
-    this.publishedIndex = Math.max(this.publishedIndex, this.heldHead);
+    if (this.heldHead > this.publishedIndex) {
+      this.publishedIndex = this.heldHead;
+      this.truncateWaiting = null; // applied: no longer waited at
+    }
     if (this.heldHead === this.held.length || this.heldHead > 4 * APPLY_SLICE_RECORDS) {
       this.held.splice(0, this.heldHead);
       this.publishedIndex -= this.heldHead;

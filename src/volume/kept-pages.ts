@@ -30,6 +30,12 @@ const MAX_STORES_IN_FLIGHT = 2;
  */
 export const MAX_KEPT_PAGES = 131_072;
 
+/** A copy being made; its identity is the token release() withdraws (the read is then dropped). */
+interface Copying {
+  /** Settles when the copy is made or dropped; never if it failed (what waits for it waits for the gate to apply past it). */
+  done: Promise<void>;
+}
+
 interface KeptPage {
   /** Its handle in the page store. */
   slot: number;
@@ -43,8 +49,8 @@ export class KeptPages implements PageKeeper {
   /** Copies by file, then page number. */
   private readonly kept = new Map<number, Map<number, KeptPage>>();
   private keptCount = 0;
-  /** Copies being read from the device, each with a token that release() withdraws (its read is then dropped). */
-  private readonly reading = new Map<number, Map<number, object>>();
+  /** Copies being read from the device. */
+  private readonly reading = new Map<number, Map<number, Copying>>();
   private readingCount = 0;
   private readonly reads = new PQueue({ concurrency: MAX_READS_IN_FLIGHT });
   private readonly stores = new PQueue({ concurrency: MAX_STORES_IN_FLIGHT });
@@ -62,16 +68,30 @@ export class KeptPages implements PageKeeper {
     return this.kept.get(ino)?.has(pageNo) === true || !this.shared.state.inodes.get(ino)?.pages?.get(pageNo)?.length;
   }
 
-  request(ino: number, pageNo: number): void {
-    if (this.reading.get(ino)?.has(pageNo) || this.covers(ino, pageNo)) return;
-    if (this.keptCount + this.readingCount >= MAX_KEPT_PAGES) return;
-    const token = {};
-    setIn(this.reading, ino, pageNo, token);
+  request(ino: number, pageNo: number): Promise<void> | null {
+    const copying = this.reading.get(ino)?.get(pageNo);
+    if (copying) return copying.done;
+    if (this.covers(ino, pageNo)) return null;
+    if (this.keptCount + this.readingCount >= MAX_KEPT_PAGES) return unsettled();
+    return this.copy(ino, pageNo);
+  }
+
+  requestFrom(ino: number, firstPageNo: number): Promise<void> | null {
+    const pageNos = [...this.shared.state.inodes.get(ino)?.pages?.keys() ?? []].filter((pageNo) => pageNo >= firstPageNo && !this.covers(ino, pageNo));
+    if (pageNos.length === 0) return null;
+    // All or none: copies that cannot all be made would hold the limit for nothing.
+    if (this.keptCount + this.readingCount + pageNos.length > MAX_KEPT_PAGES) return unsettled();
+    return Promise.all(pageNos.map((pageNo) => this.request(ino, pageNo))).then(() => undefined);
+  }
+
+  /** Reads the tree's version of the page, while the slot still holds it on the device, and keeps it. */
+  private copy(ino: number, pageNo: number): Promise<void> {
+    const copying: Copying = { done: Promise.resolve() };
+    setIn(this.reading, ino, pageNo, copying);
     this.readingCount++;
-    const current = (): boolean => this.reading.get(ino)?.get(pageNo) === token;
-    void this.reads.add(async () => {
+    const current = (): boolean => this.reading.get(ino)?.get(pageNo) === copying;
+    copying.done = this.reads.add(async () => {
       const inode = this.shared.state.inodes.get(ino);
-      // The tree's version, read while the slot still holds it on the device (the gate has not published past the record).
       const page = current() && inode ? await this.shared.readPage(inode, pageNo) : null;
       if (!current()) return;
       this.stopReading(ino, pageNo);
@@ -81,7 +101,9 @@ export class KeptPages implements PageKeeper {
       // The gate asks again when it next publishes; until then its horizon stays at this page.
       if (current()) this.stopReading(ino, pageNo);
       log.error({ err: error, ino, pageNo }, 'reading a page version to keep failed');
+      return unsettled();
     });
+    return copying.done;
   }
 
   release(ino: number, firstPageNo: number, endPageNo = firstPageNo + 1): void {
@@ -133,6 +155,11 @@ export class KeptPages implements PageKeeper {
     this.storing.add(stored);
     void stored.then(() => this.storing.delete(stored));
   }
+}
+
+/** A wait that ends only by being dropped: for copies that will not be made (the limit, a failed read). */
+function unsettled(): Promise<void> {
+  return new Promise(() => undefined);
 }
 
 function setIn<T>(byFile: Map<number, Map<number, T>>, ino: number, pageNo: number, value: T): void {

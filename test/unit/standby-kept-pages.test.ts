@@ -1,7 +1,7 @@
 /**
- * A standby keeps its view's version of each page the primary writes again,
- * so that its slot holds the primary's horizon at the first record it cannot
- * do without rather than at its view: in process, a primary Volume and a
+ * A standby keeps its view's version of each page the primary writes whole
+ * again or truncates away, so that its slot holds the primary's horizon at
+ * the first record it cannot do without rather than at its view: in process, a primary Volume and a
  * standby on one small device file, the log wrapped underneath the standby so
  * that the versions the primary reclaimed are overwritten on the device, and
  * the standby's view L moved by writing its pg_control as PostgreSQL would.
@@ -25,6 +25,7 @@ const SEGMENT = 16 * MiB;
 const WAL_PATH = '/pgdata/pg_wal/000000010000000000000001';
 const RELATION_PATH = '/pgdata/base/5/16384';
 const DROPPED_PATH = '/pgdata/base/5/16385';
+const TRUNCATED_PATH = '/pgdata/base/5/16386';
 const CONTROL_PATH = `/pgdata${CONTROL_FILE_SUFFIX}`;
 const NEVER_MS = 3_600_000;
 
@@ -41,7 +42,7 @@ function versionLsns(inode: Inode): number[] {
   return (inode.pages?.get(0) ?? []).map((version) => version.versionLsn);
 }
 
-test('standby: the view\'s version of a page the primary writes again is kept locally, the primary reclaims it on the device, and the standby still reads it', async (t) => {
+test('standby: the view\'s version of a page the primary writes again or cuts is kept locally, the primary reclaims it on the device, and the standby still reads it', async (t) => {
   const tmp = tempDir('standby-kept');
   t.after(() => tmp.remove());
   const { path: devicePath, device } = await tempDevice(tmp.dir, 10 * MiB);
@@ -52,14 +53,20 @@ test('standby: the view\'s version of a page the primary writes again is kept lo
   const wal = await primary.create(WAL_PATH, S_IFREG | 0o600, 0, 0);
   const relation = await primary.create(RELATION_PATH, S_IFREG | 0o600, 0, 0);
   const dropped = await primary.create(DROPPED_PATH, S_IFREG | 0o600, 0, 0);
+  const truncated = await primary.create(TRUNCATED_PATH, S_IFREG | 0o600, 0, 0);
   const control = await primary.create(CONTROL_PATH, S_IFREG | 0o600, 0, 0);
   await primary.write(control.ino, 0, controlFile({ redo: SEGMENT, walSegmentBytes: SEGMENT }), CONTROL_PATH);
   /** PostgreSQL writes WAL page `walPage` of segment 1: the records after it are tagged with its end. */
   const writeWal = (walPage: number): Promise<number> => primary.write(wal.ino, walPage * PAGE, Buffer.alloc(PAGE, walPage & 0xff), WAL_PATH);
   const v1 = Buffer.alloc(PAGE, 1);
+  const x1 = Buffer.alloc(PAGE, 0x11);
   await primary.write(relation.ino, 0, v1, RELATION_PATH);
+  await primary.write(relation.ino, 2 * PAGE, x1, RELATION_PATH);
   const droppedPage = Buffer.alloc(PAGE, 9);
   await primary.write(dropped.ino, 0, droppedPage, DROPPED_PATH);
+  const cutPage = Buffer.alloc(PAGE, 0x21);
+  await primary.write(truncated.ino, 0, Buffer.alloc(2 * PAGE, 0x20), TRUNCATED_PATH);
+  await primary.write(truncated.ino, PAGE, cutPage, TRUNCATED_PATH);
   await untilShipped(primary, device);
 
   const standby = await openStandby(await FileDevice.open(devicePath, { readOnly: false }), {
@@ -69,6 +76,7 @@ test('standby: the view\'s version of a page the primary writes again is kept lo
   await primary.updateHorizon(); // the primary knows the standby's slot (it reads the slots every 100 ms)
   const standbyIno = standby.lookupIno(RELATION_PATH);
   const droppedIno = standby.lookupIno(DROPPED_PATH);
+  const truncatedIno = standby.lookupIno(TRUNCATED_PATH);
   const slot = async (): Promise<{ keepVersionsFromLsn: number; keepDeletedFromLsn: number; viewLsn: number }> => {
     const own = (await readSlots(device)).find((s) => s.host === 'kept-standby')!;
     return { keepVersionsFromLsn: own.keepVersionsFromLsn ?? 0, keepDeletedFromLsn: own.keepDeletedFromLsn ?? 0, viewLsn: own.viewLsn };
@@ -79,28 +87,35 @@ test('standby: the view\'s version of a page the primary writes again is kept lo
     await standby.write(standby.lookupIno(CONTROL_PATH), 0, bytes, CONTROL_PATH);
   };
 
-  // The primary writes WAL, then the page again, and deletes the other file: the standby's L (0) holds both back.
+  // After more WAL, the primary writes page 0 whole again, page 2 as two deltas (as the kernel splits a
+  // write now and then), deletes one file and truncates another: the standby's L (0) holds all of it back.
   const walAfterV2 = SEGMENT + 9 * PAGE;
   await writeWal(8);
   const v2 = Buffer.alloc(PAGE, 2);
   await primary.write(relation.ino, 0, v2, RELATION_PATH);
+  const x2 = Buffer.alloc(PAGE, 0x12);
+  await primary.write(relation.ino, 2 * PAGE, x2.subarray(0, 4992), RELATION_PATH);
+  await primary.write(relation.ino, 2 * PAGE + 4992, x2.subarray(4992), RELATION_PATH);
   const v1Lsn = versionLsns(relation)[0]!;
   const v2Lsn = versionLsns(relation)[1]!;
   const unlinkLsn = primary.tailLsn;
   await primary.unlink(DROPPED_PATH);
+  const cutPageLsn = truncated.pages!.get(1)!.at(-1)!.versionLsn;
+  await primary.truncate(truncated.ino, PAGE);
   await untilShipped(primary, device);
-  const afterUnlink = primary.tailLsn;
-  await until('the standby\'s slot passes the rewrite and the deletion', async () => (await slot()).keepVersionsFromLsn >= afterUnlink);
+  const afterTruncate = primary.tailLsn;
+  await until('the standby\'s slot passes the image, the deltas, the deletion and the truncate', async () => (await slot()).keepVersionsFromLsn >= afterTruncate);
   const published = await slot();
-  assert.ok(published.viewLsn <= v2Lsn, `the view itself stays before the rewrite (view ${published.viewLsn}, rewrite ${v2Lsn})`);
+  assert.ok(published.viewLsn <= v2Lsn, `the view itself stays before them (view ${published.viewLsn}, image ${v2Lsn})`);
   assert.equal(published.keepDeletedFromLsn, unlinkLsn, 'the deletion it passed is kept by keepDeletedFromLsn');
-  assert.equal(standby.keptPageCount, 1, 'one copy kept: v1');
+  assert.equal(standby.keptPageCount, 2, 'two copies kept: v1 (the image replaces it) and the page the truncate cuts; none for the deltas');
   await standby.overlaySettled();
   assert.ok(standby.overlayBytes > 0, 'the kept copy is in the standby\'s page store');
 
   // The primary reclaims v1 (its horizon passed v2) and the log wraps over it, rewriting WAL pages 0-7.
   await primary.updateHorizon();
   assert.deepEqual(versionLsns(relation), [v2Lsn], 'the primary dropped the version the standby keeps');
+  assert.ok(!(truncated.pages!.get(1) ?? []).some((version) => version.versionLsn === cutPageLsn), 'and the page the truncate cut');
   const logBytes = primary.superblock.logBytes;
   for (let i = 0; primary.tailLsn <= v1Lsn + logBytes + 2 * PAGE; i++) {
     await writeWal(i % 8);
@@ -109,6 +124,8 @@ test('standby: the view\'s version of a page the primary writes again is kept lo
   }
   assert.ok(primary.state.tombstones.has(dropped.ino), 'the deleted file is kept for the standby');
   assert.deepEqual(await standby.read(standbyIno, 0, PAGE), v1, 'the standby reads its view\'s version, kept locally');
+  assert.deepEqual(await standby.read(truncatedIno, PAGE, PAGE), cutPage, 'and the page the truncate cut');
+  assert.deepEqual(await standby.read(standbyIno, 2 * PAGE, PAGE), x1, 'and the page written as deltas (the primary keeps its older version)');
   assert.deepEqual(await standby.read(droppedIno, 0, PAGE), droppedPage, 'and the file the primary deleted');
 
   // A second write of the page: its first (v2) must then stay on the device, so the slot stops there.
@@ -122,27 +139,21 @@ test('standby: the view\'s version of a page the primary writes again is kept lo
   await primary.updateHorizon();
   assert.deepEqual(versionLsns(relation), [v2Lsn, v3Lsn], 'the primary keeps v2 for the standby');
 
-  // The standby replays past v2 and the deletion, not v3: it reads v2 from the device, keeps it, and the slot moves on.
+  // The standby replays past v2, the deletion and the truncate, not v3: it reads v2 from the device, keeps
+  // it, and the slot moves on; the copies of v1 and of the cut page are released.
   await standbyReplayedTo(walAfterV2);
   await until('the slot passes v3', async () => (await slot()).keepVersionsFromLsn > v3Lsn);
   assert.equal(standby.keptPageCount, 1, 'one copy kept: v2, read once v1 was released');
   assert.equal((await slot()).keepDeletedFromLsn, 0, 'the deletion applied: nothing deleted is kept for the standby');
   assert.deepEqual(await standby.read(standbyIno, 0, PAGE), v2);
+  assert.deepEqual(await standby.read(standbyIno, 2 * PAGE, PAGE), x2);
+  assert.equal(standby.getattr(TRUNCATED_PATH).size, PAGE);
   await assert.rejects(standby.read(droppedIno, 0, PAGE), (error: FsError) => error.errno === 'ENOENT');
   await primary.updateHorizon();
   assert.deepEqual(versionLsns(relation), [v3Lsn]);
 
-  // A truncate's cut pages are not kept: the slot stops at it until the standby replays it.
-  await writeWal(24);
-  const truncateLsn = primary.tailLsn;
-  await primary.truncate(relation.ino, 0);
-  await untilShipped(primary, device);
-  const afterTruncate = primary.tailLsn;
-  await until('the standby consumed the truncate', () => standby.shared.tailer!.appliedLsn >= afterTruncate);
-  await until('the slot shows it', async () => (await slot()).keepVersionsFromLsn <= afterTruncate && (await slot()).keepVersionsFromLsn >= truncateLsn);
-  assert.deepEqual(await standby.read(standbyIno, 0, PAGE), v2, 'the view still shows v2');
+  // Past everything: no copy is kept.
   await standbyReplayedTo(SEGMENT + 32 * PAGE);
-  await until('the slot passes the truncate', async () => (await slot()).keepVersionsFromLsn >= afterTruncate);
-  assert.equal((await standby.read(standbyIno, 0, PAGE)).length, 0, 'the standby sees the file truncated');
+  await until('the standby applied v3', async () => (await standby.read(standbyIno, 0, PAGE)).equals(v3));
   assert.equal(standby.keptPageCount, 0, 'no copy is kept once the view has passed every rewrite');
 });
