@@ -108,7 +108,7 @@ export class StandbyGate {
   private readonly publishedPages = new Map<number, Map<number, PublishedPage>>();
   /** The LSNs of the deletions (unlink, rename) among those, in log order: keepDeletedFromLsn covers them. */
   private readonly publishedDeletions: number[] = [];
-  /** The truncate publishFurther waits at while the pages it cuts are copied. */
+  /** The truncate publishFurther waits at: for copies of the pages it cuts, or for the next drain. */
   private truncateWaiting: HeldRecord | null = null;
   /** Keeps the tree's versions of the pages held records write (none: the horizon stays at the tree). */
   pages: PageKeeper | null = null;
@@ -229,8 +229,13 @@ export class StandbyGate {
   private cutPagesKept(record: HeldRecord, ino: number, size: number): boolean {
     if (this.truncateWaiting === record || !this.pages) return false;
     const firstCut = Math.ceil(size / this.state.pageBytes);
-    // A cut page with a published record: that record's version is needed from the device once L covers it.
-    for (const pageNo of this.publishedPages.get(ino)?.keys() ?? []) if (pageNo >= firstCut) return false;
+    // A cut page with a published record: that record's version is needed from the device once L covers
+    // it. Checked again after the next drain (which may apply it), not at every record held meanwhile.
+    for (const pageNo of this.publishedPages.get(ino)?.keys() ?? []) {
+      if (pageNo < firstCut) continue;
+      this.truncateWaiting = record;
+      return false;
+    }
     const copies = this.pages.requestFrom(ino, firstCut);
     if (copies === null) return true;
     this.truncateWaiting = record;
@@ -349,10 +354,8 @@ export class StandbyGate {
       this.applyHeld(record);
       this.heldHead++;
     }
-    if (this.heldHead > this.publishedIndex) {
-      this.publishedIndex = this.heldHead;
-      this.truncateWaiting = null; // applied: no longer waited at
-    }
+    this.publishedIndex = Math.max(this.publishedIndex, this.heldHead);
+    this.truncateWaiting = null; // what it waited for may be applied now: publishFurther looks again
     if (this.heldHead === this.held.length || this.heldHead > 4 * APPLY_SLICE_RECORDS) {
       this.held.splice(0, this.heldHead);
       this.publishedIndex -= this.heldHead;
