@@ -13,7 +13,9 @@ import { FileDevice } from '../../src/device/file-device';
 import { readDurableMarker } from '../../src/log/durable-marker';
 import { PG_CONTROL_VERSION } from '../../src/pg/control';
 import { crc32c } from '../../src/util/crc32c';
-import type { Volume } from '../../src/volume/volume';
+import { mkfs } from '../../src/volume/mkfs';
+import { Volume } from '../../src/volume/volume';
+import type { TestContext } from 'node:test';
 
 export interface TempDir { dir: string; remove(): void }
 
@@ -29,6 +31,17 @@ export async function tempDevice(dir: string, sizeBytes: number, name = 'device.
   await handle.truncate(sizeBytes);
   await handle.close();
   return { path: file, device: await FileDevice.open(file, { readOnly: false }) };
+}
+
+/** A primary Volume on a fresh device file of `sizeBytes` in a temp directory; both go after test `t`. */
+export async function tempPrimary(t: TestContext, label: string, sizeBytes: number): Promise<{ dir: string; devicePath: string; device: FileDevice; primary: Volume }> {
+  const tmp = tempDir(label);
+  t.after(() => tmp.remove());
+  const { path: devicePath, device } = await tempDevice(tmp.dir, sizeBytes);
+  await mkfs(device);
+  const primary = await Volume.openPrimary(device, { host: `${label}-primary` });
+  t.after(() => primary.close());
+  return { dir: tmp.dir, devicePath, device, primary };
 }
 
 // ---------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import { mkfs } from '../../src/volume/mkfs';
 import { StandbyVolume, openStandby } from '../../src/volume/standby';
 import { S_IFDIR, S_IFREG } from '../../src/volume/state';
 import { Volume } from '../../src/volume/volume';
-import { tempDevice, tempDir, untilShipped } from '../support/core';
+import { tempDevice, tempDir, tempPrimary, untilShipped } from '../support/core';
 
 const PAGE = 8192;
 const MiB = 1024 * 1024;
@@ -35,12 +35,7 @@ function relationPage(lsn: number, fill: number): Buffer {
 }
 
 test('standby: an overlay page leaves the overlay when the shared page it gets at L is as new (page LSN), and only then; one written over such a page is not stored', async (t) => {
-  const tmp = tempDir('standby-overlay');
-  t.after(() => tmp.remove());
-  const { path: devicePath, device } = await tempDevice(tmp.dir, 64 * MiB);
-  await mkfs(device);
-  const primary = await Volume.openPrimary(device, { host: 'overlay-primary' });
-  t.after(() => primary.close());
+  const { dir, devicePath, device, primary } = await tempPrimary(t, 'standby-overlay', 64 * MiB);
   for (const dir of ['/pgdata', '/pgdata/pg_wal', '/pgdata/base', '/pgdata/base/5']) await primary.mkdir(dir, S_IFDIR | 0o700, 0, 0);
   const relation = await primary.create(RELATION_PATH, S_IFREG | 0o600, 0, 0);
   const primaryWrites = async (page: Buffer, ino = relation.ino, path = RELATION_PATH): Promise<void> => {
@@ -50,7 +45,7 @@ test('standby: an overlay page leaves the overlay when the shared page it gets a
   await primaryWrites(relationPage(0x1000, 1));
 
   const standby = await openStandby(await FileDevice.open(devicePath, { readOnly: false }), {
-    host: 'overlay-standby', overlayDir: path.join(tmp.dir, 'overlay'), pollIntervalMs: NEVER_MS, overlaySweepIntervalMs: NEVER_MS,
+    host: 'overlay-standby', overlayDir: path.join(dir, 'overlay'), pollIntervalMs: NEVER_MS, overlaySweepIntervalMs: NEVER_MS,
   });
   t.after(() => standby.close());
   const ino = standby.lookupIno(RELATION_PATH);

@@ -9,11 +9,9 @@ import path from 'node:path';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { FileDevice } from '../../src/device/file-device';
 import type { ReadOrigin } from '../../src/volume/file-system';
-import { mkfs } from '../../src/volume/mkfs';
 import { WAL_POLLS_SERVED, WAL_TAIL_WAIT_MS, openStandby } from '../../src/volume/standby';
 import { S_IFDIR, S_IFREG } from '../../src/volume/state';
-import { Volume } from '../../src/volume/volume';
-import { makeRng, tempDevice, tempDir, untilShipped } from '../support/core';
+import { makeRng, tempPrimary, untilShipped } from '../support/core';
 
 const PAGE = 8192;
 const MiB = 1024 * 1024;
@@ -33,12 +31,7 @@ function through(handle: number, onInterrupt: (callback: () => void) => void = (
 }
 
 test('standby: a WAL poll (the segment reopened and reread, nothing new) waits until WAL arrives, an interrupt or the time limit; other reads never wait', async (t) => {
-  const tmp = tempDir('standby-wal-wait');
-  t.after(() => tmp.remove());
-  const { path: devicePath, device } = await tempDevice(tmp.dir, 64 * MiB);
-  await mkfs(device);
-  const primary = await Volume.openPrimary(device, { host: 'wal-primary' });
-  t.after(() => primary.close());
+  const { dir, devicePath, device, primary } = await tempPrimary(t, 'standby-wal-wait', 64 * MiB);
   const rng = makeRng(20261122);
   await primary.mkdir('/pgdata', S_IFDIR | 0o700, 0, 0);
   await primary.mkdir('/pgdata/pg_wal', S_IFDIR | 0o700, 0, 0);
@@ -51,7 +44,7 @@ test('standby: a WAL poll (the segment reopened and reread, nothing new) waits u
   await shipped();
 
   const standby = await openStandby(await FileDevice.open(devicePath, { readOnly: false }), {
-    host: 'wal-standby', overlayDir: path.join(tmp.dir, 'overlay'), pollIntervalMs: 3_600_000, // rounds run when the test polls
+    host: 'wal-standby', overlayDir: path.join(dir, 'overlay'), pollIntervalMs: 3_600_000, // rounds run when the test polls
   });
   t.after(() => standby.close());
   const ino = standby.lookupIno(SEGMENT_PATH);
