@@ -66,8 +66,9 @@ function writtenPageLsn(head: DataRecordHead, payload: Buffer): number {
   return head.offsetInPage === 0 && head.length >= PAGE_LSN_BYTES ? pageLsnAt(payload, DATA_BYTES_OFFSET) : 0;
 }
 /**
- * Keeps, off the device, the tree's version of pages that held records write again: the standby volume's
- * PagePins. The gate asks for a page when it holds a record of it, and releases it when it applies one.
+ * Keeps, off the device, the tree's version of pages that held records write again (a standby's
+ * KeptPages). The gate asks for a page when it holds an image of it, and releases it when it applies a
+ * record of it.
  */
 export interface PageKeeper {
   /** The tree's version of the page needs nothing from the device: it is kept, or the tree has no such page. */
