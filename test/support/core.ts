@@ -252,6 +252,7 @@ export async function untilShipped(primary: Volume, device: BlockDevice): Promis
   await primary.sync();
   while (((await readDurableMarker(device))?.durableLsn ?? 0) < primary.durableLsn) await new Promise((resolve) => setTimeout(resolve, 1));
 }
+
 /** A PostgreSQL 15 pg_control with the fields lsnfs reads (layout as in src/pg/control.ts). */
 export function controlFile(fields: { redo: number; walSegmentBytes: number; minRecoveryPoint?: number }): Buffer {
   const bytes = Buffer.alloc(8192);
@@ -264,4 +265,3 @@ export function controlFile(fields: { redo: number; walSegmentBytes: number; min
   bytes.writeUInt32LE(crc32c(bytes.subarray(0, 288)) >>> 0, 288);
   return bytes;
 }
-

@@ -41,7 +41,7 @@ function versionLsns(inode: Inode): number[] {
 }
 
 test('standby: the view\'s version of a page the primary writes again or cuts is kept locally, the primary reclaims it on the device, and the standby still reads it', async (t) => {
-  const { dir, devicePath, device, primary } = await tempPrimary(t, 'standby-kept', 10 * MiB);
+  const { dir: tmpDir, devicePath, device, primary } = await tempPrimary(t, 'standby-kept', 10 * MiB);
   for (const dir of ['/pgdata', '/pgdata/pg_wal', '/pgdata/global', '/pgdata/base', '/pgdata/base/5']) await primary.mkdir(dir, S_IFDIR | 0o700, 0, 0);
   const wal = await primary.create(WAL_PATH, S_IFREG | 0o600, 0, 0);
   const relation = await primary.create(RELATION_PATH, S_IFREG | 0o600, 0, 0);
@@ -63,7 +63,7 @@ test('standby: the view\'s version of a page the primary writes again or cuts is
   await untilShipped(primary, device);
 
   const standby = await openStandby(await FileDevice.open(devicePath, { readOnly: false }), {
-    host: 'kept-standby', overlayDir: path.join(dir, 'overlay'), pollIntervalMs: 5, overlaySweepIntervalMs: NEVER_MS,
+    host: 'kept-standby', overlayDir: path.join(tmpDir, 'overlay'), pollIntervalMs: 5, overlaySweepIntervalMs: NEVER_MS,
   });
   t.after(() => standby.close());
   await primary.updateHorizon(); // the primary knows the standby's slot (it reads the slots every 100 ms)

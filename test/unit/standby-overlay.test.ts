@@ -35,7 +35,7 @@ function relationPage(lsn: number, fill: number): Buffer {
 }
 
 test('standby: an overlay page leaves the overlay when the shared page it gets at L is as new (page LSN), and only then; one written over such a page is not stored', async (t) => {
-  const { dir, devicePath, device, primary } = await tempPrimary(t, 'standby-overlay', 64 * MiB);
+  const { dir: tmpDir, devicePath, device, primary } = await tempPrimary(t, 'standby-overlay', 64 * MiB);
   for (const dir of ['/pgdata', '/pgdata/pg_wal', '/pgdata/base', '/pgdata/base/5']) await primary.mkdir(dir, S_IFDIR | 0o700, 0, 0);
   const relation = await primary.create(RELATION_PATH, S_IFREG | 0o600, 0, 0);
   const primaryWrites = async (page: Buffer, ino = relation.ino, path = RELATION_PATH): Promise<void> => {
@@ -45,7 +45,7 @@ test('standby: an overlay page leaves the overlay when the shared page it gets a
   await primaryWrites(relationPage(0x1000, 1));
 
   const standby = await openStandby(await FileDevice.open(devicePath, { readOnly: false }), {
-    host: 'overlay-standby', overlayDir: path.join(dir, 'overlay'), pollIntervalMs: NEVER_MS, overlaySweepIntervalMs: NEVER_MS,
+    host: 'overlay-standby', overlayDir: path.join(tmpDir, 'overlay'), pollIntervalMs: NEVER_MS, overlaySweepIntervalMs: NEVER_MS,
   });
   t.after(() => standby.close());
   const ino = standby.lookupIno(RELATION_PATH);

@@ -31,7 +31,7 @@ function through(handle: number, onInterrupt: (callback: () => void) => void = (
 }
 
 test('standby: a WAL poll (the segment reopened and reread, nothing new) waits until WAL arrives, an interrupt or the time limit; other reads never wait', async (t) => {
-  const { dir, devicePath, device, primary } = await tempPrimary(t, 'standby-wal-wait', 64 * MiB);
+  const { dir: tmpDir, devicePath, device, primary } = await tempPrimary(t, 'standby-wal-wait', 64 * MiB);
   const rng = makeRng(20261122);
   await primary.mkdir('/pgdata', S_IFDIR | 0o700, 0, 0);
   await primary.mkdir('/pgdata/pg_wal', S_IFDIR | 0o700, 0, 0);
@@ -44,7 +44,7 @@ test('standby: a WAL poll (the segment reopened and reread, nothing new) waits u
   await shipped();
 
   const standby = await openStandby(await FileDevice.open(devicePath, { readOnly: false }), {
-    host: 'wal-standby', overlayDir: path.join(dir, 'overlay'), pollIntervalMs: 3_600_000, // rounds run when the test polls
+    host: 'wal-standby', overlayDir: path.join(tmpDir, 'overlay'), pollIntervalMs: 3_600_000, // rounds run when the test polls
   });
   t.after(() => standby.close());
   const ino = standby.lookupIno(SEGMENT_PATH);
