@@ -59,7 +59,7 @@ export class KeptPages implements PageKeeper {
   /** Called when a copy is made (the gate publishes further). */
   onKept: () => void = () => undefined;
 
-  constructor(private readonly shared: Volume, private readonly store: PageStore) {}
+  constructor(private readonly shared: Volume, private readonly store: PageStore, private readonly maxKeptPages = MAX_KEPT_PAGES) {}
 
   /** Copies held now. */
   get count(): number { return this.keptCount; }
@@ -72,7 +72,7 @@ export class KeptPages implements PageKeeper {
     const copying = this.reading.get(ino)?.get(pageNo);
     if (copying) return copying.done;
     if (this.covers(ino, pageNo)) return null;
-    if (this.keptCount + this.readingCount >= MAX_KEPT_PAGES) return unsettled();
+    if (this.keptCount + this.readingCount >= this.maxKeptPages) return unsettled();
     return this.copy(ino, pageNo);
   }
 
@@ -80,7 +80,7 @@ export class KeptPages implements PageKeeper {
     const pageNos = [...this.shared.state.inodes.get(ino)?.pages?.keys() ?? []].filter((pageNo) => pageNo >= firstPageNo && !this.covers(ino, pageNo));
     if (pageNos.length === 0) return null;
     // All or none: copies that cannot all be made would hold the limit for nothing.
-    if (this.keptCount + this.readingCount + pageNos.length > MAX_KEPT_PAGES) return unsettled();
+    if (this.keptCount + this.readingCount + pageNos.length > this.maxKeptPages) return unsettled();
     return Promise.all(pageNos.map((pageNo) => this.request(ino, pageNo))).then(() => undefined);
   }
 

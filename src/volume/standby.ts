@@ -29,7 +29,7 @@ import { FsError, UserError } from '../util/errors';
 import { CONTROL_FILE_SUFFIX, pageLsnAt, parseControlFile } from '../pg/control';
 import { StandbyGate } from '../replica/standby-gate';
 import { AttrChange, DirEntry, FileSystem, ReadOrigin, readPages } from './file-system';
-import { KeptPages } from './kept-pages';
+import { KeptPages, MAX_KEPT_PAGES } from './kept-pages';
 import { PageStore } from './page-store';
 import { Inode, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG, isDir, isRegular, splitPath } from './state';
 import { Stat, StatFs, Volume } from './volume';
@@ -164,10 +164,13 @@ export class StandbyVolume implements FileSystem {
   /** The shared tree's versions of pages the primary wrote again, kept here so that the device need not keep them. */
   private readonly kept: KeptPages;
 
-  constructor(readonly shared: Volume, readonly gate: StandbyGate, private readonly store: PageStore, sweepIntervalMs = OVERLAY_SWEEP_INTERVAL_MS) {
+  constructor(
+    readonly shared: Volume, readonly gate: StandbyGate, private readonly store: PageStore,
+    sweepIntervalMs = OVERLAY_SWEEP_INTERVAL_MS, maxKeptPages = MAX_KEPT_PAGES,
+  ) {
     gate.onWalData = () => this.wakeWalWaiters();
     gate.onSharedPage = (ino, pageNo, versionLsn, sharedPageLsn) => this.sharedPageApplied(ino, pageNo, versionLsn, sharedPageLsn);
-    this.kept = new KeptPages(shared, store);
+    this.kept = new KeptPages(shared, store, maxKeptPages);
     this.kept.onKept = () => gate.publishFurther();
     gate.pages = this.kept;
     const tailer = shared.tailer!;
@@ -772,6 +775,8 @@ export interface StandbyOpenOptions {
   pollIntervalMs: number;
   /** How often the background sweep compares overlay pages with the shared store (default OVERLAY_SWEEP_INTERVAL_MS). */
   overlaySweepIntervalMs?: number;
+  /** Most copies of the view's page versions kept at once (default MAX_KEPT_PAGES). */
+  maxKeptPages?: number;
 }
 
 /**
@@ -793,7 +798,7 @@ export async function openStandby(device: BlockDevice, options: StandbyOpenOptio
       return tailer.gate;
     });
     const store = await PageStore.create(options.overlayDir, shared.pageBytes);
-    return new StandbyVolume(shared, gate, store, options.overlaySweepIntervalMs);
+    return new StandbyVolume(shared, gate, store, options.overlaySweepIntervalMs, options.maxKeptPages);
   } catch (error) {
     await shared.close().catch(() => undefined);
     throw error;

@@ -5,16 +5,18 @@
  * standby on one small device file, the log wrapped underneath the standby so
  * that the versions the primary reclaimed are overwritten on the device, and
  * the standby's view L moved by writing its pg_control as PostgreSQL would.
+ * And at its limit of copies, the slot waits at the page that has none.
  */
-import { test } from 'node:test';
+import { TestContext, test } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { FileDevice } from '../../src/device/file-device';
 import { CONTROL_FILE_SUFFIX } from '../../src/pg/control';
 import { readSlots } from '../../src/replica/slots';
 import { FsError } from '../../src/util/errors';
-import { openStandby } from '../../src/volume/standby';
+import { StandbyVolume, openStandby } from '../../src/volume/standby';
 import { Inode, S_IFDIR, S_IFREG } from '../../src/volume/state';
+import { Volume } from '../../src/volume/volume';
 import { controlFile, tempPrimary, untilShipped } from '../support/core';
 
 const PAGE = 8192;
@@ -40,17 +42,53 @@ function versionLsns(inode: Inode): number[] {
   return (inode.pages?.get(0) ?? []).map((version) => version.versionLsn);
 }
 
-test('standby: the view\'s version of a page the primary writes again or cuts is kept locally, the primary reclaims it on the device, and the standby still reads it', async (t) => {
-  const { dir: tmpDir, devicePath, device, primary } = await tempPrimary(t, 'standby-kept', 10 * MiB);
+/** /pgdata with pg_wal/ (one segment), global/pg_control and base/5/ on the primary. */
+async function pgDataDirectory(primary: Volume): Promise<{ writeWal(walPage: number): Promise<number> }> {
   for (const dir of ['/pgdata', '/pgdata/pg_wal', '/pgdata/global', '/pgdata/base', '/pgdata/base/5']) await primary.mkdir(dir, S_IFDIR | 0o700, 0, 0);
   const wal = await primary.create(WAL_PATH, S_IFREG | 0o600, 0, 0);
+  const control = await primary.create(CONTROL_PATH, S_IFREG | 0o600, 0, 0);
+  await primary.write(control.ino, 0, controlFile({ redo: SEGMENT, walSegmentBytes: SEGMENT }), CONTROL_PATH);
+  return {
+    /** PostgreSQL writes WAL page `walPage` of segment 1: the records after it are tagged with its end. */
+    writeWal: (walPage) => primary.write(wal.ino, walPage * PAGE, Buffer.alloc(PAGE, walPage & 0xff), WAL_PATH),
+  };
+}
+
+interface TestStandby {
+  standby: StandbyVolume;
+  /** What its slot says now. */
+  slot(): Promise<{ keepVersionsFromLsn: number; keepDeletedFromLsn: number; viewLsn: number }>;
+  /** The standby replayed to `walLsn`: it writes its pg_control with minRecoveryPoint there, as PostgreSQL does. */
+  replayedTo(walLsn: number): Promise<void>;
+}
+
+/** A standby of `primary` on the device file, its tailer polling every 5 ms, its background sweep off. */
+async function openTestStandby(t: TestContext, primary: Volume, devicePath: string, overlayDir: string, maxKeptPages?: number): Promise<TestStandby> {
+  const host = `${path.basename(overlayDir)}-standby`;
+  const standby = await openStandby(await FileDevice.open(devicePath, { readOnly: false }), {
+    host, overlayDir, pollIntervalMs: 5, overlaySweepIntervalMs: NEVER_MS, ...(maxKeptPages !== undefined ? { maxKeptPages } : {}),
+  });
+  t.after(() => standby.close());
+  await primary.updateHorizon(); // the primary knows the standby's slot (it reads the slots every 100 ms)
+  return {
+    standby,
+    slot: async () => {
+      const own = (await readSlots(primary.device)).find((s) => s.host === host)!;
+      return { keepVersionsFromLsn: own.keepVersionsFromLsn ?? 0, keepDeletedFromLsn: own.keepDeletedFromLsn ?? 0, viewLsn: own.viewLsn };
+    },
+    replayedTo: async (walLsn) => {
+      const bytes = controlFile({ redo: SEGMENT, walSegmentBytes: SEGMENT, minRecoveryPoint: walLsn });
+      await standby.write(standby.lookupIno(CONTROL_PATH), 0, bytes, CONTROL_PATH);
+    },
+  };
+}
+
+test('standby: the view\'s version of a page the primary writes again or cuts is kept locally, the primary reclaims it on the device, and the standby still reads it', async (t) => {
+  const { dir: tmpDir, devicePath, device, primary } = await tempPrimary(t, 'standby-kept', 10 * MiB);
+  const { writeWal } = await pgDataDirectory(primary);
   const relation = await primary.create(RELATION_PATH, S_IFREG | 0o600, 0, 0);
   const dropped = await primary.create(DROPPED_PATH, S_IFREG | 0o600, 0, 0);
   const truncated = await primary.create(TRUNCATED_PATH, S_IFREG | 0o600, 0, 0);
-  const control = await primary.create(CONTROL_PATH, S_IFREG | 0o600, 0, 0);
-  await primary.write(control.ino, 0, controlFile({ redo: SEGMENT, walSegmentBytes: SEGMENT }), CONTROL_PATH);
-  /** PostgreSQL writes WAL page `walPage` of segment 1: the records after it are tagged with its end. */
-  const writeWal = (walPage: number): Promise<number> => primary.write(wal.ino, walPage * PAGE, Buffer.alloc(PAGE, walPage & 0xff), WAL_PATH);
   const v1 = Buffer.alloc(PAGE, 1);
   const x1 = Buffer.alloc(PAGE, 0x11);
   await primary.write(relation.ino, 0, v1, RELATION_PATH);
@@ -62,23 +100,10 @@ test('standby: the view\'s version of a page the primary writes again or cuts is
   await primary.write(truncated.ino, PAGE, cutPage, TRUNCATED_PATH);
   await untilShipped(primary, device);
 
-  const standby = await openStandby(await FileDevice.open(devicePath, { readOnly: false }), {
-    host: 'kept-standby', overlayDir: path.join(tmpDir, 'overlay'), pollIntervalMs: 5, overlaySweepIntervalMs: NEVER_MS,
-  });
-  t.after(() => standby.close());
-  await primary.updateHorizon(); // the primary knows the standby's slot (it reads the slots every 100 ms)
+  const { standby, slot, replayedTo: standbyReplayedTo } = await openTestStandby(t, primary, devicePath, path.join(tmpDir, 'kept'));
   const standbyIno = standby.lookupIno(RELATION_PATH);
   const droppedIno = standby.lookupIno(DROPPED_PATH);
   const truncatedIno = standby.lookupIno(TRUNCATED_PATH);
-  const slot = async (): Promise<{ keepVersionsFromLsn: number; keepDeletedFromLsn: number; viewLsn: number }> => {
-    const own = (await readSlots(device)).find((s) => s.host === 'kept-standby')!;
-    return { keepVersionsFromLsn: own.keepVersionsFromLsn ?? 0, keepDeletedFromLsn: own.keepDeletedFromLsn ?? 0, viewLsn: own.viewLsn };
-  };
-  /** The standby replayed to `walLsn`: it writes its pg_control with minRecoveryPoint there. */
-  const standbyReplayedTo = async (walLsn: number): Promise<void> => {
-    const bytes = controlFile({ redo: SEGMENT, walSegmentBytes: SEGMENT, minRecoveryPoint: walLsn });
-    await standby.write(standby.lookupIno(CONTROL_PATH), 0, bytes, CONTROL_PATH);
-  };
 
   // After more WAL, the primary writes page 0 whole again, page 2 as two deltas (as the kernel splits a
   // write now and then), deletes one file and truncates another: the standby's L (0) holds all of it back.
@@ -149,4 +174,35 @@ test('standby: the view\'s version of a page the primary writes again or cuts is
   await standbyReplayedTo(SEGMENT + 32 * PAGE);
   await until('the standby applied v3', async () => (await standby.read(standbyIno, 0, PAGE)).equals(v3));
   assert.equal(standby.keptPageCount, 0, 'no copy is kept once the view has passed every rewrite');
+});
+
+test('standby: at its limit of kept copies the slot waits at the page that has none, and moves on once a copy is released', async (t) => {
+  const { dir: tmpDir, devicePath, device, primary } = await tempPrimary(t, 'standby-kept-limit', 16 * MiB);
+  const { writeWal } = await pgDataDirectory(primary);
+  const relation = await primary.create(RELATION_PATH, S_IFREG | 0o600, 0, 0);
+  const [v1, w1, v2, w2] = [1, 2, 3, 4].map((fill) => Buffer.alloc(PAGE, fill));
+  await primary.write(relation.ino, 0, Buffer.concat([v1!, w1!]), RELATION_PATH);
+  await untilShipped(primary, device);
+  const { standby, slot, replayedTo } = await openTestStandby(t, primary, devicePath, path.join(tmpDir, 'limit'), 1);
+  const ino = standby.lookupIno(RELATION_PATH);
+
+  // Both pages written whole again, after different WAL: the first image takes the one copy allowed.
+  await writeWal(8);
+  await primary.write(relation.ino, 0, v2!, RELATION_PATH);
+  await writeWal(10);
+  await primary.write(relation.ino, PAGE, w2!, RELATION_PATH);
+  await untilShipped(primary, device);
+  const w2Lsn = relation.pages!.get(1)!.at(-1)!.versionLsn;
+  await until('the standby consumed both', () => standby.shared.tailer!.appliedLsn > w2Lsn);
+  await until('the slot waits at the second image', async () => (await slot()).keepVersionsFromLsn === w2Lsn);
+  assert.equal(standby.keptPageCount, 1);
+  await primary.updateHorizon();
+  assert.equal(relation.pages!.get(1)!.length, 2, 'the primary keeps the version of the page that has no copy');
+
+  // The standby replays the first image: its copy goes, and the second page gets the copy.
+  await replayedTo(SEGMENT + 9 * PAGE);
+  const tail = primary.tailLsn;
+  await until('the slot passes the second image', async () => (await slot()).keepVersionsFromLsn >= tail);
+  assert.equal(standby.keptPageCount, 1);
+  assert.deepEqual(await standby.read(ino, 0, 2 * PAGE), Buffer.concat([v2!, w1!]), 'the view: the first image applied, the second not');
 });
