@@ -1,11 +1,12 @@
 /**
  * A standby keeps its view's version of each page the primary writes whole
  * again or truncates away, so that its slot holds the primary's horizon at
- * the first record it cannot do without rather than at its view: in process, a primary Volume and a
- * standby on one small device file, the log wrapped underneath the standby so
- * that the versions the primary reclaimed are overwritten on the device, and
- * the standby's view L moved by writing its pg_control as PostgreSQL would.
- * And at its limit of copies, the slot waits at the page that has none.
+ * the first record it cannot do without rather than at its view. In process:
+ * a primary Volume and a standby on one small device file, the log wrapped
+ * underneath the standby so that the versions the primary reclaimed are
+ * overwritten on the device, and the standby's view L moved by writing its
+ * pg_control as PostgreSQL would. At its limit of copies, the slot waits at
+ * the page that has none.
  */
 import { TestContext, test } from 'node:test';
 import assert from 'node:assert/strict';
