@@ -52,11 +52,11 @@ const WAL_DIR_SEARCH_DEPTH = 5;
 const APPLY_SLICE_RECORDS = 256;
 
 /**
- * A data record keeps only its head (versions point at their record; the bytes stay on the device) and
- * the page LSN it writes, a metadata record its decoded op: neither pins the tailer's read chunk while
+ * A data record keeps only its head, as bytes to apply and decoded (versions point at their record; the
+ * bytes stay on the device), and the page LSN it writes, a metadata record its decoded op: neither pins the tailer's read chunk while
  * it waits.
  */
-type HeldRecord = { header: RecordHeader; dataHead: Buffer; pageLsn: number } | { header: RecordHeader; op: MetaOp };
+type HeldRecord = { header: RecordHeader; dataHead: Buffer; head: DataRecordHead; pageLsn: number } | { header: RecordHeader; op: MetaOp };
 
 /**
  * The page LSN a data record writes: pd_lsn from its bytes when it writes the start of the page, else 0
@@ -198,7 +198,7 @@ export class StandbyGate {
         if (record.op.op === 'unlink' || record.op.op === 'rename') this.publishedDeletions.push(record.header.lsn);
         continue;
       }
-      const head = decodeDataHead(record.dataHead);
+      const { head } = record;
       if (head.versionLsn !== 0) continue; // a cleaner copy: a new place for a version, not a new version
       if (!this.pages) return;
       const image = this.isImage(head);
@@ -256,7 +256,7 @@ export class StandbyGate {
       }
       return;
     }
-    const head = decodeDataHead(record.dataHead);
+    const { head } = record;
     if (head.versionLsn !== 0) return;
     const pages = this.publishedPages.get(head.ino)!;
     const published = pages.get(head.pageNo)!;
@@ -296,14 +296,14 @@ export class StandbyGate {
         // A cleaner copy: its version may already be in the state (update its place now, the
         // original place may be reclaimed once we report having consumed this) or still held.
         this.state.applyData(header, payload);
-        if (this.heldCount() > 0) this.held.push({ header, dataHead: Buffer.from(payload.subarray(0, DATA_BYTES_OFFSET)), pageLsn: 0 });
+        if (this.heldCount() > 0) this.held.push({ header, dataHead: Buffer.from(payload.subarray(0, DATA_BYTES_OFFSET)), head, pageLsn: 0 });
         return;
       }
       if (this.walFiles.has(head.ino)) {
         this.state.applyData(header, payload);
         this.walGeneration++;
         this.onWalData();
-      } else this.hold({ header, dataHead: Buffer.from(payload.subarray(0, DATA_BYTES_OFFSET)), pageLsn: writtenPageLsn(head, payload) });
+      } else this.hold({ header, dataHead: Buffer.from(payload.subarray(0, DATA_BYTES_OFFSET)), head, pageLsn: writtenPageLsn(head, payload) });
       return;
     }
     if (header.type !== RecordType.Meta) return;
@@ -330,7 +330,7 @@ export class StandbyGate {
     this.held.push(record);
     // Asked for at once, not when publishFurther reaches the record: the device read is then done by the time it does.
     if (!('op' in record)) {
-      const head = decodeDataHead(record.dataHead);
+      const { head } = record;
       if (head.versionLsn === 0 && this.isImage(head)) this.pages?.request(head.ino, head.pageNo);
     }
     this.publishFurther();
@@ -384,7 +384,7 @@ export class StandbyGate {
       return;
     }
     this.state.applyData(record.header, record.dataHead);
-    const head = decodeDataHead(record.dataHead);
+    const { head } = record;
     if (head.versionLsn !== 0) return;
     this.pages?.release(head.ino, head.pageNo);
     this.onSharedPage(head.ino, head.pageNo, record.header.lsn, record.pageLsn);
