@@ -36,6 +36,10 @@ export async function stopAndUnmountQuietly(volume: TestVolume, cluster: PgClust
 export interface DeviceStatus {
   epoch: number;
   walLsn: number;
+  /** The log: the oldest LSN still in it, where the next record goes, and its capacity (an LSN is a byte position). */
+  headLsn: number;
+  tailLsn: number;
+  logBytes: number;
   holder: { host: string; epoch: number } | null;
   replicas: Array<{ host: string; viewWalLsn: number; overlayBytes: number; live: boolean }>;
 }
@@ -114,11 +118,13 @@ export async function runPgScenario(
 }
 
 /**
- * A 4 GiB test volume that PostgreSQL (user postgres) can reach, `runDir(name)` for each server's socket and
- * log, and the primary's cluster on the volume's mount (`pgdata`), run dir `primaryName`.
+ * A test volume of `size` (4 GiB unless given) that PostgreSQL (user postgres) can reach, `runDir(name)` for
+ * each server's socket and log, and the primary's cluster on the volume's mount (`pgdata`), run dir `primaryName`.
  */
-export async function makePgVolume(name: string, primaryName: string, port: number): Promise<{ volume: TestVolume; runDir(name: string): string; primary: PgCluster }> {
-  const volume = await makeVolume({ name, size: '4G' });
+export async function makePgVolume(
+  name: string, primaryName: string, port: number, size = '4G',
+): Promise<{ volume: TestVolume; runDir(name: string): string; primary: PgCluster }> {
+  const volume = await makeVolume({ name, size });
   await fsp.chmod(volume.dir, 0o755);
   const runDir = (server: string): string => path.join(volume.dir, `run-${server}`);
   return { volume, runDir, primary: new PgCluster({ dataDir: path.join(volume.mountpoint, 'pgdata'), runDir: runDir(primaryName), port }) };
