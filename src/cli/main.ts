@@ -9,6 +9,7 @@ import { UserError } from '../util/errors';
 import { formatBytes, parseDurationMs, parseSizeBytes } from '../util/units';
 import { mountInBackground, umount } from './mount';
 import type { MountRole } from '../volume/volume';
+import { METRICS_FLAGS, METRICS_HELP, MetricsAddress, parseMetricsAddress } from '../metrics/address';
 import { registerDrill } from './drill-command';
 import { registerPg } from './pg';
 import { formatPgLsn } from '../pg/control';
@@ -72,11 +73,12 @@ export function buildProgram(): Command {
     .option('--replica-timeout <duration>', 'primary: a replica or snapshot whose heartbeat is older than this no longer holds back space reclaim, e.g. 2s (default 10s)')
     .option('--allow-other', 'let users other than root use the mount (needed for PostgreSQL)', false)
     .option('--foreground', 'serve the mount in this process until SIGTERM/SIGINT', false)
+    .option(METRICS_FLAGS, METRICS_HELP, parseMetricsAddress)
     // lsnfs failover's own: the daemon opens the device, then waits for the word to mount.
     .addOption(new Option('--held').hideHelp())
     .action(async (options: {
       device: string; mountpoint: string; host: string; role: MountRole; atLsn?: number; atTime?: string; overlay?: string;
-      pollIntervalMs: number; replicaTimeout?: string; allowOther: boolean; foreground: boolean; held?: boolean;
+      pollIntervalMs: number; replicaTimeout?: string; allowOther: boolean; foreground: boolean; held?: boolean; metrics?: MetricsAddress;
     }) => {
       const atTimeMs = options.atTime !== undefined ? parseTime(options.atTime) : undefined;
       const replicaTimeoutMs = options.replicaTimeout !== undefined ? parseDurationMs(options.replicaTimeout, '--replica-timeout') : undefined;

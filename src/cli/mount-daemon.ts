@@ -12,7 +12,8 @@ import { FuseChannel } from '../fuse/channel';
 import { UserError } from '../util/errors';
 import { Volume } from '../volume/volume';
 import { FileSystem } from '../volume/file-system';
-import { openStandby } from '../volume/standby';
+import { StandbyVolume, openStandby } from '../volume/standby';
+import type { MetricsServer } from '../metrics/server';
 import { MountOptions, checkMountpoint, runUmount } from './mount';
 import { isMounted, mountLogPath, removeMountRecord, writeMountRecord } from './runtime';
 
@@ -45,7 +46,10 @@ export async function runMountDaemon(options: MountOptions): Promise<void> {
   /** The mountpoint as the kernel lists it (symlinks resolved). */
   let kernelMountpoint: string;
   let channel: FuseChannel;
+  let metrics: MetricsServer | null = null;
   try {
+    // Listening first: an address in use fails the mount before it takes the device (or a slot).
+    if (options.metrics !== undefined) metrics = await (await import('../metrics/server')).startMetricsServer(options.metrics);
     // The host's name is its iSCSI initiator name too: one nexus per host.
     const device = await openDevice(options.device, { readOnly: false, host: options.host });
     if (options.held) {
@@ -60,8 +64,9 @@ export async function runMountDaemon(options: MountOptions): Promise<void> {
     }
     await checkMountpoint(options.mountpoint);
     kernelMountpoint = await fsp.realpath(options.mountpoint);
+    let standby: StandbyVolume | null = null;
     if (options.role === 'replica' && options.overlay !== undefined) {
-      const standby = await openStandby(device, { host: options.host, overlayDir: path.resolve(options.overlay), pollIntervalMs: options.pollIntervalMs });
+      standby = await openStandby(device, { host: options.host, overlayDir: path.resolve(options.overlay), pollIntervalMs: options.pollIntervalMs });
       volume = standby.shared;
       served = standby;
     } else served = volume = options.role === 'primary'
@@ -73,6 +78,10 @@ export async function runMountDaemon(options: MountOptions): Promise<void> {
         ...(options.overlay !== undefined ? { overlayDir: path.resolve(options.overlay) } : {}),
       });
     channel = mountFuse(served, options);
+    if (metrics) {
+      const { registerMountMetrics } = await import('../metrics/mount-metrics');
+      registerMountMetrics(metrics.registry, { volume, standby, channel, host: options.host, device: options.device });
+    }
   } catch (error) {
     notify({ error: error instanceof UserError ? error.message : String(error) });
     throw error;
@@ -99,6 +108,7 @@ export async function runMountDaemon(options: MountOptions): Promise<void> {
       // Once its own mount is gone, whatever is mounted there now is someone else's (a failover's new primary).
       if (!how.mountGone && await isMounted(kernelMountpoint)) await runUmount(mountpoint);
       channel.stop();
+      await metrics?.close();
       await served.close();
       await removeMountRecord(mountpoint);
       log.info({ tailLsn: volume.tailLsn }, 'unmounted cleanly');

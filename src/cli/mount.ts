@@ -10,6 +10,7 @@ import { openSync, promises as fsp } from 'node:fs';
 import { UserError, assert } from '../util/errors';
 import { processAlive } from '../util/process';
 import type { MountRole } from '../volume/volume';
+import { MetricsAddress, formatMetricsAddress } from '../metrics/address';
 import { DAEMON_NODE_FLAGS, LSNFS_BIN } from './invocation';
 import { isMounted, mountLogPath, readMountRecord, removeMountRecord, runtimeDir } from './runtime';
 
@@ -34,6 +35,8 @@ export interface MountOptions {
   overlay?: string;
   /** The daemon loads and opens the device, then waits for the word to mount (see spawnHeldMount). */
   held?: boolean;
+  /** Serve the mount's figures for Prometheus here. */
+  metrics?: MetricsAddress;
 }
 
 const READY_TIMEOUT_MS = 120_000;
@@ -49,6 +52,7 @@ function daemonArgs(options: MountOptions): string[] {
   if (options.replicaTimeoutMs !== undefined) args.push('--replica-timeout', `${options.replicaTimeoutMs}ms`);
   if (options.allowOther) args.push('--allow-other');
   if (options.held) args.push('--held');
+  if (options.metrics !== undefined) args.push('--metrics', formatMetricsAddress(options.metrics));
   return [...args, '--foreground'];
 }
 

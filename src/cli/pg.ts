@@ -13,6 +13,7 @@ import {
   PG_OS_USER, Settings, binariesMajorVersion, formatPgLsn, osIds, primarySettingRefusal, standbySettingRefusal, startPrimary, startStandby,
 } from '../pg';
 import { mountInBackground, umount } from './mount';
+import { METRICS_FLAGS, METRICS_HELP, MetricsAddress, parseMetricsAddress } from '../metrics/address';
 import { isMounted, readMountRecord } from './runtime';
 
 interface PgCommandOptions {
@@ -25,6 +26,7 @@ interface PgCommandOptions {
   overlay?: string;
   pollIntervalMs: number;
   setting?: string[];
+  metrics?: MetricsAddress;
 }
 
 /**
@@ -87,6 +89,9 @@ async function ensureMounted(options: PgCommandOptions, role: 'primary' | 'repli
     if (record?.role !== role) {
       throw new UserError(`mountpoint ${options.mountpoint} is mounted ${record ? `as a ${record.role}` : 'by something else'}, not as a ${role === 'primary' ? 'primary' : 'standby\'s replica'}`);
     }
+    if (options.metrics !== undefined) {
+      throw new UserError(`--metrics applies to a mount this command makes, and ${options.mountpoint} is mounted already: give --metrics to the lsnfs mount that made it`);
+    }
     return false;
   }
   if (role === 'replica' && options.overlay === undefined) {
@@ -95,6 +100,7 @@ async function ensureMounted(options: PgCommandOptions, role: 'primary' | 'repli
   await mountInBackground({
     device: options.device, mountpoint: options.mountpoint, host, allowOther: true, foreground: false, role, pollIntervalMs: options.pollIntervalMs,
     ...(role === 'replica' ? { overlay: path.resolve(options.overlay!) } : {}),
+    ...(options.metrics !== undefined ? { metrics: options.metrics } : {}),
   });
   return true;
 }
@@ -108,6 +114,7 @@ function commonOptions(command: Command): Command {
     .option('--run-dir <dir>', 'local directory for the socket and the server log')
     .option('--host <name>', 'this mount\'s name in the reader slots and logs')
     .option('--poll-interval-ms <ms>', 'replica: how often to look for new records', (text) => Number(text), 5)
+    .option(METRICS_FLAGS, METRICS_HELP, parseMetricsAddress)
     .option('-c, --setting <name=value>', 'a PostgreSQL setting for this server (repeatable), e.g. -c shared_buffers=2GB',
       (text: string, earlier: string[] | undefined) => [...(earlier ?? []), text]);
 }

@@ -35,7 +35,14 @@ export interface ChannelOptions {
   maxWriteBytes: number;
 }
 
+/** Told of each request answered: its opcode, its errno (0: success) and the seconds from its arrival to its reply. */
+export type ReplyObserver = (opcode: number, errno: number, elapsedSeconds: number) => void;
+
 export class FuseChannel {
+  /** Set to time requests (a metrics endpoint); while null, nothing is timed. */
+  observer: ReplyObserver | null = null;
+  /** Arrival times of the requests read while an observer was set (requests that get no reply just go). */
+  private readonly arrivedNs = new WeakMap<Request, bigint>();
   private readonly native = nativeAddon<NativeFuse>(['fuseMount', 'fuseRead', 'fuseWrite', 'fuseWatch', 'fuseUnwatch', 'fuseClose']);
   private readonly readBuffer: Buffer;
   private watch: unknown = null;
@@ -65,7 +72,9 @@ export class FuseChannel {
         return;
       }
       if (bytes < IN_HEADER_BYTES) throw new Error(`FUSE channel ${this.mountpoint}: a request of ${bytes} bytes`);
-      this.handle(decodeRequest(this.readBuffer.subarray(0, bytes)));
+      const request = decodeRequest(this.readBuffer.subarray(0, bytes));
+      if (this.observer) this.arrivedNs.set(request, process.hrtime.bigint());
+      this.handle(request);
     }
   }
 
@@ -83,6 +92,8 @@ export class FuseChannel {
     if (written >= 0 && written !== OUT_HEADER_BYTES + (body?.length ?? 0)) {
       throw new Error(`FUSE channel ${this.mountpoint}: reply to request ${request.unique} was cut at ${written} bytes`);
     }
+    const arrivedNs = this.observer ? this.arrivedNs.get(request) : undefined;
+    if (arrivedNs !== undefined) this.observer!(request.opcode, errno, Number(process.hrtime.bigint() - arrivedNs) / 1e9);
   }
 
   /** Stops reading and closes the channel (the kernel fails whatever is still unanswered). */

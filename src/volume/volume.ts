@@ -114,6 +114,8 @@ export class Volume implements FileSystem {
   /** A replica's or snapshot's reader of the primary's log. */
   tailer: Tailer | null = null;
   replicaTimeoutMs = DEFAULT_READER_TIMEOUT_MS;
+  /** Primary: the live readers' slots as the horizon last read them. */
+  liveReaders: readonly ReplicaSlot[] = [];
   /** Primary: follows PostgreSQL's WAL position from writes to pg_wal (stamped on every record). */
   private readonly walPosition = new WalPositionTracker();
 
@@ -141,6 +143,8 @@ export class Volume implements FileSystem {
   get tailLsn(): number { return this.writer ? this.writer.tailLsn : this.tailer!.viewLsn; }
   get durableLsn(): number { return this.writer ? this.writer.durableLsn : this.tailer!.viewLsn; }
   get epoch(): number { return this.writer ? this.writer.epoch : this.superblock.epoch; }
+  /** Primary: the database LSN, the highest PostgreSQL WAL position written (0: none seen); a reader does not follow it. */
+  get walLsn(): number { return this.writer?.walLsn ?? 0; }
 
   /**
    * Mounts read-write: take the reservation, recover the log, bump the epoch
@@ -350,6 +354,7 @@ export class Volume implements FileSystem {
    */
   async updateHorizon(): Promise<void> {
     const { live, unaccounted } = await this.readersNow();
+    this.liveReaders = live;
     if (unaccounted.length > 0) {
       // Kept where it was until every reader can be accounted for; said once per damage.
       const damage = describeDamagedSlots(this.device, unaccounted);

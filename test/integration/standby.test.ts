@@ -23,6 +23,7 @@ import path from 'node:path';
 import { isMounted } from '../../src/cli/runtime';
 import { TestVolume, crashDaemon, lsnfs, lsnfsOk, sleep } from '../support/harness';
 import { PgStandby, deviceStatus, makePgVolume, runPgScenario, startConsistencyOracle, startPgStandby } from '../support/pg';
+import { freePort, scrape, value } from '../support/metrics';
 import {
   PGBENCH_TABLES, PgCluster, flushLsn, formatPgLsn, parsePgLsn, pgbenchInit, startPgbench, tableChecksums, tpcbBalances, waitForReplay,
 } from '../../src/pg';
@@ -43,9 +44,11 @@ test('PostgreSQL hot standbys on replica mounts: consistent reads under pgbench,
   const mountpointOf = (name: string): string => path.join(volume.dir, `mnt-${name}`);
   const withMountpoint = (mountpoint: string): TestVolume => ({ ...volume, mountpoint });
 
-  async function startStandby(name: string, port: number, overlay: string, settings: string[] = []): Promise<PgStandby> {
+  async function startStandby(name: string, port: number, overlay: string, settings: string[] = [], metricsPort?: number): Promise<PgStandby> {
     const started = Date.now();
-    const standby = await startPgStandby(volume, { name, mountpoint: mountpointOf(name), overlay, port, runDir: runDir(name), settings });
+    const standby = await startPgStandby(volume, {
+      name, mountpoint: mountpointOf(name), overlay, port, runDir: runDir(name), settings, ...(metricsPort !== undefined ? { metricsPort } : {}),
+    });
     t.diagnostic(`standby ${name}: mounted and accepting read-only connections in ${Date.now() - started} ms`);
     standbys.push(standby);
     return standby;
@@ -97,7 +100,8 @@ test('PostgreSQL hot standbys on replica mounts: consistent reads under pgbench,
     assert.match(statusText, /database LSN [0-9A-F]+\/[0-9A-F]+/);
 
     const a = await startStandby('standby-a', PRIMARY_PORT + 1, path.join(volume.dir, 'overlay-a'), [READ_THROUGH_SHARED_BUFFERS]);
-    const b = await startStandby('standby-b', PRIMARY_PORT + 2, path.join(volume.dir, 'overlay-b'));
+    const bMetricsPort = await freePort();
+    const b = await startStandby('standby-b', PRIMARY_PORT + 2, path.join(volume.dir, 'overlay-b'), [], bMetricsPort);
     assert.equal(await a.cluster.psql('SELECT pg_is_in_recovery()'), 't');
 
     // Load, with the oracle running on both standbys all the time.
@@ -156,6 +160,13 @@ test('PostgreSQL hot standbys on replica mounts: consistent reads under pgbench,
       assert.ok(slot.overlayBytes > 0, `${standby.name} reports its overlay size`);
       t.diagnostic(`${standby.name}: served at ${formatPgLsn(slot.viewWalLsn)}, overlay ${slot.overlayBytes} bytes`);
     }
+    // Standby b's metrics endpoint (lsnfs pg standby --metrics) says the same of it.
+    const bMetrics = await scrape(bMetricsPort);
+    assert.equal(value(bMetrics, 'lsnfs_mount_info', { role: 'standby', host: 'standby-b', device: volume.device }), 1);
+    assert.ok(value(bMetrics, 'lsnfs_standby_database_lsn') >= afterLoad.replicas.find((r) => r.host === 'standby-b')!.viewWalLsn);
+    assert.ok(value(bMetrics, 'lsnfs_standby_overlay_bytes') > 0);
+    assert.ok(bMetrics.has('lsnfs_standby_kept_pages'));
+    assert.ok(value(bMetrics, 'lsnfs_reader_view_lsn') > 0);
 
     // The overlay stays bounded: once the primary's checkpoint has put newer pages on the shared store and the
     // standby's restart point has moved its view past them, the pages it had evicted leave its overlay.

@@ -18,11 +18,12 @@ export interface PgStandby { name: string; mountpoint: string; overlay: string; 
  * (host `name`); resolves once the standby accepts read-only connections.
  */
 export async function startPgStandby(volume: TestVolume,
-  options: { name: string; mountpoint: string; overlay: string; port: number; runDir: string; settings?: string[] }): Promise<PgStandby> {
+  options: { name: string; mountpoint: string; overlay: string; port: number; runDir: string; settings?: string[]; metricsPort?: number }): Promise<PgStandby> {
   const { name, mountpoint, overlay, port, runDir } = options;
   await fsp.mkdir(mountpoint, { recursive: true });
   await lsnfsOk(['pg', 'standby', '--device', volume.device, '--mountpoint', mountpoint, '--overlay', overlay,
-    '--port', String(port), '--run-dir', runDir, '--host', name, ...(options.settings ?? []).flatMap((setting) => ['-c', setting])], volume.env);
+    '--port', String(port), '--run-dir', runDir, '--host', name, ...(options.settings ?? []).flatMap((setting) => ['-c', setting]),
+    ...(options.metricsPort !== undefined ? ['--metrics', String(options.metricsPort)] : [])], volume.env);
   return { name, mountpoint, overlay, port, cluster: new PgCluster({ dataDir: path.join(mountpoint, 'pgdata'), runDir, port }) };
 }
 
