@@ -32,14 +32,8 @@ const ERRNO_NAMES = new Map(Object.entries(os.errno).map(([name, errno]) => [err
 export function registerMountMetrics(registry: Registry, mount: MountForMetrics): void {
   const { volume, standby } = mount;
   const registers = [registry];
-  const gauge = (name: string, help: string, value: () => number | null): void => {
-    new Gauge({
-      name, help, registers,
-      collect() {
-        const v = value();
-        if (v !== null) this.set(v);
-      },
-    });
+  const gauge = (name: string, help: string, value: () => number): void => {
+    new Gauge({ name, help, registers, collect() { this.set(value()); } });
   };
   new Gauge({ name: 'lsnfs_mount_info', help: 'This mount: its role (primary, replica, snapshot, standby), host name and device', labelNames: ['role', 'host', 'device'], registers })
     .set({ role: standby ? 'standby' : volume.role, host: mount.host, device: mount.device }, 1);
@@ -51,8 +45,8 @@ export function registerMountMetrics(registry: Registry, mount: MountForMetrics)
     gauge('lsnfs_log_tail_lsn', 'Where the next record goes', () => volume.tailLsn);
     gauge('lsnfs_log_durable_lsn', 'The log is on the device up to here: fsyncs acknowledged so far are all below it', () => volume.durableLsn);
     gauge('lsnfs_live_bytes', 'Log bytes of versions still readable, at the tail or by a reader, retention or tombstone', () => volume.state.liveBytes);
-    gauge('lsnfs_horizon_lsn', 'Versions visible at or after this LSN are kept for readers (absent: nobody reads the past)',
-      () => (Number.isFinite(volume.state.horizonLsn) ? volume.state.horizonLsn : null));
+    gauge('lsnfs_horizon_lsn', 'Versions visible at or after this LSN are kept (the tail when no reader or retention holds older ones)',
+      () => (Number.isFinite(volume.state.horizonLsn) ? volume.state.horizonLsn : volume.tailLsn));
     gauge('lsnfs_database_lsn', 'The highest PostgreSQL WAL position written to the volume (0: no WAL seen)', () => volume.walLsn);
     new Gauge({
       name: 'lsnfs_reader_slot_view_lsn', help: 'Each live reader\'s view, as the primary last read its slot', labelNames: ['host'], registers,
@@ -63,8 +57,8 @@ export function registerMountMetrics(registry: Registry, mount: MountForMetrics)
     });
   } else {
     const tailer = volume.tailer!;
-    gauge('lsnfs_reader_view_lsn', 'The LSN this reader serves (a standby: its shared pg_wal/)', () => tailer.viewLsn);
-    gauge('lsnfs_reader_applied_lsn', 'How far this reader has consumed the primary\'s log', () => tailer.appliedLsn);
+    gauge('lsnfs_reader_view_lsn', 'The LSN this reader serves (a standby\'s mount: outside pg_wal/, held at its replay position)', () => tailer.viewLsn);
+    gauge('lsnfs_reader_applied_lsn', 'How far this reader has consumed the primary\'s log (a standby\'s pg_wal/ is served here)', () => tailer.appliedLsn);
     gauge('lsnfs_reader_view_record_time_seconds', 'The primary\'s clock on the newest record in the view (Unix time)', () => tailer.viewTimeMs / 1000);
   }
   if (standby) {
