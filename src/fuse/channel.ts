@@ -39,10 +39,8 @@ export interface ChannelOptions {
 export type ReplyObserver = (opcode: number, errno: number, elapsedSeconds: number) => void;
 
 export class FuseChannel {
-  /** Set to time requests (a metrics endpoint); while null, nothing is timed. */
+  /** Set to time requests (a metrics endpoint; the arrival time rides on the request); while null, nothing is timed. */
   observer: ReplyObserver | null = null;
-  /** Arrival times of the requests read while an observer was set (requests that get no reply just go). */
-  private readonly arrivedNs = new WeakMap<Request, bigint>();
   private readonly native = nativeAddon<NativeFuse>(['fuseMount', 'fuseRead', 'fuseWrite', 'fuseWatch', 'fuseUnwatch', 'fuseClose']);
   private readonly readBuffer: Buffer;
   private watch: unknown = null;
@@ -73,7 +71,7 @@ export class FuseChannel {
       }
       if (bytes < IN_HEADER_BYTES) throw new Error(`FUSE channel ${this.mountpoint}: a request of ${bytes} bytes`);
       const request = decodeRequest(this.readBuffer.subarray(0, bytes));
-      if (this.observer) this.arrivedNs.set(request, process.hrtime.bigint());
+      if (this.observer) request.receivedMs = performance.now();
       this.handle(request);
     }
   }
@@ -92,8 +90,7 @@ export class FuseChannel {
     if (written >= 0 && written !== OUT_HEADER_BYTES + (body?.length ?? 0)) {
       throw new Error(`FUSE channel ${this.mountpoint}: reply to request ${request.unique} was cut at ${written} bytes`);
     }
-    const arrivedNs = this.observer ? this.arrivedNs.get(request) : undefined;
-    if (arrivedNs !== undefined) this.observer!(request.opcode, errno, Number(process.hrtime.bigint() - arrivedNs) / 1e9);
+    if (this.observer && request.receivedMs > 0) this.observer(request.opcode, errno, (performance.now() - request.receivedMs) / 1000);
   }
 
   /** Stops reading and closes the channel (the kernel fails whatever is still unanswered). */

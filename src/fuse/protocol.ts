@@ -58,6 +58,8 @@ export interface Request {
   pid: number;
   /** Everything after fuse_in_header. */
   body: Buffer;
+  /** When the channel read it (performance.now(), ms) while it times replies; else 0. */
+  receivedMs: number;
 }
 
 export function decodeRequest(bytes: Buffer): Request {
@@ -71,6 +73,7 @@ export function decodeRequest(bytes: Buffer): Request {
     gid: bytes.readUInt32LE(28),
     pid: bytes.readUInt32LE(32),
     body: Buffer.from(bytes.subarray(IN_HEADER_BYTES)),
+    receivedMs: 0,
   };
 }
 

@@ -72,9 +72,15 @@ export function registerMountMetrics(registry: Registry, mount: MountForMetrics)
     buckets: FUSE_SECONDS_BUCKETS, registers,
   });
   const errors = new Counter({ name: 'lsnfs_fuse_request_errors_total', help: 'FUSE requests answered with an error, by operation and errno', labelNames: ['op', 'errno'], registers });
+  // One histogram child per operation, made on its first request: a request then allocates nothing here.
+  const byOpcode = new Map<number, { op: string; seconds: { observe(value: number): void } }>();
   mount.channel.observer = (opcode, errno, elapsedSeconds) => {
-    const op = (Opcode[opcode] ?? String(opcode)).toLowerCase();
-    seconds.observe({ op }, elapsedSeconds);
-    if (errno !== 0) errors.inc({ op, errno: ERRNO_NAMES.get(errno) ?? String(errno) });
+    let timed = byOpcode.get(opcode);
+    if (!timed) {
+      const op = (Opcode[opcode] ?? String(opcode)).toLowerCase();
+      byOpcode.set(opcode, timed = { op, seconds: seconds.labels({ op }) });
+    }
+    timed.seconds.observe(elapsedSeconds);
+    if (errno !== 0) errors.inc({ op: timed.op, errno: ERRNO_NAMES.get(errno) ?? String(errno) });
   };
 }
