@@ -13,8 +13,8 @@ import { existsSync, mkdtempSync, promises as fsp, readFileSync } from 'node:fs'
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { TgtTarget, TGT_TARGET_IQN, freePort, startTgt } from '../support/tgt';
-import { daemonPidAt, lsnfs, lsnfsOk, processExists, run, runtimeFile, sleep } from '../support/harness';
+import { TgtTarget, TGT_TARGET_IQN, startTgt } from '../support/tgt';
+import { daemonPidAt, freePort, lsnfs, lsnfsOk, processExists, run, runtimeFile, sleep } from '../support/harness';
 import { processAlive } from '../../src/util/process';
 
 const RECORD_BYTES = 4096;

@@ -16,7 +16,8 @@ import { ScsiReservation, hostForKey, reservationKeyForHost } from '../../src/fe
 import { mkfs } from '../../src/volume/mkfs';
 import { readSuperblock } from '../../src/log/superblock';
 import { UserError } from '../../src/util/errors';
-import { TgtTarget, freePort, startTgt } from '../support/tgt';
+import { freePort } from '../support/harness';
+import { TgtTarget, startTgt } from '../support/tgt';
 
 const LUN_BYTES = 64 * 1024 * 1024;
 

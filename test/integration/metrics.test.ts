@@ -13,8 +13,8 @@ import assert from 'node:assert/strict';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { isMounted } from '../../src/cli/runtime';
-import { destroyVolume, lsnfs, lsnfsOk, makeVolume, mount, sleep } from '../support/harness';
-import { Samples, freePort, httpGet, sampleKey, scrape, value } from '../support/metrics';
+import { destroyVolume, freePort, lsnfs, lsnfsOk, makeVolume, mount, sleep } from '../support/harness';
+import { Samples, httpGet, sampleKey, scrape, value } from '../support/metrics';
 
 const CATCH_UP_TIMEOUT_MS = 10_000;
 

@@ -21,9 +21,9 @@ import assert from 'node:assert/strict';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { isMounted } from '../../src/cli/runtime';
-import { TestVolume, crashDaemon, lsnfs, lsnfsOk, sleep } from '../support/harness';
+import { TestVolume, crashDaemon, freePort, lsnfs, lsnfsOk, sleep } from '../support/harness';
 import { PgStandby, deviceStatus, makePgVolume, runPgScenario, startConsistencyOracle, startPgStandby } from '../support/pg';
-import { freePort, scrape, value } from '../support/metrics';
+import { scrape, value } from '../support/metrics';
 import {
   PGBENCH_TABLES, PgCluster, flushLsn, formatPgLsn, parsePgLsn, pgbenchInit, startPgbench, tableChecksums, tpcbBalances, waitForReplay,
 } from '../../src/pg';

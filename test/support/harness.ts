@@ -8,6 +8,7 @@ import { execFile, spawn } from 'node:child_process';
 import { cliArgv } from '../../src/cli/invocation';
 import { runtimeFileIn } from '../../src/cli/runtime';
 import { existsSync, mkdtempSync, promises as fsp, readFileSync } from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 
@@ -124,4 +125,16 @@ export function processExists(pid: number): boolean {
 
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** A TCP port on 127.0.0.1 that nobody listens on now (the kernel's pick). */
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const port = (server.address() as net.AddressInfo).port;
+      server.close(() => resolve(port));
+    });
+  });
 }

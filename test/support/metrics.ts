@@ -4,7 +4,6 @@
  */
 import assert from 'node:assert/strict';
 import http from 'node:http';
-import net from 'node:net';
 
 /** Samples by name and labels: `name{a="x",b="y"}` with the labels sorted. */
 export type Samples = Map<string, number>;
@@ -56,13 +55,4 @@ export function value(samples: Samples, name: string, labels: Record<string, str
   const v = samples.get(sampleKey(name, labels));
   assert.ok(v !== undefined, `no sample ${sampleKey(name, labels)}`);
   return v;
-}
-
-/** A port nobody listens on now (the kernel's pick). */
-export async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
 }

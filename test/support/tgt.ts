@@ -14,7 +14,7 @@ import { createWriteStream, mkdtempSync, promises as fsp } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { run, sleep } from './harness';
+import { freePort, run, sleep } from './harness';
 
 export const TGT_TARGET_IQN = 'iqn.2024-01.test.lsnfs:shared0';
 const TID = 1;
@@ -50,17 +50,6 @@ function installExitHook(): void {
     for (const child of live) {
       try { child.kill('SIGKILL'); } catch { /* already gone */ }
     }
-  });
-}
-
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const port = (server.address() as net.AddressInfo).port;
-      server.close(() => resolve(port));
-    });
   });
 }
 
