@@ -32,7 +32,7 @@
 import pino from 'pino';
 import { DATA_BYTES_OFFSET, DataRecordHead, RecordHeader, RecordType, decodeDataHead } from '../log/format';
 import { MetaOp, decodeMetaOp } from '../volume/meta-ops';
-import { Inode, ROOT_INO, VolumeState, isDir } from '../volume/state';
+import { Inode, ROOT_INO, VolumeState, isDir, writesWholePage } from '../volume/state';
 import { assert } from '../util/errors';
 import { PAGE_LSN_BYTES, isWalSegmentName, pageLsnAt, walSegmentStartLsn } from '../pg/control';
 import { DEFAULT_WAL_SEGMENT_BYTES } from '../volume/wal-position';
@@ -201,7 +201,7 @@ export class StandbyGate {
       const { head } = record;
       if (head.versionLsn !== 0) continue; // a cleaner copy: a new place for a version, not a new version
       if (!this.pages) return;
-      const image = this.isImage(head);
+      const image = writesWholePage(head, this.state.pageBytes);
       let pages = this.publishedPages.get(head.ino);
       const published = pages?.get(head.pageNo);
       if (published) {
@@ -216,10 +216,6 @@ export class StandbyGate {
       if (!pages) this.publishedPages.set(head.ino, pages = new Map());
       pages.set(head.pageNo, { image, records: 1 });
     }
-  }
-
-  private isImage(head: DataRecordHead): boolean {
-    return head.offsetInPage === 0 && head.length === this.state.pageBytes;
   }
 
   /**
@@ -331,7 +327,7 @@ export class StandbyGate {
     // Asked for at once, not when publishFurther reaches the record: the device read is then done by the time it does.
     if (!('op' in record)) {
       const { head } = record;
-      if (head.versionLsn === 0 && this.isImage(head)) this.pages?.request(head.ino, head.pageNo);
+      if (head.versionLsn === 0 && writesWholePage(head, this.state.pageBytes)) this.pages?.request(head.ino, head.pageNo);
     }
     this.publishFurther();
   }

@@ -85,8 +85,8 @@ export class Tailer {
    * (pg_wal/) and which wait for the standby's view (everything else).
    */
   gate: StandbyGate | null = null;
-  /** A standby's own figures for its slot: the database LSN it serves at, its overlay's size, the deletions it still shows. */
-  slotExtras: () => Pick<ReplicaSlot, 'viewWalLsn' | 'overlayBytes' | 'keepDeletedFromLsn'> = () => ({});
+  /** A standby's own figures for its slot: the database LSN it serves at, its overlay's size, the deletions it still shows, the versions it needs kept. */
+  slotExtras: () => Pick<ReplicaSlot, 'viewWalLsn' | 'overlayBytes' | 'keepDeletedFromLsn' | 'keepVersionsFromLsn'> = () => ({});
 
   constructor(private state: VolumeState, private readonly options: TailerOptions) {
     this.appliedLsn = options.startLsn;

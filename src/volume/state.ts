@@ -51,9 +51,14 @@ export function isDir(inode: Inode): boolean { return (inode.mode & S_IFMT) === 
 export function isSymlink(inode: Inode): boolean { return (inode.mode & S_IFMT) === S_IFLNK; }
 export function isRegular(inode: Inode): boolean { return (inode.mode & S_IFMT) === S_IFREG; }
 
+/** A data record that writes its whole page (an image): it replaces every older version of the page. */
+export function writesWholePage(head: Pick<DataRecordHead, 'offsetInPage' | 'length'>, pageBytes: number): boolean {
+  return head.offsetInPage === 0 && head.length === pageBytes;
+}
+
 /** An image, or zeros over the whole page (a truncated page): reading can start here. */
 export function isBaseVersion(version: PageVersion, pageBytes: number): boolean {
-  return version.kind === 'image' || (version.kind === 'zero' && version.offsetInPage === 0 && version.length === pageBytes);
+  return version.kind === 'image' || (version.kind === 'zero' && writesWholePage(version, pageBytes));
 }
 
 /** A deleted file kept, with its pages, for readers whose view is older than the deletion. */
@@ -161,7 +166,7 @@ export class VolumeState {
       return;
     }
     assert(inode?.pages, `data record at LSN ${header.lsn} for missing file inode ${head.ino}`);
-    const kind: VersionKind = head.offsetInPage === 0 && head.length === this.pageBytes ? 'image' : 'delta';
+    const kind: VersionKind = writesWholePage(head, this.pageBytes) ? 'image' : 'delta';
     this.addVersion(inode, head.pageNo, {
       versionLsn: header.lsn, loc: header.lsn, kind, offsetInPage: head.offsetInPage, length: head.length,
       ...(overlay ? { overlay: true as const } : {}),
