@@ -50,13 +50,24 @@ const WAL_DIR_SEARCH_DEPTH = 5;
  * mount) with it: hundreds of milliseconds of replay lag.
  */
 const APPLY_SLICE_RECORDS = 256;
+/**
+ * How long an image is held before the tree's version of its page is copied (see
+ * StandbyGate.requestDueCopies). During a restart point the standby writes pg_control about once a second,
+ * so most images the primary's checkpoint writes meanwhile are applied within a second or two and need no
+ * copy; bench-standby's three standbys each made ~1100 copies a second then (a device read and a deflate
+ * each), a quarter of their daemons' busy time, in the seconds that set the replay lag's p99. The price:
+ * the primary keeps the versions those images replace for up to this long more.
+ */
+export const KEEP_COPY_DELAY_MS = 2000;
 
 /**
  * A data record keeps only its head, as bytes to apply and decoded (versions point at their record; the
  * bytes stay on the device), and the page LSN it writes, a metadata record its decoded op: neither pins the tailer's read chunk while
  * it waits.
  */
-type HeldRecord = { header: RecordHeader; dataHead: Buffer; head: DataRecordHead; pageLsn: number } | { header: RecordHeader; op: MetaOp };
+type HeldRecordBody = { header: RecordHeader; dataHead: Buffer; head: DataRecordHead; pageLsn: number } | { header: RecordHeader; op: MetaOp };
+/** `heldAtMs`: when the gate took it (performance.now()). */
+type HeldRecord = HeldRecordBody & { heldAtMs: number };
 
 /**
  * The page LSN a data record writes: pd_lsn from its bytes when it writes the start of the page, else 0
@@ -109,6 +120,10 @@ export class StandbyGate {
   private readonly publishedPages = new Map<number, Map<number, PublishedPage>>();
   /** The LSNs of the deletions (unlink, rename) among those, in log order: keepDeletedFromLsn covers them. */
   private readonly publishedDeletions: number[] = [];
+  /** Held records from heldHead up to this index have had their images' copies asked for (see requestDueCopies). */
+  private copyRequestIndex = 0;
+  /** Runs requestDueCopies when the next held image comes due. */
+  private copyTimer: NodeJS.Timeout | null = null;
   /** The truncate publishFurther waits at: for copies of the pages it cuts, or for the next drain. */
   private truncateWaiting: HeldRecord | null = null;
   /** Keeps the tree's versions of the pages held records write (none: the horizon stays at the tree). */
@@ -142,7 +157,8 @@ export class StandbyGate {
   /** A file of the WAL subtree (served at the log tail). */
   isWalFile(ino: number): boolean { return this.walFiles.has(ino); }
 
-  constructor(private readonly state: VolumeState, viewWalLsn: number) {
+  /** `keepCopyDelayMs`: how long an image is held before its page's copy is asked for (KEEP_COPY_DELAY_MS). */
+  constructor(private readonly state: VolumeState, viewWalLsn: number, private readonly keepCopyDelayMs = KEEP_COPY_DELAY_MS) {
     this.viewWalLsn = viewWalLsn;
     this.indexWalSubtree();
   }
@@ -181,7 +197,7 @@ export class StandbyGate {
    * not. The primary drops a page's versions once its horizon passes a newer image of the page (a
    * base), so for a data record:
    * - an image, the page's first published record: the tree's version of the page must be kept
-   *   (else it asks for it and stops);
+   *   (else it stops; the copy is asked for once the image has been held KEEP_COPY_DELAY_MS);
    * - a delta, with only deltas of the page published: it frees nothing (the kernel now and then
    *   sends one page write as two requests, and so as two deltas in a row: [0, 4992) and
    *   [4992, 8192) of pgbench_accounts pages in bench-standby);
@@ -210,7 +226,9 @@ export class StandbyGate {
         continue;
       }
       if (image && !this.pages.covers(head.ino, head.pageNo)) {
-        this.pages.request(head.ino, head.pageNo);
+        // requestDueCopies asks for it once it is due; again here if it was asked for and went since (the
+        // gate applied a record of the page, and the tree's version is now another).
+        if (this.copyRequestIndex > this.publishedIndex) this.pages.request(head.ino, head.pageNo);
         return;
       }
       if (!pages) this.publishedPages.set(head.ino, pages = new Map());
@@ -292,7 +310,7 @@ export class StandbyGate {
         // A cleaner copy: its version may already be in the state (update its place now, the
         // original place may be reclaimed once we report having consumed this) or still held.
         this.state.applyData(header, payload);
-        if (this.heldCount() > 0) this.held.push({ header, dataHead: Buffer.from(payload.subarray(0, DATA_BYTES_OFFSET)), head, pageLsn: 0 });
+        if (this.heldCount() > 0) this.held.push({ header, dataHead: Buffer.from(payload.subarray(0, DATA_BYTES_OFFSET)), head, pageLsn: 0, heldAtMs: performance.now() });
         return;
       }
       if (this.walFiles.has(head.ino)) {
@@ -318,18 +336,47 @@ export class StandbyGate {
     this.applyWalOp(header, op);
   }
 
-  private hold(record: HeldRecord): void {
-    if (this.heldCount() === 0 && record.header.walLsn <= this.viewWalLsn) {
-      this.applyHeld(record);
+  private hold(body: HeldRecordBody): void {
+    if (this.heldCount() === 0 && body.header.walLsn <= this.viewWalLsn) {
+      this.applyHeld(body);
       return;
     }
-    this.held.push(record);
-    // Asked for at once, not when publishFurther reaches the record: the device read is then done by the time it does.
-    if (!('op' in record)) {
-      const { head } = record;
-      if (head.versionLsn === 0 && writesWholePage(head, this.state.pageBytes)) this.pages?.request(head.ino, head.pageNo);
-    }
+    this.held.push({ ...body, heldAtMs: performance.now() });
+    this.requestDueCopies();
     this.publishFurther();
+  }
+
+  /**
+   * Asks for the copies of the pages that held images write, for each image held KEEP_COPY_DELAY_MS by
+   * now, and sets a timer for the next one. Asked for in log order ahead of publishFurther (which stops at
+   * the first image whose copy is not made yet), so the device reads overlap. An image L covers before
+   * then is applied without one: the tree then shows the image itself.
+   */
+  private requestDueCopies(): void {
+    if (!this.pages) return;
+    const nowMs = performance.now();
+    for (; this.copyRequestIndex < this.held.length; this.copyRequestIndex++) {
+      const record = this.held[this.copyRequestIndex]!;
+      const dueMs = record.heldAtMs + this.keepCopyDelayMs;
+      if (dueMs > nowMs) {
+        this.copyTimer ??= setTimeout(() => {
+          this.copyTimer = null;
+          this.requestDueCopies();
+          this.publishFurther();
+        }, dueMs - nowMs).unref();
+        return;
+      }
+      if ('op' in record) continue;
+      const { head } = record;
+      if (head.versionLsn === 0 && writesWholePage(head, this.state.pageBytes)) this.pages.request(head.ino, head.pageNo);
+    }
+  }
+
+  /** Stops asking for copies (the standby is closing). */
+  close(): void {
+    if (this.copyTimer) clearTimeout(this.copyTimer);
+    this.copyTimer = null;
+    this.pages = null;
   }
 
   private heldCount(): number {
@@ -352,10 +399,12 @@ export class StandbyGate {
       this.heldHead++;
     }
     this.publishedIndex = Math.max(this.publishedIndex, this.heldHead);
+    this.copyRequestIndex = Math.max(this.copyRequestIndex, this.heldHead);
     this.truncateWaiting = null; // what it waited for may be applied now: publishFurther looks again
     if (this.heldHead === this.held.length || this.heldHead > 4 * APPLY_SLICE_RECORDS) {
       this.held.splice(0, this.heldHead);
       this.publishedIndex -= this.heldHead;
+      this.copyRequestIndex = Math.max(0, this.copyRequestIndex - this.heldHead);
       this.heldHead = 0;
     }
     // A page whose record was applied may let its next one be published now.
@@ -368,7 +417,7 @@ export class StandbyGate {
     });
   }
 
-  private applyHeld(record: HeldRecord): void {
+  private applyHeld(record: HeldRecordBody): void {
     this.viewTimeMs = record.header.timeMs;
     if ('op' in record) {
       const { op } = record;

@@ -760,6 +760,7 @@ export class StandbyVolume implements FileSystem {
 
   async close(): Promise<void> {
     this.wakeWalWaiters();
+    this.gate.close();
     if (this.sweepTimer) clearInterval(this.sweepTimer);
     await this.sweepRun;
     await this.overlaySettled();
@@ -777,6 +778,8 @@ export interface StandbyOpenOptions {
   overlaySweepIntervalMs?: number;
   /** Most copies of the view's page versions kept at once (default MAX_KEPT_PAGES). */
   maxKeptPages?: number;
+  /** How long the gate holds an image before it copies the page's version (default KEEP_COPY_DELAY_MS). */
+  keepCopyDelayMs?: number;
 }
 
 /**
@@ -793,7 +796,7 @@ export async function openStandby(device: BlockDevice, options: StandbyOpenOptio
   try {
     const tailer = shared.tailer!;
     const gate = await tailer.betweenPolls(async () => {
-      tailer.gate = new StandbyGate(shared.state, 0);
+      tailer.gate = new StandbyGate(shared.state, 0, options.keepCopyDelayMs);
       tailer.followGate();
       return tailer.gate;
     });

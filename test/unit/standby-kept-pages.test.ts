@@ -6,7 +6,8 @@
  * underneath the standby so that the versions the primary reclaimed are
  * overwritten on the device, and the standby's view L moved by writing its
  * pg_control as PostgreSQL would. At its limit of copies, the slot waits at
- * the page that has none.
+ * the page that has none. An image L covers within the copy delay costs no
+ * copy.
  */
 import { TestContext, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -63,11 +64,16 @@ interface TestStandby {
   replayedTo(walLsn: number): Promise<void>;
 }
 
-/** A standby of `primary` on the device file, its tailer polling every 5 ms, its background sweep off. */
-async function openTestStandby(t: TestContext, primary: Volume, devicePath: string, overlayDir: string, maxKeptPages?: number): Promise<TestStandby> {
+/**
+ * A standby of `primary` on the device file, its tailer polling every 5 ms, its background sweep off, and
+ * copies asked for as soon as an image is held unless `keepCopyDelayMs` says otherwise.
+ */
+async function openTestStandby(
+  t: TestContext, primary: Volume, devicePath: string, overlayDir: string, limits: { maxKeptPages?: number; keepCopyDelayMs?: number } = {},
+): Promise<TestStandby> {
   const host = `${path.basename(overlayDir)}-standby`;
   const standby = await openStandby(await FileDevice.open(devicePath, { readOnly: false }), {
-    host, overlayDir, pollIntervalMs: 5, overlaySweepIntervalMs: NEVER_MS, ...(maxKeptPages !== undefined ? { maxKeptPages } : {}),
+    host, overlayDir, pollIntervalMs: 5, overlaySweepIntervalMs: NEVER_MS, keepCopyDelayMs: 0, ...limits,
   });
   t.after(() => standby.close());
   await primary.updateHorizon(); // the primary knows the standby's slot (it reads the slots every 100 ms)
@@ -184,7 +190,7 @@ test('standby: at its limit of kept copies the slot waits at the page that has n
   const [v1, w1, v2, w2] = [1, 2, 3, 4].map((fill) => Buffer.alloc(PAGE, fill));
   await primary.write(relation.ino, 0, Buffer.concat([v1!, w1!]), RELATION_PATH);
   await untilShipped(primary, device);
-  const { standby, slot, replayedTo } = await openTestStandby(t, primary, devicePath, path.join(tmpDir, 'limit'), 1);
+  const { standby, slot, replayedTo } = await openTestStandby(t, primary, devicePath, path.join(tmpDir, 'limit'), { maxKeptPages: 1 });
   const ino = standby.lookupIno(RELATION_PATH);
 
   // Both pages written whole again, after different WAL: the first image takes the one copy allowed.
@@ -206,4 +212,48 @@ test('standby: at its limit of kept copies the slot waits at the page that has n
   await until('the slot passes the second image', async () => (await slot()).keepVersionsFromLsn >= tail);
   assert.equal(standby.keptPageCount, 1);
   assert.deepEqual(await standby.read(ino, 0, 2 * PAGE), Buffer.concat([v2!, w1!]), 'the view: the first image applied, the second not');
+});
+
+test('standby: an image L covers within the copy delay is applied without a copy; one held longer gets its copy then', async (t) => {
+  const delayMs = 1000;
+  const { dir: tmpDir, devicePath, device, primary } = await tempPrimary(t, 'standby-kept-delay', 16 * MiB);
+  const { writeWal } = await pgDataDirectory(primary);
+  const relation = await primary.create(RELATION_PATH, S_IFREG | 0o600, 0, 0);
+  const [v1, v2, v3] = [1, 2, 3].map((fill) => Buffer.alloc(PAGE, fill));
+  await primary.write(relation.ino, 0, v1!, RELATION_PATH);
+  await untilShipped(primary, device);
+  const { standby, slot, replayedTo } = await openTestStandby(t, primary, devicePath, path.join(tmpDir, 'delay'), { keepCopyDelayMs: delayMs });
+  const ino = standby.lookupIno(RELATION_PATH);
+
+  // The page written whole again: while the image is younger than the delay, no copy, and the slot stops at it.
+  await writeWal(8);
+  await primary.write(relation.ino, 0, v2!, RELATION_PATH);
+  await untilShipped(primary, device);
+  const [v1Lsn, v2Lsn] = versionLsns(relation);
+  await until('the standby consumed the image', () => standby.shared.tailer!.appliedLsn > v2Lsn!);
+  await until('the slot shows it', async () => (await slot()).keepVersionsFromLsn === v2Lsn);
+  assert.equal(standby.keptPageCount, 0, 'no copy while the image is young');
+  await primary.updateHorizon();
+  assert.deepEqual(versionLsns(relation), [v1Lsn, v2Lsn], 'the primary keeps the view\'s version meanwhile');
+
+  // L covers it within the delay: applied, and no copy is ever made.
+  await replayedTo(SEGMENT + 9 * PAGE);
+  await until('the slot passes the image', async () => (await slot()).keepVersionsFromLsn > v2Lsn!);
+  await new Promise((resolve) => setTimeout(resolve, delayMs + 200));
+  assert.equal(standby.keptPageCount, 0, 'the image was applied without a copy');
+  assert.deepEqual(await standby.read(ino, 0, PAGE), v2);
+
+  // Another image that L does not cover: copied once it has been held for the delay, then the slot moves on.
+  await writeWal(10);
+  await primary.write(relation.ino, 0, v3!, RELATION_PATH);
+  await untilShipped(primary, device);
+  const v3Lsn = versionLsns(relation).at(-1)!;
+  await until('the standby consumed the second image', () => standby.shared.tailer!.appliedLsn > v3Lsn);
+  assert.equal(standby.keptPageCount, 0, 'no copy yet');
+  const tail = primary.tailLsn;
+  await until('the slot passes the second image', async () => (await slot()).keepVersionsFromLsn >= tail);
+  assert.equal(standby.keptPageCount, 1, 'the view\'s version (v2) is kept');
+  await primary.updateHorizon();
+  assert.deepEqual(versionLsns(relation), [v3Lsn], 'and the primary dropped it on the device');
+  assert.deepEqual(await standby.read(ino, 0, PAGE), v2, 'the standby reads its view\'s version from its copy');
 });
