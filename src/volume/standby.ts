@@ -27,7 +27,7 @@ import pino from 'pino';
 import { BlockDevice } from '../device/device';
 import { FsError, UserError } from '../util/errors';
 import { CONTROL_FILE_SUFFIX, pageLsnAt, parseControlFile } from '../pg/control';
-import { StandbyGate } from '../replica/standby-gate';
+import { CopyDelay, StandbyGate } from '../replica/standby-gate';
 import { AttrChange, DirEntry, FileSystem, ReadOrigin, readPages } from './file-system';
 import { KeptPages, MAX_KEPT_PAGES } from './kept-pages';
 import { PageStore } from './page-store';
@@ -778,8 +778,8 @@ export interface StandbyOpenOptions {
   overlaySweepIntervalMs?: number;
   /** Most copies of the view's page versions kept at once (default MAX_KEPT_PAGES). */
   maxKeptPages?: number;
-  /** How long the gate holds an image before it copies the page's version (default KEEP_COPY_DELAY_MS). */
-  keepCopyDelayMs?: number;
+  /** How long the gate holds an image before it copies the page's version, and how many may wait so (KEEP_COPY_DELAY_MS, MAX_IMAGES_AWAITING_COPY). */
+  copyDelay?: CopyDelay;
 }
 
 /**
@@ -796,7 +796,7 @@ export async function openStandby(device: BlockDevice, options: StandbyOpenOptio
   try {
     const tailer = shared.tailer!;
     const gate = await tailer.betweenPolls(async () => {
-      tailer.gate = new StandbyGate(shared.state, 0, options.keepCopyDelayMs);
+      tailer.gate = new StandbyGate(shared.state, 0, options.copyDelay);
       tailer.followGate();
       return tailer.gate;
     });

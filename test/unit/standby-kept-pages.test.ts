@@ -15,6 +15,7 @@ import path from 'node:path';
 import { FileDevice } from '../../src/device/file-device';
 import { CONTROL_FILE_SUFFIX } from '../../src/pg/control';
 import { readSlots } from '../../src/replica/slots';
+import { CopyDelay } from '../../src/replica/standby-gate';
 import { FsError } from '../../src/util/errors';
 import { StandbyVolume, openStandby } from '../../src/volume/standby';
 import { Inode, S_IFDIR, S_IFREG } from '../../src/volume/state';
@@ -66,14 +67,14 @@ interface TestStandby {
 
 /**
  * A standby of `primary` on the device file, its tailer polling every 5 ms, its background sweep off, and
- * copies asked for as soon as an image is held unless `keepCopyDelayMs` says otherwise.
+ * copies asked for as soon as an image is held unless `copyDelay` says otherwise.
  */
 async function openTestStandby(
-  t: TestContext, primary: Volume, devicePath: string, overlayDir: string, limits: { maxKeptPages?: number; keepCopyDelayMs?: number } = {},
+  t: TestContext, primary: Volume, devicePath: string, overlayDir: string, limits: { maxKeptPages?: number; copyDelay?: CopyDelay } = {},
 ): Promise<TestStandby> {
   const host = `${path.basename(overlayDir)}-standby`;
   const standby = await openStandby(await FileDevice.open(devicePath, { readOnly: false }), {
-    host, overlayDir, pollIntervalMs: 5, overlaySweepIntervalMs: NEVER_MS, keepCopyDelayMs: 0, ...limits,
+    host, overlayDir, pollIntervalMs: 5, overlaySweepIntervalMs: NEVER_MS, copyDelay: { delayMs: 0, maxImagesWaiting: 0 }, ...limits,
   });
   t.after(() => standby.close());
   await primary.updateHorizon(); // the primary knows the standby's slot (it reads the slots every 100 ms)
@@ -222,7 +223,7 @@ test('standby: an image L covers within the copy delay is applied without a copy
   const [v1, v2, v3] = [1, 2, 3].map((fill) => Buffer.alloc(PAGE, fill));
   await primary.write(relation.ino, 0, v1!, RELATION_PATH);
   await untilShipped(primary, device);
-  const { standby, slot, replayedTo } = await openTestStandby(t, primary, devicePath, path.join(tmpDir, 'delay'), { keepCopyDelayMs: delayMs });
+  const { standby, slot, replayedTo } = await openTestStandby(t, primary, devicePath, path.join(tmpDir, 'delay'), { copyDelay: { delayMs, maxImagesWaiting: 16 } });
   const ino = standby.lookupIno(RELATION_PATH);
 
   // The page written whole again: while the image is younger than the delay, no copy, and the slot stops at it.
@@ -256,4 +257,23 @@ test('standby: an image L covers within the copy delay is applied without a copy
   await primary.updateHorizon();
   assert.deepEqual(versionLsns(relation), [v3Lsn], 'and the primary dropped it on the device');
   assert.deepEqual(await standby.read(ino, 0, PAGE), v2, 'the standby reads its view\'s version from its copy');
+});
+
+test('standby: past the most images that may wait for their copy, the oldest are copied at once', async (t) => {
+  const { dir: tmpDir, devicePath, device, primary } = await tempPrimary(t, 'standby-kept-waiting', 16 * MiB);
+  const { writeWal } = await pgDataDirectory(primary);
+  const relation = await primary.create(RELATION_PATH, S_IFREG | 0o600, 0, 0);
+  const pages = 5;
+  await primary.write(relation.ino, 0, Buffer.alloc(pages * PAGE, 1), RELATION_PATH);
+  await untilShipped(primary, device);
+  const { standby, slot } = await openTestStandby(t, primary, devicePath, path.join(tmpDir, 'waiting'), { copyDelay: { delayMs: NEVER_MS, maxImagesWaiting: 2 } });
+
+  // Five pages written whole again, L before all of them, the delay never over: all but the two newest are copied.
+  await writeWal(8);
+  for (let pageNo = 0; pageNo < pages; pageNo++) await primary.write(relation.ino, pageNo * PAGE, Buffer.alloc(PAGE, 2), RELATION_PATH);
+  const imageLsns = [...Array(pages).keys()].map((pageNo) => relation.pages!.get(pageNo)!.at(-1)!.versionLsn);
+  await untilShipped(primary, device);
+  await until('the standby consumed the images', () => standby.shared.tailer!.appliedLsn > imageLsns.at(-1)!);
+  await until('the slot waits at the first image still waiting out the delay', async () => (await slot()).keepVersionsFromLsn === imageLsns[3]);
+  assert.equal(standby.keptPageCount, 3);
 });
