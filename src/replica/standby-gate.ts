@@ -360,9 +360,10 @@ export class StandbyGate {
 
   /**
    * Asks for the copies of the pages that held images write, for each image held KEEP_COPY_DELAY_MS by
-   * now or beyond the MAX_IMAGES_AWAITING_COPY newest, and sets a timer for the next one. Asked for in log order ahead of publishFurther (which stops at
-   * the first image whose copy is not made yet), so the device reads overlap. An image L covers before
-   * then is applied without one: the tree then shows the image itself.
+   * now or older than the MAX_IMAGES_AWAITING_COPY newest, and sets a timer for the next one. Asked for in
+   * log order ahead of publishFurther (which stops at the first image whose copy is not made yet), so the
+   * device reads overlap. An image L covers before then is applied without one: the tree then shows the
+   * image itself.
    */
   private requestDueCopies(): void {
     if (!this.pages) return;
