@@ -31,7 +31,7 @@ import { S_IFDIR, S_IFMT, S_IFREG } from '../volume/state';
 import { FuseChannel } from './channel';
 import {
   FUSE_KERNEL_MINOR_VERSION, FUSE_KERNEL_VERSION, FUSE_ROOT_ID, InitFlag, Opcode, OpenReplyFlag, Request, SetattrValid, WRITE_IN_BYTES,
-  attrOut, decodeInit, decodeIo, decodeSetattr, direntsOut, entryOut, initOut, names, openOut, readU64, statfsOut, writeOut,
+  attrOut, decodeInit, decodeIo, decodeSetattr, direntsOut, entryOut, initOut, names, negativeEntryOut, openOut, readU64, statfsOut, writeOut,
 } from './protocol';
 
 const log = pino({ name: 'lsnfs-fuse' }, pino.destination(2));
@@ -158,9 +158,17 @@ export function serveFuse(fs: FileSystem, mountpoint: string, options: ServeOpti
   };
   /** Looks up what was just created at parent/name and answers with its entry (counts as a lookup). */
   const entryFor = (parent: number, name: string): Buffer => {
-    const stat = fs.getattr(child(requirePath(parent), name));
+    let stat: Stat;
+    try {
+      stat = fs.getattr(child(requirePath(parent), name));
+    } catch (error) {
+      const negativeValidMs = error instanceof FsError && error.errno === 'ENOENT' ? fs.nameValidMs?.(parent, name, null) : undefined;
+      if (negativeValidMs !== undefined) return negativeEntryOut(negativeValidMs);
+      throw error;
+    }
     addLink(stat.ino, parent, name, 1);
-    return entryOut(stat, options.entryValidMs, attrValidMs(stat));
+    const nameValidMs = fs.nameValidMs?.(parent, name, stat.ino);
+    return nameValidMs !== undefined ? entryOut(stat, nameValidMs, nameValidMs) : entryOut(stat, options.entryValidMs, attrValidMs(stat));
   };
   const openHandle = (ino: number, isFile: boolean): number => {
     const handle = nextHandle++;

@@ -147,6 +147,13 @@ export function entryOut(stat: Stat, entryValidMs: number, attrValidMs: number):
   return bytes;
 }
 
+/** fuse_entry_out for a name that leads nowhere: node 0, which the kernel caches as a negative entry for `entryValidMs`. */
+export function negativeEntryOut(entryValidMs: number): Buffer {
+  const bytes = Buffer.alloc(ENTRY_OUT_BYTES);
+  writeValidity(bytes, entryValidMs, 16, 32);
+  return bytes;
+}
+
 export function attrOut(stat: Stat, validMs: number): Buffer {
   const bytes = Buffer.alloc(ATTR_OUT_BYTES);
   writeValidity(bytes, validMs, 0, 8);

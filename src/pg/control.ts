@@ -116,6 +116,13 @@ export function isWalSegmentName(name: string): boolean {
   return SEGMENT_NAME.test(name);
 }
 
+const TIMELINE_HISTORY_NAME = /^[0-9A-F]{8}\.history$/;
+
+/** A timeline's history file in pg_wal/ (TTTTTTTT.history), written when a server is promoted. */
+export function isTimelineHistoryName(name: string): boolean {
+  return TIMELINE_HISTORY_NAME.test(name);
+}
+
 /**
  * The WAL position where segment `name` starts: TTTTTTTTXXXXXXXXYYYYYYYY is
  * timeline, then the segment number split as (logical file, segment within it),

@@ -167,6 +167,9 @@ export class StandbyGate {
   /** A file of the WAL subtree (served at the log tail). */
   isWalFile(ino: number): boolean { return this.walFiles.has(ino); }
 
+  /** A directory of the WAL subtree: pg_wal/ or one below it. */
+  isWalDir(ino: number): boolean { return this.walDirs.has(ino); }
+
   /** `copyDelay`: how long an image is held before its page's copy is asked for, and how many may wait so. */
   constructor(private readonly state: VolumeState, viewWalLsn: number, private readonly copyDelay: CopyDelay = DEFAULT_COPY_DELAY) {
     this.viewWalLsn = viewWalLsn;

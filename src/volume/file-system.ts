@@ -60,4 +60,10 @@ export interface FileSystem {
    * keeps appending to, whose cached pages every open would drop anyway.
    */
   bypassesPageCache?(ino: number): boolean;
+  /**
+   * How long the kernel may trust that the name `name` in directory `parentIno` leads to `ino` (null: to
+   * nothing), and that file's attributes, where that is longer than the mount's timeouts; undefined: the
+   * mount's. A name another host changes may still be one this mount's reader never sees change.
+   */
+  nameValidMs?(parentIno: number, name: string, ino: number | null): number | undefined;
 }
