@@ -13,21 +13,15 @@ import assert from 'node:assert/strict';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { isMounted } from '../../src/cli/runtime';
-import { destroyVolume, freePort, lsnfs, lsnfsOk, makeVolume, mount, sleep } from '../support/harness';
+import { freePort, lsnfs, lsnfsOk, makeVolumeWithSecondMount, mount, sleep } from '../support/harness';
 import { Samples, httpGet, sampleKey, scrape, value } from '../support/metrics';
 
 const CATCH_UP_TIMEOUT_MS = 10_000;
 
 test('metrics endpoint: a primary and a replica report their LSNs, their readers and their FUSE requests', { timeout: 120_000 }, async (t) => {
-  const volume = await makeVolume({ name: 'metrics' });
-  const replicaMountpoint = path.join(volume.dir, 'mnt-replica');
-  t.after(async () => {
-    if (await isMounted(replicaMountpoint)) await lsnfs(['umount', '--mountpoint', replicaMountpoint], volume.env);
-    await destroyVolume(volume);
-  });
+  const { volume, secondMountpoint: replicaMountpoint } = await makeVolumeWithSecondMount(t, 'metrics', 'mnt-replica');
   const primaryPort = await freePort();
   await mount(volume, ['--host', 'p1', '--metrics', String(primaryPort)]);
-  await fsp.mkdir(replicaMountpoint);
   const replicaPort = await freePort();
   await lsnfsOk(['mount', '--device', volume.device, '--mountpoint', replicaMountpoint, '--role', 'replica', '--host', 'r1',
     '--metrics', `127.0.0.1:${replicaPort}`], volume.env);

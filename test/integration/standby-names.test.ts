@@ -11,8 +11,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { isMounted } from '../../src/cli/runtime';
-import { destroyVolume, freePort, lsnfs, lsnfsOk, makeVolume, mount, sleep } from '../support/harness';
+import { freePort, lsnfsOk, makeVolumeWithSecondMount, mount, sleep } from '../support/harness';
 import { Samples, sampleKey, scrape } from '../support/metrics';
 
 const SEGMENT = '000000010000000000000001';
@@ -29,17 +28,11 @@ async function writeDurably(file: string, bytes: Buffer): Promise<void> {
 }
 
 test('standby mount: the kernel keeps pg_wal/, its segments and a missing timeline history file; other names are asked for each time', { timeout: 120_000 }, async (t) => {
-  const volume = await makeVolume({ name: 'standby-names' });
-  const standbyMountpoint = path.join(volume.dir, 'mnt-standby');
-  t.after(async () => {
-    if (await isMounted(standbyMountpoint)) await lsnfs(['umount', '--mountpoint', standbyMountpoint], volume.env);
-    await destroyVolume(volume);
-  });
+  const { volume, secondMountpoint: standbyMountpoint } = await makeVolumeWithSecondMount(t, 'standby-names', 'mnt-standby');
   await mount(volume, ['--host', 'p1']);
   for (const dir of ['pgdata', 'pgdata/pg_wal', 'pgdata/base']) await fsp.mkdir(path.join(volume.mountpoint, dir));
   await writeDurably(path.join(volume.mountpoint, 'pgdata/pg_wal', SEGMENT), Buffer.alloc(8192, 1));
   await writeDurably(path.join(volume.mountpoint, 'pgdata/base/1'), Buffer.alloc(8192, 2));
-  await fsp.mkdir(standbyMountpoint);
   const port = await freePort();
   await lsnfsOk(['mount', '--device', volume.device, '--mountpoint', standbyMountpoint, '--role', 'replica', '--host', 's1',
     '--overlay', path.join(volume.dir, 'overlay'), '--metrics', String(port)], volume.env);

@@ -6,11 +6,12 @@
  */
 import { execFile, spawn } from 'node:child_process';
 import { cliArgv } from '../../src/cli/invocation';
-import { runtimeFileIn } from '../../src/cli/runtime';
+import { isMounted, runtimeFileIn } from '../../src/cli/runtime';
 import { existsSync, mkdtempSync, promises as fsp, readFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import type { TestContext } from 'node:test';
 
 export const REPO_ROOT = path.resolve(__dirname, '..', '..', '..');
 
@@ -96,6 +97,18 @@ export async function destroyVolume(volume: TestVolume): Promise<void> {
     if (result.code !== 0) await run('umount', ['-l', volume.mountpoint]).catch(() => undefined);
   }
   if (existsSync(volume.dir)) await fsp.rm(volume.dir, { recursive: true, force: true });
+}
+
+/** A volume for a test that mounts it a second time (a replica, a standby) at `secondMountpoint`, made; both mounts are gone after `t`. */
+export async function makeVolumeWithSecondMount(t: TestContext, name: string, mountDirName: string): Promise<{ volume: TestVolume; secondMountpoint: string }> {
+  const volume = await makeVolume({ name });
+  const secondMountpoint = path.join(volume.dir, mountDirName);
+  t.after(async () => {
+    if (await isMounted(secondMountpoint)) await lsnfs(['umount', '--mountpoint', secondMountpoint], volume.env);
+    await destroyVolume(volume);
+  });
+  await fsp.mkdir(secondMountpoint);
+  return { volume, secondMountpoint };
 }
 
 export function run(command: string, args: string[], options: { env?: NodeJS.ProcessEnv; cwd?: string; user?: string } = {}): Promise<string> {
