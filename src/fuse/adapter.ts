@@ -156,7 +156,10 @@ export function serveFuse(fs: FileSystem, mountpoint: string, options: ServeOpti
     const dir = statOf(dirNode);
     return { uid: dir.uid, gid: dir.gid };
   };
-  /** Looks up what was just created at parent/name and answers with its entry (counts as a lookup). */
+  /**
+   * The entry of parent/name, for a LOOKUP or for what was just created there (it counts as a lookup). A
+   * missing name the volume lets the kernel remember (nameValidMs) gets a negative entry instead of ENOENT.
+   */
   const entryFor = (parent: number, name: string): Buffer => {
     let stat: Stat;
     try {
