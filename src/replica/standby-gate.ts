@@ -73,9 +73,10 @@ const DEFAULT_COPY_DELAY: CopyDelay = { delayMs: KEEP_COPY_DELAY_MS, maxImagesWa
  * bytes stay on the device), and the page LSN it writes, a metadata record its decoded op: neither pins the tailer's read chunk while
  * it waits.
  */
-type HeldRecordBody = { header: RecordHeader; dataHead: Buffer; head: DataRecordHead; pageLsn: number } | { header: RecordHeader; op: MetaOp };
-/** `heldAtMs`: when the gate took it (performance.now()). */
-type HeldRecord = HeldRecordBody & { heldAtMs: number };
+type HeldRecord = ({ header: RecordHeader; dataHead: Buffer; head: DataRecordHead; pageLsn: number } | { header: RecordHeader; op: MetaOp }) & {
+  /** When the gate took it (performance.now()). */
+  heldAtMs: number;
+};
 
 /**
  * The page LSN a data record writes: pd_lsn from its bytes when it writes the start of the page, else 0
@@ -330,13 +331,13 @@ export class StandbyGate {
         this.state.applyData(header, payload);
         this.walGeneration++;
         this.onWalData();
-      } else this.hold({ header, dataHead: Buffer.from(payload.subarray(0, DATA_BYTES_OFFSET)), head, pageLsn: writtenPageLsn(head, payload) });
+      } else this.hold({ header, dataHead: Buffer.from(payload.subarray(0, DATA_BYTES_OFFSET)), head, pageLsn: writtenPageLsn(head, payload), heldAtMs: performance.now() });
       return;
     }
     if (header.type !== RecordType.Meta) return;
     const op = decodeMetaOp(payload, header.lsn);
     if (!this.isWalOp(op)) {
-      this.hold({ header, op });
+      this.hold({ header, op, heldAtMs: performance.now() });
       return;
     }
     const segment = this.removedSegment(op);
@@ -349,12 +350,11 @@ export class StandbyGate {
     this.applyWalOp(header, op);
   }
 
-  private hold(body: HeldRecordBody): void {
-    if (this.heldCount() === 0 && body.header.walLsn <= this.viewWalLsn) {
-      this.applyHeld(body);
+  private hold(record: HeldRecord): void {
+    if (this.heldCount() === 0 && record.header.walLsn <= this.viewWalLsn) {
+      this.applyHeld(record);
       return;
     }
-    const record = { ...body, heldAtMs: performance.now() };
     this.held.push(record);
     if (this.isCopiedImage(record)) this.imagesAwaitingCopy++;
     this.requestDueCopies();
@@ -390,7 +390,7 @@ export class StandbyGate {
   }
 
   /** A held image of a page (not a cleaner copy): the tree's version of its page is copied before the slot passes it. */
-  private isCopiedImage(record: HeldRecordBody): record is HeldRecordBody & { head: DataRecordHead } {
+  private isCopiedImage(record: HeldRecord): record is HeldRecord & { head: DataRecordHead } {
     return !('op' in record) && record.head.versionLsn === 0 && writesWholePage(record.head, this.state.pageBytes);
   }
 
@@ -440,7 +440,7 @@ export class StandbyGate {
     });
   }
 
-  private applyHeld(record: HeldRecordBody): void {
+  private applyHeld(record: HeldRecord): void {
     this.viewTimeMs = record.header.timeMs;
     if ('op' in record) {
       const { op } = record;

@@ -268,11 +268,11 @@ export class StandbyVolume implements FileSystem {
    * MISSING_HISTORY_VALID_MS later. The shared tree's names only: the standby's own go through this mount.
    */
   nameValidMs(parentIno: number, name: string, ino: number | null): number | undefined {
-    if (!this.gate.isWalDir(parentIno) && name !== 'pg_wal') return undefined;
-    if (ino === null) return this.gate.isWalDir(parentIno) && isTimelineHistoryName(name) ? MISSING_HISTORY_VALID_MS : undefined;
-    if (this.nodesByIno.has(ino)) return undefined;
-    if (name === 'pg_wal' && this.gate.isWalDir(ino)) return WAL_NAME_VALID_MS;
-    return this.gate.isWalDir(parentIno) && this.gate.isWalFile(ino) && isWalSegmentName(name) ? WAL_NAME_VALID_MS : undefined;
+    if (ino !== null && this.nodesByIno.has(ino)) return undefined;
+    if (name === 'pg_wal') return ino !== null && this.gate.isWalDir(ino) ? WAL_NAME_VALID_MS : undefined;
+    if (!this.gate.isWalDir(parentIno)) return undefined;
+    if (ino === null) return isTimelineHistoryName(name) ? MISSING_HISTORY_VALID_MS : undefined;
+    return this.gate.isWalFile(ino) && isWalSegmentName(name) ? WAL_NAME_VALID_MS : undefined;
   }
 
   statfs(): StatFs { return this.shared.statfs(); }
