@@ -69,9 +69,9 @@ export interface CopyDelay { delayMs: number; maxImagesWaiting: number }
 const DEFAULT_COPY_DELAY: CopyDelay = { delayMs: KEEP_COPY_DELAY_MS, maxImagesWaiting: MAX_IMAGES_AWAITING_COPY };
 
 /**
- * A data record keeps only its head, as bytes to apply and decoded (versions point at their record; the
- * bytes stay on the device), and the page LSN it writes, a metadata record its decoded op: neither pins the tailer's read chunk while
- * it waits.
+ * A data record of new bytes (the cleaner's copies are not held: see offer) keeps only its head, as bytes
+ * to apply and decoded (versions point at their record; the bytes stay on the device), and the page LSN
+ * it writes; a metadata record keeps its decoded op. Neither pins the tailer's read chunk while it waits.
  */
 type HeldRecord = ({ header: RecordHeader; dataHead: Buffer; head: DataRecordHead; pageLsn: number } | { header: RecordHeader; op: MetaOp }) & {
   /** When the gate took it (performance.now()). */
@@ -117,6 +117,8 @@ export class StandbyGate {
   private readonly walFiles = new Set<number>();
   /** Non-WAL records waiting for L to reach their tag, in log order, from `heldHead` on (the ones before are applied). */
   private readonly held: HeldRecord[] = [];
+  /** The newest cleaner copy of each held data record it copied, by the record's LSN: applied with it. */
+  private readonly heldVersionMoves = new Map<number, { header: RecordHeader; dataHead: Buffer }>();
   private heldHead = 0;
   /** A drain of the held records L covers is scheduled (setImmediate). */
   private draining = false;
@@ -229,7 +231,6 @@ export class StandbyGate {
         continue;
       }
       const { head } = record;
-      if (head.versionLsn !== 0) continue; // a cleaner copy: a new place for a version, not a new version
       if (!this.pages) return;
       const image = writesWholePage(head, this.state.pageBytes);
       let pages = this.publishedPages.get(head.ino);
@@ -285,7 +286,6 @@ export class StandbyGate {
       return;
     }
     const { head } = record;
-    if (head.versionLsn !== 0) return;
     const pages = this.publishedPages.get(head.ino)!;
     const published = pages.get(head.pageNo)!;
     if (--published.records > 0) return;
@@ -321,10 +321,13 @@ export class StandbyGate {
     if (header.type === RecordType.Data) {
       const head = decodeDataHead(payload);
       if (head.versionLsn !== 0) {
-        // A cleaner copy: its version may already be in the state (update its place now, the
-        // original place may be reclaimed once we report having consumed this) or still held.
-        this.state.applyData(header, payload);
-        if (this.heldCount() > 0) this.held.push({ header, dataHead: Buffer.from(payload.subarray(0, DATA_BYTES_OFFSET)), head, pageLsn: 0, heldAtMs: performance.now() });
+        // A cleaner copy: the version's new place. The primary may reuse its old place once this standby
+        // reports having consumed the copy, so a version in the tree moves now, and a held one moves as
+        // it is applied (the copy's own tag is later than the version's: holding the copy too left the
+        // tree reading the old place until L reached that tag).
+        if (this.heldCount() > 0 && !this.walFiles.has(head.ino) && head.versionLsn >= this.held[this.heldHead]!.header.lsn) {
+          this.heldVersionMoves.set(head.versionLsn, { header, dataHead: Buffer.from(payload.subarray(0, DATA_BYTES_OFFSET)) });
+        } else this.state.applyData(header, payload);
         return;
       }
       if (this.walFiles.has(head.ino)) {
@@ -391,7 +394,7 @@ export class StandbyGate {
 
   /** A held image of a page (not a cleaner copy): the tree's version of its page is copied before the slot passes it. */
   private isCopiedImage(record: HeldRecord): record is HeldRecord & { head: DataRecordHead } {
-    return !('op' in record) && record.head.versionLsn === 0 && writesWholePage(record.head, this.state.pageBytes);
+    return !('op' in record) && writesWholePage(record.head, this.state.pageBytes);
   }
 
   /** Stops asking for copies (the standby is closing). */
@@ -452,8 +455,12 @@ export class StandbyGate {
       return;
     }
     this.state.applyData(record.header, record.dataHead);
+    const move = this.heldVersionMoves.get(record.header.lsn);
+    if (move) {
+      this.heldVersionMoves.delete(record.header.lsn);
+      this.state.applyData(move.header, move.dataHead);
+    }
     const { head } = record;
-    if (head.versionLsn !== 0) return;
     this.pages?.release(head.ino, head.pageNo);
     this.onSharedPage(head.ino, head.pageNo, record.header.lsn, record.pageLsn);
   }

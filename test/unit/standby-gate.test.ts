@@ -24,8 +24,9 @@ class Feed {
     if (this.gate) this.gate.offer(header, payload);
     else this.state.applyMeta(header, op);
   }
-  data(ino: number, pageNo: number, walLsn: number, page: Buffer = Buffer.alloc(PAGE, 7)): void {
-    const payload = encodeDataPayload({ ino, pageNo, offsetInPage: 0, length: PAGE, versionLsn: 0 }, page);
+  /** `versionLsn` 0: new bytes; else the cleaner's copy of that version. */
+  data(ino: number, pageNo: number, walLsn: number, page: Buffer = Buffer.alloc(PAGE, 7), versionLsn = 0): void {
+    const payload = encodeDataPayload({ ino, pageNo, offsetInPage: 0, length: PAGE, versionLsn }, page);
     const header = this.header(RecordType.Data, payload.length, walLsn);
     if (this.gate) this.gate.offer(header, payload);
     else this.state.applyData(header, payload);
@@ -142,4 +143,25 @@ test('standby gate: a big move of L is applied in slices across turns of the eve
     assert.deepEqual([...state.inode(4).pages!.keys()].length, Math.max(...state.inode(4).pages!.keys()) + 1, 'still a log prefix');
   }
   assert.equal(state.inode(4).pages!.size, pages + 1);
+});
+
+test('standby gate: a held version the cleaner moves is applied at its new place, not at the place the cleaner freed', () => {
+  const { state, setup } = dataDirectory();
+  setup.meta({ op: 'create', parent: 4, name: '16384', ino: 6, mode: S_IFREG | 0o600, uid: 0, gid: 0 }, 0);
+  const gate = new StandbyGate(state, 6 * SEGMENT);
+  const feed = new Feed(state, gate);
+  feed.lsn = setup.lsn;
+  const imageLsn = feed.lsn;
+  feed.data(6, 0, 6 * SEGMENT + PAGE);
+  feed.data(6, 1, 6 * SEGMENT + 3 * PAGE);
+  // The cleaner copies the held image forward; once this standby has read the copy, the primary may
+  // reuse the image's first place. The copy is tagged with the WAL position of its own time.
+  const copyLsn = feed.lsn;
+  feed.data(6, 0, 6 * SEGMENT + 4 * PAGE, undefined, imageLsn);
+  assert.equal(state.inode(6).pages!.size, 0, 'both images wait for L');
+
+  gate.advance(6 * SEGMENT + 2 * PAGE, 0);
+  const versions = state.inode(6).pages!.get(0)!;
+  assert.deepEqual(versions.map((v) => [v.versionLsn, v.loc]), [[imageLsn, copyLsn]], 'the image is read where the cleaner copied it');
+  assert.equal(state.inode(6).pages!.has(1), false, 'page 1 still waits for L');
 });
