@@ -58,6 +58,12 @@ export class LogWriter {
   writtenLsn: number;
   /** Everything below this is durable. */
   durableLsn: number;
+  /**
+   * The highest durable prefix that records already on the device vouch for (each header carries the
+   * durable prefix at its write): a reader that scans the log from now on applies at least this much.
+   * The durable marker, which the volume writes after an idle flush, vouches for the rest (markerWritten).
+   */
+  vouchedLsn = 0;
   /** Highest PostgreSQL WAL position seen, stamped on each record. */
   walLsn = 0;
 
@@ -98,6 +104,9 @@ export class LogWriter {
   }
 
   get failed(): Error | null { return this.failure; }
+
+  /** The durable marker now on the device vouches for `durableLsn`. */
+  markerWritten(durableLsn: number): void { this.vouchedLsn = Math.max(this.vouchedLsn, durableLsn); }
 
   private get unwrittenBytes(): number { return this.tailLsn - this.writtenLsn; }
 
@@ -222,14 +231,19 @@ export class LogWriter {
       }
     }
     const endLsn = startLsn + bytes;
+    const stampedLsn = this.durableLsn;
+    let stamped = false;
     for (const [lsn, record] of this.unwritten) {
       if (lsn >= endLsn) break;
-      if (lsn >= startLsn) stampDurableLsn(record, this.durableLsn, this.space.salt);
+      if (lsn < startLsn) continue;
+      stampDurableLsn(record, stampedLsn, this.space.salt);
+      stamped = true;
     }
     this.queueStartLsn = endLsn;
     await this.guard.beforeWrite();
     await this.space.write(startLsn, parts.length === 1 ? parts[0]! : Buffer.concat(parts, bytes));
     this.writtenLsn = endLsn;
+    if (stamped) this.vouchedLsn = Math.max(this.vouchedLsn, stampedLsn);
     for (const [lsn, record] of this.unwritten) {
       if (lsn + record.length > endLsn) break;
       this.unwritten.delete(lsn);

@@ -343,6 +343,7 @@ export class Volume implements FileSystem {
   private publishDurable(durableLsn: number): void {
     this.markerWrite = this.markerWrite
       .then(() => writeDurableMarker(this.device, { epoch: this.epoch, durableLsn, timeMs: Date.now() }))
+      .then(() => this.writer?.markerWritten(durableLsn))
       .catch((error: Error) => this.fence(error));
   }
 
@@ -353,6 +354,11 @@ export class Volume implements FileSystem {
    * them (keepDeletedFromLsn).
    */
   async updateHorizon(): Promise<void> {
+    // A reader whose slot this read misses wrote it after the read began, and only then read the log:
+    // its view is at least what the device vouched for as durable before the read. The horizon stays
+    // below that, else a base written since would drop a version that view still shows (a new
+    // standby's tree stays there until its L moves).
+    const newReaderViewLsn = this.writer?.vouchedLsn ?? Number.POSITIVE_INFINITY;
     const { live, unaccounted } = await this.readersNow();
     this.liveReaders = live;
     if (unaccounted.length > 0) {
@@ -363,7 +369,7 @@ export class Volume implements FileSystem {
       return;
     }
     this.damagedSlotsLogged = null;
-    const horizon = horizonOf(live, retentionFloorLsn(this.checkpoints, this.superblock.retainMs, Date.now()));
+    const horizon = horizonOf(live, Math.min(newReaderViewLsn, retentionFloorLsn(this.checkpoints, this.superblock.retainMs, Date.now())));
     if (horizon.lsn === this.state.horizonLsn && horizon.keepDeletedFromLsn === this.state.keepDeletedFromLsn) return;
     this.state.setHorizon(horizon.lsn, horizon.keepDeletedFromLsn);
   }
@@ -700,8 +706,13 @@ export class Volume implements FileSystem {
 
   /** Waits until `bytes` fit in the log, cleaning if needed; ENOSPC when cleaning cannot make room. */
   private async ensureRoom(bytes: number, kind: 'data' | 'meta' | 'free'): Promise<void> {
-    this.writable();
+    const writer = this.writable();
     if (this.canAppendNow(kind, bytes)) return;
+    // What was deleted or rewritten since the slots were last read is reclaimable only once the horizon
+    // passes it, and the horizon waits for the device to vouch for it (updateHorizon): make it so now.
+    await writer.sync();
+    await this.markerWrite;
+    await this.updateHorizon();
     if (this.cleaner) await this.cleaner.cleanUntil(() => this.canAppendNow(kind, bytes));
     if (!this.canAppendNow(kind, bytes)) {
       throw new FsError('ENOSPC', `device ${this.device.name}: no space left (live ${this.state.liveBytes} bytes of ${this.superblock.logBytes})`);

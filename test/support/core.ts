@@ -3,6 +3,7 @@
  * device files, a seeded PRNG, CrashDevice, a BlockDevice wrapper with a
  * volatile write cache that can lose power, and PostgreSQL's pg_control.
  */
+import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, promises as fsp, rmSync } from 'node:fs';
 import os from 'node:os';
@@ -42,6 +43,20 @@ export async function tempPrimary(t: TestContext, label: string, sizeBytes: numb
   const primary = await Volume.openPrimary(device, { host: `${label}-primary` });
   t.after(() => primary.close());
   return { dir: tmp.dir, devicePath, device, primary };
+}
+
+/**
+ * Reads the slots again until the primary's horizon reaches its durable LSN (without a reader holding it
+ * lower): the device vouches for the last flush once the durable marker that follows it is written.
+ */
+export async function untilHorizonAtDurable(primary: Volume): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    await primary.updateHorizon();
+    if (primary.state.horizonLsn >= primary.durableLsn) return;
+    assert.ok(Date.now() < deadline, `the horizon stays at ${primary.state.horizonLsn}, below the durable LSN ${primary.durableLsn}`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
 }
 
 // ---------------------------------------------------------------------------
