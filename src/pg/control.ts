@@ -116,6 +116,20 @@ export function isWalSegmentName(name: string): boolean {
   return SEGMENT_NAME.test(name);
 }
 
+/** base/<db>/<relfilenode>[_fork][.segment], global/…, and the same in tablespaces (pg_tblspc/<oid>/<version>/<db>/…). */
+const RELATION_FILE_PATH = /\/(global|base\/\d+|pg_tblspc\/\d+\/[^/]+\/\d+)\/\d+(_(fsm|vm|init))?(\.\d+)?$/;
+const VISIBILITY_MAP_PATH = /_vm(\.\d+)?$/;
+
+/** A relation file of a data directory, any fork and segment: PostgreSQL writes it in whole pages. */
+export function isRelationFilePath(path: string): boolean {
+  return RELATION_FILE_PATH.test(path);
+}
+
+/** A relation's visibility map fork (_vm). */
+export function isVisibilityMapPath(path: string): boolean {
+  return VISIBILITY_MAP_PATH.test(path);
+}
+
 const TIMELINE_HISTORY_NAME = /^[0-9A-F]{8}\.history$/;
 
 /** A timeline's history file in pg_wal/ (TTTTTTTT.history), written when a server is promoted. */

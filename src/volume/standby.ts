@@ -26,7 +26,7 @@ import PQueue from 'p-queue';
 import pino from 'pino';
 import { BlockDevice } from '../device/device';
 import { FsError, UserError } from '../util/errors';
-import { CONTROL_FILE_SUFFIX, isTimelineHistoryName, isWalSegmentName, pageLsnAt, parseControlFile } from '../pg/control';
+import { CONTROL_FILE_SUFFIX, isRelationFilePath, isTimelineHistoryName, isVisibilityMapPath, isWalSegmentName, pageLsnAt, parseControlFile } from '../pg/control';
 import { CopyDelay, StandbyGate } from '../replica/standby-gate';
 import { AttrChange, DirEntry, FileSystem, ReadOrigin, readPages } from './file-system';
 import { KeptPages, MAX_KEPT_PAGES } from './kept-pages';
@@ -80,13 +80,15 @@ const SWEEP_PAGE_READS = 512;
  */
 const COMPACT_MOVES_PER_SWEEP = 1024;
 /**
- * Relation files whose pages' pd_lsn orders their states (base/<db>/<relfilenode>[_fork][.segment],
- * global/…, tablespaces): a page with a newer pd_lsn holds every change of an older one. Not the
- * visibility map (_vm): PostgreSQL clears its bits without setting the page's LSN, so a standby's copy
- * can hold clears the primary's copy with the same pd_lsn lacks (dropping it would bring back
- * "all visible" bits, and index-only scans would return deleted rows). Its pages stay in the overlay.
+ * Relation files whose pages' pd_lsn orders their states: a page with a newer pd_lsn holds every change
+ * of an older one. Not the visibility map (_vm): PostgreSQL clears its bits without setting the page's
+ * LSN, so a standby's copy can hold clears the primary's copy with the same pd_lsn lacks (dropping it
+ * would bring back "all visible" bits, and index-only scans would return deleted rows). Its pages stay
+ * in the overlay.
  */
-const LSN_ORDERED_FILE = /\/(global|base\/\d+|pg_tblspc\/\d+\/[^/]+\/\d+)\/\d+(_(fsm|init))?(\.\d+)?$/;
+function isLsnOrderedFile(path: string): boolean {
+  return isRelationFilePath(path) && !isVisibilityMapPath(path);
+}
 
 /**
  * Bytes of pages the standby wrote that are not in the page store yet. A write is acknowledged once its
@@ -511,7 +513,7 @@ export class StandbyVolume implements FileSystem {
     // nothing could reach the page again.
     if (!this.attached(node)) return Promise.resolve();
     const entry: OverlayPage = {
-      slot: this.store.allocate(), pdLsn: LSN_ORDERED_FILE.test(node.path) ? pageLsnAt(page) : 0, comparedVersionLsn: 0,
+      slot: this.store.allocate(), pdLsn: isLsnOrderedFile(node.path) ? pageLsnAt(page) : 0, comparedVersionLsn: 0,
       unstored: page, stored: Promise.resolve(),
     };
     const old = node.pages.get(pageNo);
@@ -684,7 +686,7 @@ export class StandbyVolume implements FileSystem {
   private async sweep(): Promise<void> {
     let reads = 0;
     for (const node of [...this.nodes.values()]) {
-      if (!LSN_ORDERED_FILE.test(node.path)) continue;
+      if (!isLsnOrderedFile(node.path)) continue;
       this.bindCreatedFile(node);
       if (node.sharedIno === null) continue;
       const inode = this.shared.state.inodes.get(node.sharedIno);

@@ -32,6 +32,8 @@ import { writeDurableMarker } from '../log/durable-marker';
 import { ReplicaSlot, claimSlot, describeDamagedSlots, liveSlots, readSlotArea, writeSlot } from '../replica/slots';
 import { Tailer } from '../replica/tailer';
 import { WalPositionTracker } from './wal-position';
+import { isRelationFilePath } from '../pg/control';
+import { HeldPiece, SplitPageWrites } from './split-writes';
 import { AttrChange, DirEntry, FileSystem, readPages } from './file-system';
 import pino from 'pino';
 
@@ -118,6 +120,8 @@ export class Volume implements FileSystem {
   liveReaders: readonly ReplicaSlot[] = [];
   /** Primary: follows PostgreSQL's WAL position from writes to pg_wal (stamped on every record). */
   private readonly walPosition = new WalPositionTracker();
+  /** Pieces of relation-page writes the kernel split, held until the rest of the page comes. */
+  readonly splitWrites: SplitPageWrites;
 
   private constructor(
     readonly device: BlockDevice,
@@ -136,6 +140,7 @@ export class Volume implements FileSystem {
     this.cleaner = role === 'primary' && writer ? new Cleaner(this, writer) : null;
     this.checkpoints = checkpoints;
     this.checkpointEndLsn = superblock.checkpointLsn + checkpointBytes;
+    this.splitWrites = new SplitPageWrites(state.pageBytes, (piece) => this.appendPiece(piece));
   }
 
   get pageBytes(): number { return this.state.pageBytes; }
@@ -407,6 +412,7 @@ export class Volume implements FileSystem {
   lookupIno(path: string): number { return this.resolve(path).ino; }
 
   stat(inode: Inode): Stat {
+    this.splitWrites.appendHeld(inode.ino); // its size and times
     return {
       ino: inode.ino, mode: inode.mode, uid: inode.uid, gid: inode.gid, nlink: inode.nlink, size: inode.size,
       atimeMs: inode.atimeMs, mtimeMs: inode.mtimeMs, ctimeMs: inode.ctimeMs,
@@ -556,6 +562,7 @@ export class Volume implements FileSystem {
   }
 
   private appendMeta(op: MetaOp): void {
+    this.splitWrites.appendAll(); // before a truncate, or an unlink that drops the file
     const payload = encodeMetaOp(op);
     const header = this.writable().append(RecordType.Meta, payload);
     this.state.applyMeta(header, op);
@@ -584,11 +591,15 @@ export class Volume implements FileSystem {
       const walEnd = this.walPosition.observeWrite(path, position, data);
       if (walEnd !== null && walEnd > this.writer!.walLsn) this.writer!.walLsn = walEnd;
     }
-    for (let pageNo = firstPage; pageNo <= lastPage; pageNo++) {
-      const start = Math.max(position, pageNo * pageBytes);
-      const end = Math.min(position + data.length, (pageNo + 1) * pageBytes);
-      const bytes = data.subarray(start - position, end - position);
-      this.appendData(ino, pageNo, start - pageNo * pageBytes, bytes, 0, pageNo < lastPage ? RECORD_FLAG_CONTINUES : 0);
+    const { position: from, append } = path !== undefined && isRelationFilePath(path)
+      ? this.splitWrites.take(ino, position, data)
+      : { position, append: data };
+    const appendLastPage = Math.floor((from + append.length - 1) / pageBytes);
+    for (let pageNo = Math.floor(from / pageBytes); pageNo <= appendLastPage; pageNo++) {
+      const start = Math.max(from, pageNo * pageBytes);
+      const end = Math.min(from + append.length, (pageNo + 1) * pageBytes);
+      const bytes = append.subarray(start - from, end - from);
+      this.appendData(ino, pageNo, start - pageNo * pageBytes, bytes, 0, pageNo < appendLastPage ? RECORD_FLAG_CONTINUES : 0);
     }
     this.afterAppend();
     return data.length;
@@ -605,6 +616,7 @@ export class Volume implements FileSystem {
   }
 
   async read(ino: number, position: number, length: number): Promise<Buffer> {
+    this.splitWrites.appendHeld(ino);
     const inode = this.state.inode(ino);
     if (isDir(inode)) throw new FsError('EISDIR', `inode ${ino}`);
     return readPages(inode.size, position, length, this.pageBytes, (pageNo) => this.readPage(inode, pageNo));
@@ -666,7 +678,19 @@ export class Volume implements FileSystem {
 
   /** fsync of anything: the whole log prefix appended so far becomes durable. */
   async sync(): Promise<void> {
+    this.splitWrites.appendAll();
     if (this.writer) await this.writer.sync();
+  }
+
+  /** A piece of a split page write, appended as it came (SplitPageWrites): a delta. */
+  private appendPiece(piece: HeldPiece): void {
+    try {
+      this.appendData(piece.ino, piece.pageNo, 0, piece.bytes, 0);
+      this.afterAppend();
+    } catch (error) {
+      // Fenced or closed meanwhile: the fsync that would make it durable fails the same way.
+      log.error({ err: error, ino: piece.ino, pageNo: piece.pageNo }, 'appending a held piece of a page write failed');
+    }
   }
 
   /** The writer, if this mount may write now: EROFS on a read-only mount, EIO once fenced. */
@@ -771,6 +795,7 @@ export class Volume implements FileSystem {
     if (this.closed) return;
     for (const timer of this.timers) clearInterval(timer);
     await this.cleaner?.stop();
+    if (this.writer && !this.writer.failed) this.splitWrites.appendAll();
     if (this.role === 'primary' && !this.writer!.failed) {
       this.writer!.stopFillingAhead();
       // Without room for it, skip the checkpoint: the next mount replays a little more. An idle checkpoint

@@ -113,14 +113,16 @@ test('standby: the view\'s version of a page the primary writes again or cuts is
   const droppedIno = standby.lookupIno(DROPPED_PATH);
   const truncatedIno = standby.lookupIno(TRUNCATED_PATH);
 
-  // After more WAL, the primary writes page 0 whole again, page 2 as two deltas (as the kernel splits a
-  // write now and then), deletes one file and truncates another: the standby's L (0) holds all of it back.
+  // After more WAL, the primary writes page 0 whole again, page 2 as two deltas (a page write the kernel
+  // split, whose first piece a read of the file sent alone), deletes one file and truncates another: the
+  // standby's L (0) holds all of it back.
   const walAfterV2 = SEGMENT + 9 * PAGE;
   await writeWal(8);
   const v2 = Buffer.alloc(PAGE, 2);
   await primary.write(relation.ino, 0, v2, RELATION_PATH);
   const x2 = Buffer.alloc(PAGE, 0x12);
   await primary.write(relation.ino, 2 * PAGE, x2.subarray(0, 4992), RELATION_PATH);
+  await primary.read(relation.ino, 2 * PAGE, 1);
   await primary.write(relation.ino, 2 * PAGE + 4992, x2.subarray(4992), RELATION_PATH);
   const v1Lsn = versionLsns(relation)[0]!;
   const v2Lsn = versionLsns(relation)[1]!;
