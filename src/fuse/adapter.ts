@@ -391,7 +391,7 @@ export function serveFuse(fs: FileSystem, mountpoint: string, options: ServeOpti
         return undefined;
       case Opcode.FSYNC:
       case Opcode.FSYNCDIR:
-        return fs.sync().then(() => undefined);
+        return fs.sync(nodeid).then(() => undefined);
       case Opcode.OPENDIR:
         return openOut(openHandle(nodeid, false), 0);
       case Opcode.READDIR: {

@@ -52,8 +52,8 @@ export interface FileSystem {
   truncate(ino: number, size: number, path?: string): Promise<void>;
   read(ino: number, position: number, length: number, origin?: ReadOrigin): Promise<Buffer>;
   write(ino: number, position: number, data: Buffer, path?: string): Promise<number>;
-  /** fsync of anything. */
-  sync(): Promise<void>;
+  /** fsync of anything: the whole log prefix becomes durable. `ino`: the file or directory fsync'd. */
+  sync(ino?: number): Promise<void>;
   /**
    * Whether reads of this file should bypass the kernel's page cache (FUSE
    * direct I/O) even where the mount otherwise uses it: a file another host

@@ -13,10 +13,11 @@
  * (which the kernel sends at once: the write(2) is still going on) is joined
  * to it, and the page goes to the log as one image.
  *
- * Anything that could observe a held piece first (a read or stat of its file,
- * a metadata change, an fsync, the unmount) appends it as it is, a delta, as
+ * Anything that could observe a held piece first (a read of its page, a
+ * metadata change, an fsync, the unmount) appends it as it is, a delta, as
  * does the timer after HELD_PIECE_MAX_MS: the same records as without the
- * join. Opening the files with direct I/O would also keep writes whole, but
+ * join. A stat counts it in the file's size (other backends stat the file
+ * for its size all the time, and the kernel asks again after every write). Opening the files with direct I/O would also keep writes whole, but
  * it cost 25 % of select-only TPS and 7 % of tpcb-like TPS (scale 10,
  * shared_buffers 128MB): every read missing PostgreSQL's buffers then comes
  * to the daemon.
@@ -71,12 +72,18 @@ export class SplitPageWrites {
     return { position, append: data.subarray(0, lastPageStart - position) };
   }
 
-  /** Appends the piece held for this file, if any. */
-  appendHeld(ino: number): void {
+  /** Appends the piece held for this file if it is of a page in [firstPageNo, lastPageNo]. */
+  appendHeld(ino: number, firstPageNo: number, lastPageNo: number): void {
     const piece = this.held.get(ino);
-    if (!piece) return;
+    if (!piece || piece.pageNo < firstPageNo || piece.pageNo > lastPageNo) return;
     this.held.delete(ino);
     this.appendPiece(piece);
+  }
+
+  /** Where the piece held for this file ends (0: none): the file's size counts it. */
+  heldEnd(ino: number): number {
+    const piece = this.held.get(ino);
+    return piece ? piece.pageNo * this.pageBytes + piece.bytes.length : 0;
   }
 
   /** Appends every held piece. */

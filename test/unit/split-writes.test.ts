@@ -57,11 +57,16 @@ test('split writes: a held piece is appended as it is before anything could see 
   assert.deepEqual(kinds(relation, 0), [], 'held');
   assert.ok((await primary.read(relation.ino, 0, 4992)).equals(Buffer.alloc(4992, 6)));
   assert.deepEqual(kinds(relation, 0), [['delta', 0, 4992]]);
-  // Its size for stat, and its records for fsync.
-  await primary.write(relation.ino, PAGE, Buffer.alloc(100, 7), RELATION);
-  assert.equal(primary.stat(relation).size, PAGE + 100);
+  // A stat counts it in the size; a read of another page and an fsync of another file (a commit's, of
+  // WAL) leave it held; an fsync of its file appends it.
+  const wal = await primary.create('/pgdata/wal', S_IFREG | 0o600, 0, 0);
   await primary.write(relation.ino, 2 * PAGE, Buffer.alloc(100, 8), RELATION);
-  await primary.sync();
+  assert.equal(primary.stat(relation).size, 2 * PAGE + 100);
+  assert.ok((await primary.read(relation.ino, 0, PAGE)).subarray(0, 4992).equals(Buffer.alloc(4992, 6)));
+  await primary.write(wal.ino, 0, Buffer.alloc(100, 1), '/pgdata/wal');
+  await primary.sync(wal.ino);
+  assert.deepEqual(kinds(relation, 2), [], 'held');
+  await primary.sync(relation.ino);
   assert.deepEqual(kinds(relation, 2), [['delta', 0, 100]]);
   // A write elsewhere in the file, a metadata change, or the time limit.
   await primary.write(relation.ino, 3 * PAGE, Buffer.alloc(100, 9), RELATION);
