@@ -13,14 +13,14 @@
  * (which the kernel sends at once: the write(2) is still going on) is joined
  * to it, and the page goes to the log as one image.
  *
- * Anything that could observe a held piece first (a read of its page, a
- * metadata change, an fsync, the unmount) appends it as it is, a delta, as
- * does the timer after HELD_PIECE_MAX_MS: the same records as without the
- * join. A stat counts it in the file's size (other backends stat the file
- * for its size all the time, and the kernel asks again after every write). Opening the files with direct I/O would also keep writes whole, but
- * it cost 25 % of select-only TPS and 7 % of tpcb-like TPS (scale 10,
- * shared_buffers 128MB): every read missing PostgreSQL's buffers then comes
- * to the daemon.
+ * Anything that could observe a held piece first appends it as it is, a
+ * delta (the records there were without the join): a read of its page, a
+ * metadata change of its file, an fsync of its file, the unmount, and the
+ * timer after HELD_PIECE_MAX_MS. A stat counts it in the file's size (other
+ * backends stat the file for its size all the time). Opening the files with
+ * direct I/O would also keep writes whole, but it cost 25 % of select-only
+ * TPS and 7 % of tpcb-like TPS (scale 10, shared_buffers 128MB): every read
+ * missing PostgreSQL's buffers then comes to the daemon.
  */
 import { assert } from '../util/errors';
 
