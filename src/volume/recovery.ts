@@ -113,7 +113,9 @@ export async function recover(device: BlockDevice, superblock: Superblock, optio
   // Deletions replayed below must keep what live readers and retention still need.
   const horizon = await readHorizon(device, [...checkpoint.history, { lsn: superblock.checkpointLsn, timeMs: checkpoint.timeMs }], superblock.retainMs);
   // A damaged slot's reader may read anything: keep it all until the horizon can be read (the primary rereads it).
-  state.horizonLsn = 'damaged' in horizon ? 0 : horizon.lsn;
+  // A primary mounting keeps what the checkpoint shows: a reader that registers after this read of the
+  // slots reads from that checkpoint on (Volume.updateHorizon holds the same rule once the primary writes).
+  state.horizonLsn = 'damaged' in horizon ? 0 : options.exclusive ? Math.min(horizon.lsn, superblock.checkpointLsn) : horizon.lsn;
   state.keepDeletedFromLsn = 'damaged' in horizon ? 0 : horizon.keepDeletedFromLsn;
   let replayedRecords = 0;
   let lastRecordTimeMs = checkpoint.timeMs;
