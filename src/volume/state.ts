@@ -179,8 +179,8 @@ export class VolumeState {
 
   /**
    * The cleaner copied a live version forward: only its location changes, and only forward. A
-   * standby's gate applies a copy at once and again when its held records drain; a version copied
-   * twice meanwhile must not go back to the first copy's place, which the cleaner has freed.
+   * standby's gate applies a copy at once, or with its held record when that drains; a version copied
+   * twice must never go back to the first copy's place, which the cleaner has freed.
    */
   private applyRelocation(head: DataRecordHead, newLoc: number): void {
     const version = this.fileInode(head.ino)?.pages?.get(head.pageNo)?.find((v) => v.versionLsn === head.versionLsn && !v.overlay);
