@@ -742,9 +742,11 @@ export class Volume implements FileSystem {
     if (this.canAppendNow(kind, bytes)) return;
     // What was deleted or rewritten since the slots were last read is reclaimable only once the horizon
     // passes it, and the horizon waits for the device to vouch for it (updateHorizon): make it so now.
-    await writer.sync();
-    await this.markerWrite;
-    await this.updateHorizon();
+    if (this.role === 'primary') { // a branch's overlay log has no readers
+      await writer.sync();
+      await this.markerWrite;
+      await this.updateHorizon();
+    }
     if (this.cleaner) await this.cleaner.cleanUntil(() => this.canAppendNow(kind, bytes));
     if (!this.canAppendNow(kind, bytes)) {
       throw new FsError('ENOSPC', `device ${this.device.name}: no space left (live ${this.state.liveBytes} bytes of ${this.superblock.logBytes})`);
